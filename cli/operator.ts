@@ -1,0 +1,98 @@
+/** The operator's commands: inject events, list leases and hosts, release a lease. */
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { listParsed } from '../shared/kv.js';
+import { publishJson, requestJson } from '../shared/messaging.js';
+import { buckets, subjects } from '../shared/subjects.js';
+import { HostRecord, LeaseRecord, PressureEvent, SurplusEvent, replySchema } from '../shared/schemas.js';
+import { formatBytes, parseBytes } from '../shared/units.js';
+import { reservedBytes } from '../services/broker/policy.js';
+import { RswapError, ErrorCodes } from '../shared/errors.js';
+
+export async function withNats<T>(url: string, task: (nc: NatsConnection) => Promise<T>): Promise<T> {
+  let nc: NatsConnection;
+  try {
+    nc = await connect({ servers: url.split(','), timeout: 3_000, name: 'rswap-cli' });
+  } catch (error) {
+    throw new RswapError(ErrorCodes.CONFIG, `cannot reach NATS at ${url} (${(error as Error).message}); pass --nats URL or set RSWAP_NATS_URL`);
+  }
+  try {
+    return await task(nc);
+  } finally {
+    await nc.drain();
+  }
+}
+
+export async function injectPressure(url: string, host: string, bytes: string): Promise<PressureEvent> {
+  const event = PressureEvent.parse({ host, neededBytes: parseBytes(bytes), at: Date.now(), source: 'inject' });
+  await withNats(url, async (nc) => {
+    publishJson(nc, subjects.pressure(host), event);
+    await nc.flush();
+  });
+  return event;
+}
+
+export async function injectSurplus(url: string, host: string, bytes: string, lent: string): Promise<SurplusEvent> {
+  const event = SurplusEvent.parse({ host, lendableBytes: parseBytes(bytes), lentBytes: parseBytes(lent), at: Date.now(), source: 'inject' });
+  await withNats(url, async (nc) => {
+    publishJson(nc, subjects.surplus(host), event);
+    await nc.flush();
+  });
+  return event;
+}
+
+async function readBucket<T>(nc: NatsConnection, bucket: string, schema: Parameters<typeof listParsed<T>>[1]): Promise<T[]> {
+  try {
+    const kv = await new Kvm(nc).open(bucket);
+    return (await listParsed(kv, schema)).map((e) => e.value);
+  } catch (error) {
+    if (/stream not found|no responders|bucket not found/i.test(String(error))) return [];
+    throw error;
+  }
+}
+
+export async function listLeases(url: string): Promise<LeaseRecord[]> {
+  const leases = await withNats(url, (nc) => readBucket(nc, buckets.leases, LeaseRecord));
+  return leases.sort((a, b) => a.createdAt - b.createdAt);
+}
+
+export async function listHosts(url: string): Promise<HostRecord[]> {
+  const hosts = await withNats(url, (nc) => readBucket(nc, buckets.hosts, HostRecord));
+  return hosts.sort((a, b) => a.host.localeCompare(b.host));
+}
+
+export async function releaseLease(url: string, leaseId: string, timeoutMs = 330_000): Promise<LeaseRecord> {
+  const reply = await withNats(url, (nc) => requestJson(nc, subjects.release, { leaseId }, replySchema({ lease: LeaseRecord }), timeoutMs));
+  return reply.lease;
+}
+
+export function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+const ago = (at: number | undefined, now: number) => (at ? `${Math.round((now - at) / 1000)}s ago` : '-');
+
+export function leasesTable(leases: LeaseRecord[]): string {
+  const rows = [['LEASE', 'STATE', 'BORROWER', 'LENDER', 'SIZE', 'DEVICE', 'AGE', 'REASON']];
+  const now = Date.now();
+  for (const l of leases) rows.push([l.id, l.state, l.borrower, l.lender, formatBytes(l.sizeBytes), l.device ?? '-', ago(l.createdAt, now), l.reason ?? '']);
+  return table(rows);
+}
+
+export function hostsTable(hosts: HostRecord[]): string {
+  const rows = [['HOST', 'PORTAL', 'INITIATOR', 'OFFER', 'OFFERED', 'RESERVED', 'PRESSURE']];
+  const now = Date.now();
+  for (const h of hosts) {
+    rows.push([
+      h.host,
+      h.exporter?.portal ?? '-',
+      h.attacher ? `${h.attacher.initiator} ${h.attacher.address}` : '-',
+      h.offer ? formatBytes(h.offer.lendableBytes) : '-',
+      ago(h.offer?.at, now),
+      formatBytes(reservedBytes(h)),
+      h.pressure ? `${formatBytes(h.pressure.neededBytes)} ${ago(h.pressure.at, now)}` : '-',
+    ]);
+  }
+  return table(rows);
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env node
+/** rswap: start any service, and do the operator's work (inject, list, release, testbed, demo). */
+import { Command, Option } from 'commander';
+import { natsUrl, fromEnv } from '../shared/config.js';
+import { createLogger } from '../shared/log.js';
+import { createRunner } from '../shared/runner.js';
+import { RswapError, errorMessage } from '../shared/errors.js';
+import { BrokerConfig, startBroker } from '../services/broker/index.js';
+import { ExporterConfig, startExporter } from '../services/exporter/index.js';
+import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
+import { hostsTable, injectPressure, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
+import { testbedDown, testbedUp } from './testbed/testbed.js';
+import { runDemo } from './demo.js';
+
+const program = new Command('rswap')
+  .description('Lend idle RAM across Linux hosts as swap, automatically.')
+  .showHelpAfterError('(run with --help for usage)');
+
+const natsOption = () => new Option('--nats <url>', 'NATS server URL (env RSWAP_NATS_URL, default nats://127.0.0.1:4222)');
+const hostOption = () => new Option('--host <id>', 'this host id: [a-z0-9-] (env RSWAP_HOST)');
+
+function serviceCommand(name: string, description: string, keys: string[], start: (raw: Record<string, unknown>) => Promise<unknown>) {
+  return program
+    .command(name)
+    .description(description)
+    .addOption(natsOption())
+    .addOption(hostOption())
+    .action(async (options: Record<string, unknown>) => {
+      const raw = fromEnv(keys, options);
+      raw.nats = natsUrl(options.nats as string | undefined);
+      await start(raw);
+    });
+}
+
+const keysOf = (schema: { shape: Record<string, unknown> }) => Object.keys(schema.shape);
+
+serviceCommand('broker', 'match borrowers to lenders and drive leases', keysOf(BrokerConfig), startBroker)
+  .option('--offer-ttl-ms <ms>', 'offers older than this are not matched (default 30000)')
+  .option('--min-lease-bytes <size>', 'smallest lease, e.g. 64MiB')
+  .option('--max-lease-bytes <size>', 'largest lease, e.g. 4GiB');
+
+serviceCommand('exporter', 'lend this host\'s RAM as ramfs-backed iSCSI targets (tgt)', keysOf(ExporterConfig), startExporter)
+  .option('--address <ip>', 'address of the iSCSI portal (env RSWAP_ADDRESS)')
+  .option('--portal-port <port>', 'iSCSI portal port (default 3260)')
+  .option('--tgt-control-port <n>', 'tgtd control port, its -C (default 3260)')
+  .option('--state-dir <path>', 'where lease mounts live (default /var/lib/rswap/exporter)')
+  .option('--reserve-bytes <size>', 'memory never lent (default 1GiB)')
+  .option('--max-lend-bytes <size>', 'most lent in total (default 64GiB)');
+
+serviceCommand('attacher', 'swap onto remote memory leased to this host', keysOf(AttacherConfig), startAttacher)
+  .option('--address <ip>', 'this host\'s address, the one the lender admits (env RSWAP_ADDRESS)')
+  .option('--iqn <iqn>', 'initiator name (default iqn.2026-11.io.rswap:<host>)')
+  .addOption(new Option('--initiator <kind>', 'iSCSI initiator (default auto: kernel where iscsi_tcp exists)').choices(['auto', 'kernel', 'userspace']))
+  .option('--state-dir <path>', 'default /var/lib/rswap/attacher')
+  .option('--swap-priority <n>', 'priority of remote swap (default: highest local + 100)')
+  .option('--swapoff-margin-bytes <size>', 'RAM left free after a swap-off (default 256MiB)');
+
+const inject = program.command('inject').description('publish an event by hand, as a monitor would');
+inject
+  .command('pressure')
+  .description('host H needs N more bytes of memory')
+  .addOption(natsOption())
+  .requiredOption('--host <id>', 'the borrower')
+  .requiredOption('--bytes <size>', 'how much it needs, e.g. 256MiB')
+  .action(async (o: { nats?: string; host: string; bytes: string }) => {
+    const event = await injectPressure(natsUrl(o.nats), o.host, o.bytes);
+    console.log(`published pressure: ${JSON.stringify(event)}`);
+  });
+inject
+  .command('surplus')
+  .description('host H can lend N bytes')
+  .addOption(natsOption())
+  .requiredOption('--host <id>', 'the lender')
+  .requiredOption('--bytes <size>', 'how much it can lend now, e.g. 1GiB')
+  .option('--lent <size>', 'how much it already lends', '0')
+  .action(async (o: { nats?: string; host: string; bytes: string; lent: string }) => {
+    const event = await injectSurplus(natsUrl(o.nats), o.host, o.bytes, o.lent);
+    console.log(`published surplus: ${JSON.stringify(event)}`);
+  });
+
+program
+  .command('leases')
+  .description('list leases')
+  .addOption(natsOption())
+  .option('--json', 'print JSON')
+  .action(async (o: { nats?: string; json?: boolean }) => {
+    const leases = await listLeases(natsUrl(o.nats));
+    console.log(o.json ? JSON.stringify(leases, null, 2) : leasesTable(leases));
+  });
+
+program
+  .command('hosts')
+  .description('list hosts: portals, initiators, offers, reservations, pressure')
+  .addOption(natsOption())
+  .option('--json', 'print JSON')
+  .action(async (o: { nats?: string; json?: boolean }) => {
+    const hosts = await listHosts(natsUrl(o.nats));
+    console.log(o.json ? JSON.stringify(hosts, null, 2) : hostsTable(hosts));
+  });
+
+program
+  .command('release')
+  .description('give a lease back: swap-off on the borrower, then teardown on the lender')
+  .argument('<lease>', 'lease id, e.g. l-0123456789ab')
+  .addOption(natsOption())
+  .action(async (leaseId: string, o: { nats?: string }) => {
+    const lease = await releaseLease(natsUrl(o.nats), leaseId);
+    console.log(`lease ${lease.id} is ${lease.state}`);
+  });
+
+const testbed = program.command('testbed').description('several hosts on this machine, as network namespaces (root only)');
+testbed
+  .command('up')
+  .description('create hosts, NATS and the agents')
+  .option('--hosts <n>', 'number of hosts', '2')
+  .option('--dir <path>', 'where everything lives', '/run/rswap/testbed')
+  .option('--nats-port <port>', 'NATS port on the bridge', '14222')
+  .action(async (o: { hosts: string; dir: string; natsPort: string }) => {
+    const log = createLogger('testbed');
+    const run = createRunner(log);
+    try {
+      const tb = await testbedUp(run, log, { dir: o.dir, hosts: Number(o.hosts), natsPort: Number(o.natsPort) });
+      console.log(`testbed up: ${tb.hosts.map((h) => `${h.name} ${h.address}`).join(', ')}; NATS ${tb.natsUrl}`);
+      console.log(`try: rswap hosts --nats ${tb.natsUrl}`);
+    } catch (error) {
+      await testbedDown(run, log, o.dir);
+      throw error;
+    }
+  });
+testbed
+  .command('down')
+  .description('remove everything the testbed made, also after a crash')
+  .option('--dir <path>', 'the testbed folder', '/run/rswap/testbed')
+  .action(async (o: { dir: string }) => {
+    const log = createLogger('testbed');
+    const problems = await testbedDown(createRunner(log), log, o.dir);
+    if (problems.length > 0) throw new Error(`testbed down left problems:\n  ${problems.join('\n  ')}`);
+    console.log('testbed down');
+  });
+
+program
+  .command('demo')
+  .description('one lease end to end on a fresh testbed, with a workload that verifies its data')
+  .option('--dir <path>', 'testbed folder', '/run/rswap/demo')
+  .action(async (o: { dir: string }) => {
+    await runDemo(o.dir);
+  });
+
+program.parseAsync().catch((error: unknown) => {
+  const code = error instanceof RswapError ? `${error.code}: ` : '';
+  console.error(`rswap: ${code}${errorMessage(error)}`);
+  process.exit(1);
+});

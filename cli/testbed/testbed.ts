@@ -1,0 +1,215 @@
+/**
+ * Several hosts on one machine: each host is a network namespace joined by veth to a bridge, with
+ * an address from 198.18.0.0/24 (the benchmarking range). NATS with JetStream and the broker run in
+ * the root namespace; each host's exporter and attacher run inside its namespace. Everything the
+ * testbed makes lives under one folder (default /run/rswap/testbed) or carries its names, and
+ * `down` removes it all, also after a crash: it finds things by those marks, not by a state file.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from '../../shared/log.js';
+import type { Runner } from '../../shared/runner.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
+import { errorMessage } from '../../shared/errors.js';
+import { listHosts } from '../operator.js';
+
+export const BRIDGE = 'rswap-br0';
+export const BRIDGE_ADDRESS = '198.18.0.1';
+export const NETNS_PREFIX = 'rswap-';
+
+export interface TestbedOptions {
+  dir: string;
+  hosts: number;
+  natsPort: number;
+  /** Extra flags for every exporter/attacher (e.g. a smaller reserve). */
+  exporterArgs?: string[];
+  attacherArgs?: string[];
+}
+
+export interface TestbedHost {
+  name: string;
+  netns: string;
+  address: string;
+  tgtControlPort: number;
+}
+
+export interface Testbed {
+  dir: string;
+  natsUrl: string;
+  hosts: TestbedHost[];
+}
+
+const CLI = resolve(fileURLToPath(import.meta.url), '../../rswap.js');
+
+export function hostsFor(count: number): TestbedHost[] {
+  return Array.from({ length: count }, (_, i) => {
+    const name = `host-${String.fromCharCode(97 + i)}`;
+    return { name, netns: `${NETNS_PREFIX}${name}`, address: `198.18.0.${11 + i}`, tgtControlPort: 3300 + i };
+  });
+}
+
+function startDetached(command: string[], logFile: string): number {
+  const fd = openSync(logFile, 'a');
+  const child = spawn(command[0]!, command.slice(1), { detached: true, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  child.unref();
+  return child.pid!;
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`testbed: ${what} not ready within ${timeoutMs}ms`);
+}
+
+export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
+  const dir = options.dir;
+  const hosts = hostsFor(options.hosts);
+  const natsUrl = `nats://${BRIDGE_ADDRESS}:${options.natsPort}`;
+  const links = await run('ip', ['-o', 'link', 'show']);
+  if (links.stdout.includes(` ${BRIDGE}:`)) throw new Error(`a testbed is already up (bridge ${BRIDGE} exists); run 'rswap testbed down' first`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+
+  await run('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
+  await run('ip', ['addr', 'add', `${BRIDGE_ADDRESS}/24`, 'dev', BRIDGE]);
+  await run('ip', ['link', 'set', BRIDGE, 'up']);
+  for (const host of hosts) {
+    const veth = `rsw-${host.name}`;
+    await run('ip', ['netns', 'add', host.netns]);
+    await run('ip', ['link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', host.netns]);
+    await run('ip', ['link', 'set', veth, 'master', BRIDGE, 'up']);
+    await run('ip', ['-n', host.netns, 'addr', 'add', `${host.address}/24`, 'dev', 'eth0']);
+    await run('ip', ['-n', host.netns, 'link', 'set', 'eth0', 'up']);
+    await run('ip', ['-n', host.netns, 'link', 'set', 'lo', 'up']);
+    await mkdir(join(dir, host.name), { recursive: true });
+  }
+
+  const natsDir = join(dir, 'nats');
+  await mkdir(natsDir, { recursive: true });
+  const natsPid = startDetached(['nats-server', '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'));
+  await writeFile(join(dir, 'nats.pid'), `${natsPid}\n`);
+  await waitFor('nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8')).includes('Server is ready'), 10_000);
+
+  const node = process.execPath;
+  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl], join(dir, 'broker.log'));
+  await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
+  for (const host of hosts) {
+    const inNs = ['nsenter', `--net=/run/netns/${host.netns}`, node, CLI];
+    const common = ['--nats', natsUrl, '--host', host.name, '--address', host.address];
+    startDetached(
+      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', join(dir, host.name, 'exporter'), ...(options.exporterArgs ?? [])],
+      join(dir, host.name, 'exporter.log'),
+    );
+    startDetached(
+      [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? [])],
+      join(dir, host.name, 'attacher.log'),
+    );
+  }
+  const testbed: Testbed = { dir, natsUrl, hosts };
+  await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
+  // Ready when the broker has recorded every host's exporter and attacher.
+  await waitFor('agents announced to the broker', async () => {
+    const known = await listHosts(natsUrl);
+    return hosts.every((h) => known.some((k) => k.host === h.name && k.exporter && k.attacher));
+  }, 30_000);
+  log.info({ dir, natsUrl, hosts: hosts.map((h) => `${h.name}=${h.address}`) }, 'testbed up');
+  return testbed;
+}
+
+export async function readTestbed(dir: string): Promise<Testbed> {
+  return JSON.parse(await readFile(join(dir, 'testbed.json'), 'utf8')) as Testbed;
+}
+
+async function pidsWhere(match: (cmdline: string, pid: number) => boolean): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline && match(cmdline.split('\0').join(' '), pid)) pids.push(pid);
+  }
+  return pids;
+}
+
+async function killAll(pids: number[]): Promise<void> {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  for (let i = 0; i < 50; i += 1) {
+    const alive = pids.filter((pid) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    if (alive.length === 0) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * Removes everything a testbed in `dir` made, in the order that loses no page: stop rswap's
+ * processes, swap off our areas, detach our loop devices, stop the initiators, then targets and
+ * tgtd, then mounts, namespaces, the bridge and NATS. Touches only what carries the testbed's marks.
+ */
+export async function testbedDown(run: Runner, log: Logger, dir: string): Promise<string[]> {
+  const problems: string[] = [];
+  const attempt = async (what: string, task: () => Promise<unknown>) => {
+    try {
+      await task();
+    } catch (error) {
+      problems.push(`${what}: ${errorMessage(error)}`);
+    }
+  };
+  // 1. rswap's own processes (broker, agents): they talk to the testbed's NATS on the bridge.
+  await attempt('stop rswap processes', async () => killAll(await pidsWhere((cmd) => cmd.includes('rswap.js ') && cmd.includes(`nats://${BRIDGE_ADDRESS}:`))));
+  // 2. Swap areas and loop devices backed by files under the folder.
+  const loops = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).then((r) => r.stdout, () => '');
+  const ours = loops
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([name, file]) => name && file && file.startsWith(dir + '/'))
+    .map(([name]) => name!);
+  const swaps = await readSwaps();
+  for (const device of ours) {
+    if (swaps.some((a) => a.path === device)) await attempt(`swapoff ${device}`, () => run('swapoff', [device], { timeoutMs: 600_000 }));
+    await attempt(`losetup -d ${device}`, () => run('losetup', ['-d', device]));
+  }
+  // 3. Initiators (qemu-storage-daemon names the folder), then everything in our namespaces (tgtd).
+  await attempt('stop initiators', async () => killAll(await pidsWhere((cmd) => cmd.includes('qemu-storage-daemon') && cmd.includes(dir + '/'))));
+  const namespaces = (await run('ip', ['netns', 'list']).then((r) => r.stdout, () => ''))
+    .split('\n')
+    .map((line) => line.split(' ')[0]!)
+    .filter((name) => name.startsWith(NETNS_PREFIX + 'host-'));
+  for (const netns of namespaces) {
+    await attempt(`stop processes in ${netns}`, async () => {
+      const { stdout } = await run('ip', ['netns', 'pids', netns]);
+      await killAll(stdout.split('\n').filter(Boolean).map(Number));
+    });
+  }
+  // 4. Mounts under the folder (FUSE exports, ramfs), deepest first.
+  const mounts = (await readMounts()).filter((m) => m.target.startsWith(dir + '/')).sort((a, b) => b.target.length - a.target.length);
+  for (const mount of mounts) await attempt(`umount ${mount.target}`, () => run('umount', ['-l', mount.target]));
+  // 5. Namespaces, bridge, NATS.
+  for (const netns of namespaces) await attempt(`netns ${netns}`, () => run('ip', ['netns', 'del', netns]));
+  await attempt('bridge', async () => {
+    const { stdout } = await run('ip', ['-o', 'link', 'show']);
+    if (stdout.includes(` ${BRIDGE}:`)) await run('ip', ['link', 'del', BRIDGE]);
+  });
+  await attempt('nats-server', async () => killAll(await pidsWhere((cmd) => cmd.startsWith('nats-server') && cmd.includes(dir + '/'))));
+  if (problems.length === 0) await rm(dir, { recursive: true, force: true });
+  log.info({ dir, problems }, 'testbed down');
+  return problems;
+}

@@ -1,0 +1,132 @@
+/**
+ * The borrower's side of a lease: log in, self-test, mkswap, swapon above local swap; and back:
+ * swap-off only when the pages fit, then log out. Idempotent by lease id; each lease's facts live
+ * in `<stateDir>/leases/<id>/attach.json` so a restarted attacher finds what it made.
+ */
+import { mkdir, readFile, readdir, writeFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../../shared/log.js';
+import type { Runner } from '../../shared/runner.js';
+import { ErrorCodes, RswapError, errorMessage } from '../../shared/errors.js';
+import { readMeminfo, readSwaps } from '../../shared/procfs.js';
+import { Target, type AttachRequest, type LeaseRecord } from '../../shared/schemas.js';
+import type { Initiator } from './initiator.js';
+import { chooseSwapPriority, selfTest, swapoffSafety } from './swap.js';
+
+export interface AttacherOptions {
+  host: string;
+  stateDir: string;
+  swapPriority?: number;
+  swapoffMarginBytes: number;
+  swapoffTimeoutMs: number;
+}
+
+interface AttachRecord {
+  leaseId: string;
+  target: Target;
+  device: string;
+  priority: number;
+}
+
+export class Attacher {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly run: Runner,
+    readonly initiator: Initiator,
+    private readonly options: AttacherOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** One swap change at a time: priorities and safety checks read the whole /proc/swaps. */
+  private serial<T>(task: () => Promise<T>): Promise<T> {
+    const next = this.tail.catch(() => undefined).then(task);
+    this.tail = next;
+    return next;
+  }
+
+  private dir(leaseId: string): string {
+    return join(this.options.stateDir, 'leases', leaseId);
+  }
+
+  private async record(leaseId: string): Promise<AttachRecord | undefined> {
+    return readFile(join(this.dir(leaseId), 'attach.json'), 'utf8').then((t) => JSON.parse(t) as AttachRecord, () => undefined);
+  }
+
+  async remoteDevices(): Promise<Set<string>> {
+    const devices = new Set<string>();
+    for (const leaseId of await this.held()) {
+      const rec = await this.record(leaseId);
+      if (rec) devices.add(rec.device);
+    }
+    return devices;
+  }
+
+  async attach(request: AttachRequest): Promise<{ device: string; priority: number; initiator: 'kernel' | 'userspace' }> {
+    return this.serial(async () => {
+      const kind = this.initiator.kind;
+      const done = await this.record(request.leaseId);
+      const swaps = await readSwaps();
+      if (done && swaps.some((a) => a.path === done.device)) return { device: done.device, priority: done.priority, initiator: kind };
+      await mkdir(this.dir(request.leaseId), { recursive: true, mode: 0o700 });
+      const device = await this.initiator.login(request.leaseId, request.target, request.chap);
+      try {
+        await selfTest(this.run, device, request.sizeBytes, this.dir(request.leaseId), () => this.initiator.dropCaches(request.leaseId, device));
+        const priority = chooseSwapPriority(swaps, await this.remoteDevices(), this.options.swapPriority);
+        await this.run('mkswap', ['-L', request.leaseId, device]);
+        const record: AttachRecord = { leaseId: request.leaseId, target: request.target, device, priority };
+        await writeFile(join(this.dir(request.leaseId), 'attach.json'), JSON.stringify(record), { mode: 0o600 });
+        await this.run('swapon', ['-p', String(priority), device]);
+        this.log.info({ leaseId: request.leaseId, device, priority, initiator: kind }, 'swap on remote memory active');
+        return { device, priority, initiator: kind };
+      } catch (error) {
+        await this.initiator.logout(request.leaseId, request.target).catch((e) => this.log.error({ leaseId: request.leaseId, err: errorMessage(e) }, 'logout after failed attach'));
+        await rm(this.dir(request.leaseId), { recursive: true, force: true });
+        throw error;
+      }
+    });
+  }
+
+  async detach(leaseId: string): Promise<void> {
+    return this.serial(async () => {
+      const rec = await this.record(leaseId);
+      const swaps = await readSwaps();
+      const area = rec ? swaps.find((a) => a.path === rec.device) : undefined;
+      if (area) {
+        const meminfo = await readMeminfo();
+        const check = swapoffSafety(area, swaps.filter((a) => a !== area), meminfo.get('MemAvailable') ?? 0, this.options.swapoffMarginBytes);
+        if (!check.safe) throw new RswapError(ErrorCodes.SWAPOFF_UNSAFE, `lease ${leaseId}: ${check.reason}`);
+        this.log.info({ leaseId, device: area.path, usedBytes: area.usedBytes }, 'swapping off');
+        await this.run('swapoff', [area.path], { timeoutMs: this.options.swapoffTimeoutMs });
+      }
+      await this.initiator.logout(leaseId, rec?.target);
+      await rm(this.dir(leaseId), { recursive: true, force: true });
+      this.log.info({ leaseId }, 'detached');
+    });
+  }
+
+  /** Lease ids with anything on this host (a state folder). */
+  async held(): Promise<string[]> {
+    return readdir(join(this.options.stateDir, 'leases')).catch(() => []);
+  }
+
+  /** Detaches what belongs to no live lease of this host (absent from KV, released or failed). */
+  async reconcile(lookup: (leaseId: string) => Promise<LeaseRecord | undefined>): Promise<string[]> {
+    // Each lease is looked up right before acting: a lease created after a bulk read is not an orphan.
+    const isLive = async (leaseId: string) => {
+      const lease = await lookup(leaseId);
+      return lease !== undefined && lease.borrower === this.options.host && lease.state !== 'released' && lease.state !== 'failed';
+    };
+    const removed: string[] = [];
+    for (const leaseId of await this.held()) {
+      if (await isLive(leaseId)) continue;
+      try {
+        await this.detach(leaseId);
+        removed.push(leaseId);
+      } catch (error) {
+        this.log.error({ leaseId, err: errorMessage(error) }, 'reconcile: could not detach orphan');
+      }
+    }
+    return removed;
+  }
+}

@@ -1,0 +1,91 @@
+/** The attacher: swaps onto remote memory on the broker's command, and gives it back safely. */
+import { access, mkdir } from 'node:fs/promises';
+import { z } from 'zod';
+import { createLogger, type Logger } from '../../shared/log.js';
+import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
+import { handle, publishJson, RejectCounter } from '../../shared/messaging.js';
+import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { createRunner, type Runner } from '../../shared/runner.js';
+import { getParsed } from '../../shared/kv.js';
+import { requireLease } from '../../shared/lease-check.js';
+import { announceLoop, every } from '../../shared/agent.js';
+import { subjects } from '../../shared/subjects.js';
+import { AttachRequest, DetachRequest, HostId, Ipv4, Iqn, LeaseRecord } from '../../shared/schemas.js';
+import { ErrorCodes, RswapError } from '../../shared/errors.js';
+import { Attacher } from './attacher.js';
+import type { Initiator } from './initiator.js';
+import { KernelInitiator } from './kernel.js';
+import { UserspaceInitiator } from './userspace.js';
+import { IQN_PREFIX } from '../exporter/exporter.js';
+
+export const AttacherConfig = z.strictObject({
+  nats: z.string().min(1),
+  host: HostId,
+  address: Ipv4,
+  iqn: Iqn.optional(), // default iqn.2026-11.io.rswap:<host>
+  initiator: z.enum(['auto', 'kernel', 'userspace']).default('auto'),
+  stateDir: z.string().startsWith('/').default('/var/lib/rswap/attacher'),
+  swapPriority: z.coerce.number().int().min(0).max(32767).optional(), // default: local max + 100
+  swapoffMarginBytes: SizeSetting.default(256 * 1024 * 1024), // 256 MiB
+  swapoffTimeoutMs: z.coerce.number().int().positive().default(300_000),
+  replacementTimeoutS: z.coerce.number().int().min(1).default(120), // kernel initiator only
+  announceIntervalMs: z.coerce.number().int().positive().default(10_000),
+  reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
+});
+export type AttacherConfig = z.infer<typeof AttacherConfig>;
+
+const exists = (path: string) => access(path).then(() => true, () => false);
+
+/** kernel where open-iscsi can work (iscsi_tcp loaded or loadable), else userspace. */
+export async function pickInitiator(wanted: 'auto' | 'kernel' | 'userspace', run: Runner): Promise<'kernel' | 'userspace'> {
+  if (wanted !== 'auto') return wanted;
+  if (await exists('/sys/module/iscsi_tcp')) return 'kernel';
+  const loadable = await run('modprobe', ['-n', 'iscsi_tcp']).then(() => true, () => false);
+  return loadable ? 'kernel' : 'userspace';
+}
+
+export function makeInitiator(kind: 'kernel' | 'userspace', run: Runner, log: Logger, config: AttacherConfig, iqn: string): Initiator {
+  if (kind === 'kernel') return new KernelInitiator(run, log, { initiatorIqn: iqn, replacementTimeoutS: config.replacementTimeoutS, deviceWaitMs: 15_000 });
+  return new UserspaceInitiator(run, log, config.stateDir, iqn);
+}
+
+export async function startAttacher(raw: Record<string, unknown>) {
+  const config = parseConfig(AttacherConfig, raw);
+  const log = createLogger('attacher', config.host);
+  const run = createRunner(log);
+  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const iqn = config.iqn ?? `${IQN_PREFIX}:${config.host}`;
+  const kind = await pickInitiator(config.initiator, run);
+  const attacher = new Attacher(run, makeInitiator(kind, run, log, config, iqn), config, log);
+  const nc = await connectNats(config.nats, `rswap-attacher-${config.host}`, log);
+  const stores = await openStores(nc);
+  const rejects = new RejectCounter();
+  const me = config.host;
+
+  handle(nc, subjects.attachCmd(me), { schema: AttachRequest, log, rejects }, async (request) => {
+    const lease = await requireLease(stores.leases, request.leaseId, { role: 'borrower', host: me, states: ['attaching'] });
+    if (lease.target?.iqn !== request.target.iqn || lease.target.portal !== request.target.portal || lease.sizeBytes !== request.sizeBytes) {
+      throw new RswapError(ErrorCodes.BAD_MESSAGE, `attach request for ${request.leaseId} does not match the lease record`);
+    }
+    return attacher.attach(request);
+  });
+  handle(nc, subjects.detachCmd(me), { schema: DetachRequest, log, rejects }, async (request) => {
+    await requireLease(stores.leases, request.leaseId, { role: 'borrower', host: me, states: ['draining', 'failed', 'released'] });
+    await attacher.detach(request.leaseId);
+    return {};
+  });
+
+  const stopAnnounce = announceLoop(nc, config.announceIntervalMs, log, () => {
+    publishJson(nc, subjects.announce(me), { host: me, role: 'attacher', iqn, address: config.address, initiator: kind, at: Date.now() });
+  });
+  const stopReconcile = every(config.reconcileIntervalMs, 'reconcile', log, async () => {
+    await attacher.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
+  });
+  const stop = async () => {
+    stopAnnounce();
+    stopReconcile();
+  };
+  stopOnSignals(nc, log, stop);
+  log.info({ initiator: kind, iqn, address: config.address }, 'attacher started');
+  return { nc, attacher, rejects, stop: async () => { await stop(); await nc.drain(); } };
+}

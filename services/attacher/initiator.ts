@@ -1,0 +1,15 @@
+/** One interface, two iSCSI initiators: the kernel's open-iscsi and the userspace qemu path. */
+import type { Chap, Target } from '../../shared/schemas.js';
+
+export interface Initiator {
+  readonly kind: 'kernel' | 'userspace';
+  /** Logs in and returns the block device to swap on. Idempotent by lease id. */
+  login(leaseId: string, target: Target, chap: Chap): Promise<string>;
+  /** Logs out and removes everything login made. Idempotent: nothing there is fine. */
+  logout(leaseId: string, target: Target | undefined): Promise<void>;
+  /**
+   * Drops cached pages between the device and the target, so a read after it travels the whole
+   * stack (used by the self-test).
+   */
+  dropCaches(leaseId: string, device: string): Promise<void>;
+}

@@ -1,0 +1,124 @@
+/**
+ * The userspace initiator: qemu-storage-daemon logs in (libiscsi) and exports the LUN through FUSE
+ * onto a regular file; a loop device on that file is what the kernel swaps on. For kernels without
+ * iscsi_tcp (containers, these test machines). Slower and less safe than the kernel path: its
+ * sockets get no memory reserves, so it must stay out of memory-limited cgroups.
+ */
+import { readFile, writeFile, mkdir, rm, access } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../../shared/log.js';
+import type { Runner } from '../../shared/runner.js';
+import { errorMessage } from '../../shared/errors.js';
+import { readMounts } from '../../shared/procfs.js';
+import type { Chap, Target } from '../../shared/schemas.js';
+import type { Initiator } from './initiator.js';
+import { escapeToRootMemoryCgroup } from './cgroup.js';
+
+export class UserspaceInitiator implements Initiator {
+  readonly kind = 'userspace' as const;
+
+  constructor(
+    private readonly run: Runner,
+    private readonly log: Logger,
+    private readonly stateDir: string,
+    private readonly initiatorIqn: string,
+  ) {}
+
+  private paths(leaseId: string) {
+    const dir = join(this.stateDir, 'leases', leaseId);
+    return { dir, secret: join(dir, 'chap.secret'), exportFile: join(dir, 'export'), pidfile: join(dir, 'qsd.pid') };
+  }
+
+  /** The qemu-storage-daemon arguments; the secret travels in a file, never on the command line. */
+  daemonArgs(leaseId: string, target: Target, chap: Chap): string[] {
+    const p = this.paths(leaseId);
+    const blockdev = [
+      'driver=iscsi',
+      'node-name=lun',
+      'transport=tcp',
+      `portal=${target.portal}`,
+      `target=${target.iqn}`,
+      `lun=${target.lun}`,
+      `user=${chap.user}`,
+      'password-secret=chap',
+      `initiator-name=${this.initiatorIqn}`,
+    ].join(',');
+    return [
+      '--object', `secret,id=chap,file=${p.secret}`,
+      '--blockdev', blockdev,
+      '--export', `type=fuse,id=swap,node-name=lun,mountpoint=${p.exportFile},writable=on`,
+      '--pidfile', p.pidfile,
+      '--daemonize',
+    ];
+  }
+
+  async login(leaseId: string, target: Target, chap: Chap): Promise<string> {
+    const p = this.paths(leaseId);
+    const existing = await this.loopOf(p.exportFile);
+    if (existing) return existing;
+    await mkdir(p.dir, { recursive: true, mode: 0o700 });
+    if (!(await this.exportMounted(p.exportFile))) {
+      await writeFile(p.exportFile, '', { mode: 0o600 });
+      await writeFile(p.secret, chap.secret, { mode: 0o600 });
+      try {
+        // --daemonize returns once the iSCSI login succeeded and the FUSE export exists.
+        await this.run('qemu-storage-daemon', this.daemonArgs(leaseId, target, chap), { timeoutMs: 30_000, secrets: [chap.secret] });
+      } finally {
+        await rm(p.secret, { force: true });
+      }
+      const pid = Number((await readFile(p.pidfile, 'utf8')).trim());
+      await escapeToRootMemoryCgroup(pid, this.log);
+    }
+    // No --direct-io: with qemu 7.2's FUSE export it corrupts data past 8 KiB (DESIGN.md).
+    const { stdout } = await this.run('losetup', ['--find', '--show', p.exportFile]);
+    return stdout.trim();
+  }
+
+  async logout(leaseId: string): Promise<void> {
+    const p = this.paths(leaseId);
+    for (let device = await this.loopOf(p.exportFile); device; device = await this.loopOf(p.exportFile)) {
+      await this.run('losetup', ['-d', device]);
+    }
+    const pid = await readFile(p.pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
+    if (pid && isAlive(pid)) {
+      process.kill(pid, 'SIGTERM');
+      for (let i = 0; i < 50 && isAlive(pid); i += 1) await sleep(100);
+      if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+    }
+    if (await this.exportMounted(p.exportFile)) {
+      await this.run('umount', ['-l', p.exportFile]).catch((error) => this.log.warn({ leaseId, err: errorMessage(error) }, 'could not unmount FUSE export'));
+    }
+    await rm(p.dir, { recursive: true, force: true });
+  }
+
+  async dropCaches(leaseId: string, device: string): Promise<void> {
+    await this.run('blockdev', ['--flushbufs', device]);
+    // fadvise(DONTNEED) on the FUSE file: the next read goes to qemu, libiscsi and the target.
+    await this.run('dd', [`if=${this.paths(leaseId).exportFile}`, 'iflag=nocache', 'count=0', 'status=none']);
+  }
+
+  private async loopOf(file: string): Promise<string | undefined> {
+    try {
+      await access(file);
+    } catch {
+      return undefined;
+    }
+    const { stdout } = await this.run('losetup', ['-j', file]);
+    return stdout.split(':')[0]?.trim() || undefined;
+  }
+
+  private async exportMounted(file: string): Promise<boolean> {
+    return (await readMounts()).some((m) => m.target === file && m.fstype.startsWith('fuse'));
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,65 @@
+/** The broker's view of each host, kept in the hosts KV bucket and changed only by CAS. */
+import type { KV } from '@nats-io/kv';
+import { casUpdate, listParsed } from '../../shared/kv.js';
+import { ErrorCodes, RswapError } from '../../shared/errors.js';
+import { HostRecord, type AnnounceEvent, type SurplusEvent } from '../../shared/schemas.js';
+import { formatBytes } from '../../shared/units.js';
+import { freeBytes, type PolicyOptions } from './policy.js';
+
+const empty = (host: string): HostRecord => ({ host, reservations: {} });
+
+export class HostStore {
+  constructor(private readonly kv: KV) {}
+
+  async list(): Promise<HostRecord[]> {
+    return (await listParsed(this.kv, HostRecord)).map((entry) => entry.value);
+  }
+
+  async recordAnnounce(event: AnnounceEvent): Promise<void> {
+    await casUpdate(this.kv, event.host, HostRecord, (current) => {
+      const record = current ?? empty(event.host);
+      if (event.role === 'exporter') return { ...record, exporter: { portal: event.portal, at: event.at } };
+      return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, at: event.at } };
+    });
+  }
+
+  /** Keeps only the newest offer: an older one arriving late is ignored. */
+  async recordOffer(event: SurplusEvent, at: number): Promise<void> {
+    await casUpdate(this.kv, event.host, HostRecord, (current) => {
+      const record = current ?? empty(event.host);
+      if (record.offer && record.offer.at > at) return record;
+      return { ...record, offer: { lendableBytes: event.lendableBytes, lentBytes: event.lentBytes, at } };
+    });
+  }
+
+  async recordPressure(host: string, neededBytes: number, at: number): Promise<HostRecord> {
+    const { value } = await casUpdate(this.kv, host, HostRecord, (current) => ({ ...(current ?? empty(host)), pressure: { neededBytes, at } }));
+    return value;
+  }
+
+  /**
+   * Promises `sizeBytes` of the lender to a lease. The check and the write are one CAS on the
+   * lender's record, so two brokers can never promise the same bytes twice.
+   */
+  async reserve(lender: string, leaseId: string, sizeBytes: number, now: number, options: PolicyOptions): Promise<void> {
+    await casUpdate(this.kv, lender, HostRecord, (current) => {
+      if (!current) throw new RswapError(ErrorCodes.NO_CAPACITY, `unknown lender '${lender}'`);
+      if (current.reservations[leaseId] !== undefined) return current;
+      const free = freeBytes(current, now, options);
+      if (free < sizeBytes) {
+        throw new RswapError(ErrorCodes.NO_CAPACITY, `lender '${lender}' has ${formatBytes(free)} free, lease needs ${formatBytes(sizeBytes)}`);
+      }
+      return { ...current, reservations: { ...current.reservations, [leaseId]: sizeBytes } };
+    });
+  }
+
+  /** Returns a lease's bytes to its lender; doing it twice is harmless. */
+  async unreserve(lender: string, leaseId: string): Promise<void> {
+    await casUpdate(this.kv, lender, HostRecord, (current) => {
+      const record = current ?? empty(lender);
+      if (record.reservations[leaseId] === undefined) return record;
+      const { [leaseId]: _dropped, ...rest } = record.reservations;
+      return { ...record, reservations: rest };
+    });
+  }
+}

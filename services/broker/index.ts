@@ -1,0 +1,75 @@
+/** The broker: matches demand to offers, records leases in KV and drives them through their states. */
+import { z } from 'zod';
+import { createLogger } from '../../shared/log.js';
+import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
+import { handle, RejectCounter } from '../../shared/messaging.js';
+import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { subjects } from '../../shared/subjects.js';
+import { AnnounceEvent, PressureEvent, ReleaseRequest, SurplusEvent } from '../../shared/schemas.js';
+import { HostStore } from './hosts.js';
+import { LeaseStore } from './lease-store.js';
+import { Lifecycle } from './lifecycle.js';
+import { isTerminal } from './states.js';
+
+export const BrokerConfig = z.strictObject({
+  nats: z.string().min(1),
+  host: z.string().default('broker'),
+  offerTtlMs: z.coerce.number().int().positive().default(30_000), // 30 s: monitors republish every 5 s
+  announceTtlMs: z.coerce.number().int().positive().default(60_000), // 60 s: agents announce every 10 s
+  minLeaseBytes: SizeSetting.default(64 * 1024 * 1024), // 64 MiB
+  maxLeaseBytes: SizeSetting.default(4 * 1024 ** 3), // 4 GiB
+  exportTimeoutMs: z.coerce.number().int().positive().default(30_000),
+  attachTimeoutMs: z.coerce.number().int().positive().default(90_000), // login + self-test + mkswap
+  detachTimeoutMs: z.coerce.number().int().positive().default(300_000), // swapoff of GiBs takes a while
+  unexportTimeoutMs: z.coerce.number().int().positive().default(30_000),
+  sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
+});
+export type BrokerConfig = z.infer<typeof BrokerConfig>;
+
+export async function startBroker(raw: Record<string, unknown>) {
+  const config = parseConfig(BrokerConfig, raw);
+  const log = createLogger('broker', config.host);
+  const nc = await connectNats(config.nats, `rswap-broker-${config.host}`, log);
+  const stores = await openStores(nc);
+  const hosts = new HostStore(stores.hosts);
+  const leases = new LeaseStore(stores.leases, nc, log);
+  const lifecycle = new Lifecycle(nc, hosts, leases, config, log);
+  const rejects = new RejectCounter();
+  const queue = 'rswap-broker';
+  const base = { log, rejects, queue };
+
+  handle(nc, subjects.allAnnounce, { ...base, schema: AnnounceEvent, checkHostToken: true }, async (event) => {
+    await hosts.recordAnnounce(event);
+  });
+  handle(nc, subjects.allSurplus, { ...base, schema: SurplusEvent, checkHostToken: true }, async (event) => {
+    await hosts.recordOffer(event, event.at ?? Date.now());
+    log.info({ lender: event.host, lendableBytes: event.lendableBytes, source: event.source }, 'offer recorded');
+  });
+  handle(nc, subjects.allPressure, { ...base, schema: PressureEvent, checkHostToken: true }, async (event) => {
+    log.info({ borrower: event.host, neededBytes: event.neededBytes, source: event.source }, 'pressure received');
+    const lease = await lifecycle.onPressure(event, event.at ?? Date.now());
+    return lease ? { leaseId: lease.id, state: lease.state } : {};
+  });
+  handle(nc, subjects.release, { ...base, schema: ReleaseRequest }, async (request) => {
+    const lease = await lifecycle.release(request.leaseId);
+    return { lease };
+  });
+
+  // Capacity promised to a lease that ended (or never got recorded) goes back to its lender.
+  const sweep = async () => {
+    const all = new Map((await leases.list()).map((l) => [l.id, l]));
+    for (const host of await hosts.list()) {
+      for (const leaseId of Object.keys(host.reservations)) {
+        const lease = all.get(leaseId);
+        if (!lease || isTerminal(lease.state)) await hosts.unreserve(host.host, leaseId);
+      }
+    }
+  };
+  const timer = setInterval(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), config.sweepIntervalMs);
+  timer.unref();
+
+  nc.publish(subjects.brokerHello, JSON.stringify({ at: Date.now() }));
+  stopOnSignals(nc, log, async () => clearInterval(timer));
+  log.info({ nats: config.nats }, 'broker started');
+  return { nc, config, rejects, stop: async () => { clearInterval(timer); await nc.drain(); } };
+}

@@ -1,0 +1,62 @@
+/** Lease records in KV: created once, then changed only by CAS through the state machine. */
+import type { KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { randomBytes } from 'node:crypto';
+import { casUpdate, getParsed, listParsed } from '../../shared/kv.js';
+import { ErrorCodes, RswapError } from '../../shared/errors.js';
+import { publishJson } from '../../shared/messaging.js';
+import { subjects } from '../../shared/subjects.js';
+import { LeaseRecord, type LeaseState } from '../../shared/schemas.js';
+import type { Logger } from '../../shared/log.js';
+import { transition } from './states.js';
+
+export function newLeaseId(): string {
+  return `l-${randomBytes(6).toString('hex')}`;
+}
+
+export class LeaseStore {
+  constructor(
+    private readonly kv: KV,
+    private readonly nc: NatsConnection,
+    private readonly log: Logger,
+  ) {}
+
+  async get(leaseId: string): Promise<LeaseRecord | undefined> {
+    return (await getParsed(this.kv, leaseId, LeaseRecord))?.value;
+  }
+
+  async require(leaseId: string): Promise<LeaseRecord> {
+    const lease = await this.get(leaseId);
+    if (!lease) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+    return lease;
+  }
+
+  async list(): Promise<LeaseRecord[]> {
+    return (await listParsed(this.kv, LeaseRecord)).map((entry) => entry.value);
+  }
+
+  async create(lease: LeaseRecord): Promise<LeaseRecord> {
+    await this.kv.create(lease.id, JSON.stringify(lease));
+    this.announce(lease);
+    return lease;
+  }
+
+  /** Moves a lease to `to` by CAS; throws ILLEGAL_STATE if another step got there first. */
+  async move(
+    leaseId: string,
+    to: LeaseState,
+    changes: Parameters<typeof transition>[3] = {},
+  ): Promise<LeaseRecord> {
+    const { value } = await casUpdate(this.kv, leaseId, LeaseRecord, (current) => {
+      if (!current) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+      return transition(current, to, Date.now(), changes);
+    });
+    this.announce(value);
+    return value;
+  }
+
+  private announce(lease: LeaseRecord): void {
+    this.log.info({ leaseId: lease.id, state: lease.state, borrower: lease.borrower, lender: lease.lender, reason: lease.reason }, `lease ${lease.state}`);
+    publishJson(this.nc, subjects.leaseState(lease.id), { lease });
+  }
+}

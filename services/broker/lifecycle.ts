@@ -1,0 +1,186 @@
+/**
+ * Drives leases through their states: match demand to a lender, export, attach; release
+ * (swap-off on the borrower first, then unexport on the lender); and on any failure, mark the lease
+ * failed with the reason, return the capacity and ask both sides to clean up.
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import { propagation, context } from '@opentelemetry/api';
+import type { Logger } from '../../shared/log.js';
+import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
+import { requestJson } from '../../shared/messaging.js';
+import { subjects } from '../../shared/subjects.js';
+import { AttachReply, ExportReply, OkReply, type LeaseRecord, type PressureEvent } from '../../shared/schemas.js';
+import { formatBytes } from '../../shared/units.js';
+import type { HostStore } from './hosts.js';
+import { LeaseStore, newLeaseId } from './lease-store.js';
+import { chooseLender, type PolicyOptions } from './policy.js';
+import { isTerminal } from './states.js';
+
+export interface LifecycleOptions extends PolicyOptions {
+  exportTimeoutMs: number;
+  attachTimeoutMs: number;
+  detachTimeoutMs: number;
+  unexportTimeoutMs: number;
+}
+
+/** Runs one async task per key at a time, so two events for one borrower never race. */
+class KeyedQueue {
+  private readonly tails = new Map<string, Promise<unknown>>();
+  run<T>(key: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.tails.get(key) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(task);
+    this.tails.set(key, next);
+    void next.finally(() => {
+      if (this.tails.get(key) === next) this.tails.delete(key);
+    }).catch(() => undefined);
+    return next;
+  }
+}
+
+export class Lifecycle {
+  private readonly perBorrower = new KeyedQueue();
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly hosts: HostStore,
+    private readonly leases: LeaseStore,
+    private readonly options: LifecycleOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** Demand from a borrower: lend unless its existing leases already cover it. */
+  async onPressure(event: PressureEvent, at: number): Promise<LeaseRecord | undefined> {
+    return this.perBorrower.run(event.host, async () => {
+      const borrower = await this.hosts.recordPressure(event.host, event.neededBytes, at);
+      if (!borrower.attacher) {
+        throw new RswapError(ErrorCodes.BAD_MESSAGE, `host '${event.host}' has no attacher announced; it cannot borrow`);
+      }
+      const open = (await this.leases.list()).filter((l) => l.borrower === event.host && !isTerminal(l.state));
+      if (open.some((l) => l.state !== 'active')) {
+        this.log.info({ borrower: event.host }, 'pressure ignored: a lease for this host is in progress');
+        return undefined;
+      }
+      const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
+      if (coveredBytes >= event.neededBytes) {
+        this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
+        return undefined;
+      }
+      const now = Date.now();
+      const placement = chooseLender(await this.hosts.list(), event.host, event.neededBytes - coveredBytes, now, this.options);
+      if ('reason' in placement) {
+        this.log.warn({ borrower: event.host, neededBytes: event.neededBytes, reason: placement.reason }, 'cannot serve pressure');
+        return undefined;
+      }
+      const carrier: Record<string, string> = {};
+      propagation.inject(context.active(), carrier);
+      const lease = await this.leases.create({
+        id: newLeaseId(),
+        borrower: event.host,
+        lender: placement.lender,
+        sizeBytes: placement.sizeBytes,
+        state: 'requested',
+        createdAt: now,
+        updatedAt: now,
+        history: [{ state: 'requested', at: now }],
+        borrowerIqn: borrower.attacher.iqn,
+        borrowerAddress: borrower.attacher.address,
+        ...(carrier.traceparent ? { traceparent: carrier.traceparent } : {}),
+      });
+      try {
+        await this.hosts.reserve(lease.lender, lease.id, lease.sizeBytes, now, this.options);
+      } catch (error) {
+        return this.fail(lease.id, `reserving ${formatBytes(lease.sizeBytes)} on ${lease.lender}: ${errorMessage(error)}`, false);
+      }
+      return this.bringUp(lease);
+    });
+  }
+
+  private async bringUp(lease: LeaseRecord): Promise<LeaseRecord | undefined> {
+    let step = 'export';
+    try {
+      await this.leases.move(lease.id, 'exporting');
+      const exported = await requestJson(
+        this.nc,
+        subjects.exportCmd(lease.lender),
+        { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } },
+        ExportReply,
+        this.options.exportTimeoutMs,
+      );
+      await this.leases.move(lease.id, 'exported', { target: exported.target });
+      step = 'attach';
+      await this.leases.move(lease.id, 'attaching');
+      const attached = await requestJson(
+        this.nc,
+        subjects.attachCmd(lease.borrower),
+        { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap },
+        AttachReply,
+        this.options.attachTimeoutMs,
+      );
+      return await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator });
+    } catch (error) {
+      return this.fail(lease.id, `${step} failed: ${errorMessage(error)}`, true);
+    }
+  }
+
+  /** Marks a lease failed, returns its capacity and (if anything may exist) asks both hosts to clean up. */
+  private async fail(leaseId: string, reason: string, cleanUp: boolean): Promise<LeaseRecord | undefined> {
+    let lease: LeaseRecord | undefined;
+    try {
+      lease = await this.leases.move(leaseId, 'failed', { reason });
+    } catch (error) {
+      this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
+      lease = await this.leases.get(leaseId);
+    }
+    if (!lease) return undefined;
+    if (cleanUp) await this.tearDown(lease);
+    await this.hosts.unreserve(lease.lender, lease.id);
+    return lease;
+  }
+
+  /** Swap-off and logout on the borrower, then target removal on the lender. */
+  private async tearDown(lease: LeaseRecord): Promise<void> {
+    await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs).catch(
+      (error: unknown) => this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: detach failed'),
+    );
+    await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs).catch(
+      (error: unknown) => this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: unexport failed'),
+    );
+  }
+
+  /**
+   * Gives a lease back: the borrower swaps off first (or refuses, when its pages would not fit, and
+   * the lease stays active), then the lender removes the target. Releasing a released or failed
+   * lease again answers with its state and does nothing.
+   */
+  async release(leaseId: string): Promise<LeaseRecord> {
+    const lease = await this.leases.require(leaseId);
+    return this.perBorrower.run(lease.borrower, async () => {
+      const current = await this.leases.require(leaseId);
+      if (isTerminal(current.state)) return current;
+      if (current.state !== 'active' && current.state !== 'exported') {
+        throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; release it once it is active`);
+      }
+      await this.leases.move(leaseId, 'draining');
+      try {
+        await requestJson(this.nc, subjects.detachCmd(current.borrower), { leaseId, borrower: current.borrower }, OkReply, this.options.detachTimeoutMs);
+      } catch (error) {
+        if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
+          await this.leases.move(leaseId, 'active', { reason: errorMessage(error) });
+          throw error;
+        }
+        await this.fail(leaseId, `detach failed: ${errorMessage(error)}`, true);
+        throw error;
+      }
+      try {
+        await requestJson(this.nc, subjects.unexportCmd(current.lender), { leaseId, lender: current.lender }, OkReply, this.options.unexportTimeoutMs);
+      } catch (error) {
+        // The borrower no longer uses the target, so no page is at risk; the lender's reconciler
+        // removes the target of a released lease when it next runs.
+        this.log.warn({ leaseId, err: errorMessage(error) }, 'unexport failed; the lender will reconcile it');
+      }
+      const released = await this.leases.move(leaseId, 'released');
+      await this.hosts.unreserve(current.lender, leaseId);
+      return released;
+    });
+  }
+}

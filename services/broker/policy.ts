@@ -1,0 +1,52 @@
+/**
+ * Placement policy: which lender serves a borrower's demand, and how big the lease is.
+ *
+ * - A lender qualifies when its exporter has announced itself recently, its newest offer is fresh,
+ *   and it is not the borrower.
+ * - Free capacity = offered lendable bytes + bytes it already serves (as it reported them) - bytes
+ *   the broker has reserved on it. The offer is already net of the lender's reserve, so a lease
+ *   never takes a lender below its reserve.
+ * - The lease size is the demand rounded up to a MiB, clamped to [minLeaseBytes, maxLeaseBytes].
+ * - Most headroom first (worst fit): the lender with the most free capacity wins, ties by host id.
+ *   It spreads leases across lenders, so one lender's reclaim touches as few borrowers as possible.
+ *   It lends the whole lease, or all it has when that is less but still at least minLeaseBytes.
+ */
+import type { HostRecord } from '../../shared/schemas.js';
+import { MiB, roundUpToMiB } from '../../shared/units.js';
+
+export interface PolicyOptions {
+  offerTtlMs: number;
+  announceTtlMs: number;
+  minLeaseBytes: number;
+  maxLeaseBytes: number;
+}
+
+export type Placement = { lender: string; sizeBytes: number } | { reason: string };
+
+export function reservedBytes(host: HostRecord): number {
+  return Object.values(host.reservations).reduce((sum, bytes) => sum + bytes, 0);
+}
+
+/** Bytes the broker may still promise on this host, or 0 when its offer is missing or stale. */
+export function freeBytes(host: HostRecord, now: number, options: Pick<PolicyOptions, 'offerTtlMs'>): number {
+  if (!host.offer || now - host.offer.at > options.offerTtlMs) return 0;
+  return Math.max(0, host.offer.lendableBytes + host.offer.lentBytes - reservedBytes(host));
+}
+
+export function chooseLender(
+  hosts: HostRecord[],
+  borrower: string,
+  neededBytes: number,
+  now: number,
+  options: PolicyOptions,
+): Placement {
+  const wanted = Math.min(options.maxLeaseBytes, Math.max(options.minLeaseBytes, roundUpToMiB(neededBytes)));
+  const candidates = hosts
+    .filter((h) => h.host !== borrower && h.exporter && now - h.exporter.at <= options.announceTtlMs)
+    .map((h) => ({ host: h.host, free: Math.floor(freeBytes(h, now, options) / MiB) * MiB }))
+    .filter((c) => c.free >= options.minLeaseBytes)
+    .sort((a, b) => b.free - a.free || a.host.localeCompare(b.host));
+  const best = candidates[0];
+  if (!best) return { reason: 'no lender with a fresh offer and enough free capacity' };
+  return { lender: best.host, sizeBytes: Math.min(wanted, best.free) };
+}

@@ -1,0 +1,76 @@
+/** The exporter: lends this host's RAM as ramfs-backed tgt targets, on the broker's command. */
+import { mkdir } from 'node:fs/promises';
+import { z } from 'zod';
+import { createLogger } from '../../shared/log.js';
+import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
+import { handle, publishJson, RejectCounter } from '../../shared/messaging.js';
+import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { createRunner } from '../../shared/runner.js';
+import { getParsed } from '../../shared/kv.js';
+import { requireLease } from '../../shared/lease-check.js';
+import { announceLoop, every } from '../../shared/agent.js';
+import { subjects } from '../../shared/subjects.js';
+import { ExportRequest, HostId, Ipv4, LeaseRecord, UnexportRequest } from '../../shared/schemas.js';
+import { ErrorCodes, RswapError } from '../../shared/errors.js';
+import { Exporter } from './exporter.js';
+import { Tgt } from './tgt.js';
+
+export const ExporterConfig = z.strictObject({
+  nats: z.string().min(1),
+  host: HostId,
+  address: Ipv4,
+  portalPort: z.coerce.number().int().min(1).max(65535).default(3260),
+  tgtControlPort: z.coerce.number().int().min(0).max(65535).default(3260), // tgtd's -C: its own control socket
+  stateDir: z.string().startsWith('/').default('/var/lib/rswap/exporter'),
+  reserveBytes: SizeSetting.default(1024 ** 3), // 1 GiB kept for the lender itself
+  maxLendBytes: SizeSetting.default(64 * 1024 ** 3), // 64 GiB
+  announceIntervalMs: z.coerce.number().int().positive().default(10_000),
+  reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
+});
+export type ExporterConfig = z.infer<typeof ExporterConfig>;
+
+export async function startExporter(raw: Record<string, unknown>) {
+  const config = parseConfig(ExporterConfig, raw);
+  const log = createLogger('exporter', config.host);
+  const run = createRunner(log);
+  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const portal = `${config.address}:${config.portalPort}`;
+  const tgt = new Tgt(run, log, config.tgtControlPort, portal, config.stateDir);
+  const tgtd = await tgt.ensureDaemon();
+  log.info({ tgtd, controlPort: config.tgtControlPort, portal }, 'tgtd ready');
+
+  const exporter = new Exporter(run, tgt, config, log);
+  const nc = await connectNats(config.nats, `rswap-exporter-${config.host}`, log);
+  const stores = await openStores(nc);
+  const rejects = new RejectCounter();
+  const me = config.host;
+
+  handle(nc, subjects.exportCmd(me), { schema: ExportRequest, log, rejects }, async (request) => {
+    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['exporting', 'exported'] });
+    if (lease.sizeBytes !== request.sizeBytes || lease.borrowerAddress !== request.borrower.address) {
+      throw new RswapError(ErrorCodes.BAD_MESSAGE, `export request for ${request.leaseId} does not match the lease record`);
+    }
+    return exporter.export(request);
+  });
+  handle(nc, subjects.unexportCmd(me), { schema: UnexportRequest, log, rejects }, async (request) => {
+    // Never tear down while the borrower may still swap on it: only once it drains, or ended.
+    await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['draining', 'released', 'failed'] });
+    await exporter.unexport(request.leaseId);
+    return {};
+  });
+
+  const stopAnnounce = announceLoop(nc, config.announceIntervalMs, log, () => {
+    publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now() });
+  });
+  const stopReconcile = every(config.reconcileIntervalMs, 'reconcile', log, async () => {
+    await exporter.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
+  });
+
+  const stop = async () => {
+    stopAnnounce();
+    stopReconcile();
+  };
+  stopOnSignals(nc, log, stop);
+  log.info({ portal }, 'exporter started');
+  return { nc, exporter, rejects, stop: async () => { await stop(); await nc.drain(); } };
+}

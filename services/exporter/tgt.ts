@@ -1,0 +1,151 @@
+/**
+ * tgt, the userspace iSCSI target: one tgtd per exporter (its own control port and portal), driven
+ * by tgtadm. tgtd is started detached so it keeps serving when the exporter dies; a restarted
+ * exporter adopts it.
+ */
+import { spawn } from 'node:child_process';
+import { openSync, closeSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../../shared/log.js';
+import type { Runner } from '../../shared/runner.js';
+import { ErrorCodes, RswapError } from '../../shared/errors.js';
+
+export interface TargetInfo {
+  tid: number;
+  iqn: string;
+  backingStores: string[];
+  accounts: string[];
+  acl: string[];
+  /** Initiator addresses with a session (I_T nexus) on this target. */
+  sessions: string[];
+}
+
+/** Parses `tgtadm --mode target --op show`. */
+export function parseTargets(text: string): TargetInfo[] {
+  const targets: TargetInfo[] = [];
+  let current: TargetInfo | undefined;
+  let section = '';
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    const head = /^Target (\d+): (\S+)$/.exec(line);
+    if (head) {
+      current = { tid: Number(head[1]), iqn: head[2]!, backingStores: [], accounts: [], acl: [], sessions: [] };
+      targets.push(current);
+      section = '';
+      continue;
+    }
+    if (!current || line === '') continue;
+    if (/^(System|I_T nexus|LUN|Account|ACL) information:$/.test(line)) {
+      section = line.split(' ')[0]!;
+      continue;
+    }
+    if (section === 'LUN') {
+      const store = /^Backing store path: (\/.+)$/.exec(line);
+      if (store) current.backingStores.push(store[1]!);
+    } else if (section === 'I_T') {
+      const ip = /^IP Address: (\S+)$/.exec(line);
+      if (ip) current.sessions.push(ip[1]!);
+    } else if (section === 'Account') {
+      current.accounts.push(line);
+    } else if (section === 'ACL') {
+      current.acl.push(line);
+    }
+  }
+  return targets;
+}
+
+const ISCSI = ['--lld', 'iscsi'];
+
+export class Tgt {
+  constructor(
+    private readonly run: Runner,
+    private readonly log: Logger,
+    readonly controlPort: number,
+    readonly portal: string,
+    private readonly stateDir: string,
+    private readonly tgtdPath = 'tgtd',
+  ) {}
+
+  private adm(args: string[], secrets: string[] = []) {
+    return this.run('tgtadm', ['-C', String(this.controlPort), ...ISCSI, ...args], { secrets, timeoutMs: 15_000 });
+  }
+
+  async isRunning(): Promise<boolean> {
+    try {
+      await this.adm(['--mode', 'system', '--op', 'show']);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Adopts a running tgtd on our control port, or starts one; makes sure it listens on our portal. */
+  async ensureDaemon(): Promise<'adopted' | 'started'> {
+    if (await this.isRunning()) {
+      await this.ensurePortal();
+      return 'adopted';
+    }
+    const logFd = openSync(join(this.stateDir, 'tgtd.log'), 'a');
+    const child = spawn(this.tgtdPath, ['-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`], {
+      detached: true,
+      stdio: ['ignore', logFd, logFd],
+    });
+    closeSync(logFd);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    child.once('error', (error) => this.log.error({ err: error }, 'tgtd failed to start'));
+    child.unref();
+    for (let i = 0; i < 50; i += 1) {
+      if (await this.isRunning()) {
+        await writeFile(join(this.stateDir, 'tgtd.pid'), `${child.pid}\n`);
+        return 'started';
+      }
+      const code = await Promise.race([exited, new Promise((r) => setTimeout(r, 100)).then(() => 'running' as const)]);
+      if (code !== 'running') {
+        throw new RswapError(ErrorCodes.COMMAND_FAILED, `tgtd exited with ${code} (see ${join(this.stateDir, 'tgtd.log')}; is portal ${this.portal} in use?)`);
+      }
+    }
+    throw new RswapError(ErrorCodes.TIMEOUT, `tgtd on control port ${this.controlPort} did not answer within 5s`);
+  }
+
+  private async ensurePortal(): Promise<void> {
+    const { stdout } = await this.adm(['--mode', 'portal', '--op', 'show']);
+    if (stdout.includes(`Portal: ${this.portal},`)) return;
+    await this.adm(['--mode', 'portal', '--op', 'new', '--param', `portal=${this.portal}`]);
+  }
+
+  async list(): Promise<TargetInfo[]> {
+    return parseTargets((await this.adm(['--mode', 'target', '--op', 'show'])).stdout);
+  }
+
+  /**
+   * Creates a target with LUN 1 on `backingStore` (rdwr: ramfs has no O_DIRECT), admits only
+   * `initiatorAddress`, and requires CHAP with `user`/`secret`. Rolls back on any failure.
+   */
+  async create(iqn: string, backingStore: string, initiatorAddress: string, user: string, secret: string): Promise<number> {
+    const tids = (await this.list()).map((t) => t.tid);
+    const tid = Math.max(0, ...tids) + 1;
+    try {
+      await this.adm(['--mode', 'target', '--op', 'new', '--tid', String(tid), '--targetname', iqn]);
+      await this.adm(['--mode', 'logicalunit', '--op', 'new', '--tid', String(tid), '--lun', '1', '--backing-store', backingStore, '--bstype', 'rdwr']);
+      // tgt admits an initiator if its address OR its name is listed, so only the address is bound.
+      await this.adm(['--mode', 'target', '--op', 'bind', '--tid', String(tid), '--initiator-address', initiatorAddress]);
+      await this.adm(['--mode', 'account', '--op', 'new', '--user', user, '--password', secret], [secret]);
+      await this.adm(['--mode', 'account', '--op', 'bind', '--tid', String(tid), '--user', user]);
+      return tid;
+    } catch (error) {
+      await this.remove(tid, user);
+      throw error;
+    }
+  }
+
+  /** Deletes the target (even with sessions) and its account; absent ones are fine. */
+  async remove(tid: number | undefined, user: string): Promise<void> {
+    if (tid !== undefined) {
+      await this.adm(['--mode', 'target', '--op', 'delete', '--force', '--tid', String(tid)]).catch((error: unknown) => {
+        if (!/can't find the target/i.test(String((error as Error).message))) throw error;
+      });
+    }
+    await this.adm(['--mode', 'account', '--op', 'delete', '--user', user]).catch(() => undefined);
+  }
+}

@@ -1,0 +1,42 @@
+/** Memory cgroups for workloads (v1 where /sys/fs/cgroup/memory exists, else v2). */
+import { mkdir, rmdir, writeFile, access } from 'node:fs/promises';
+import { join } from 'node:path';
+
+const V1 = '/sys/fs/cgroup/memory';
+const V2 = '/sys/fs/cgroup';
+
+export interface MemoryCgroup {
+  path: string;
+  version: 1 | 2;
+  /** A shell prefix that moves the shell into the cgroup before it execs the command. */
+  wrap(command: string[]): string[];
+  remove(): Promise<void>;
+}
+
+export async function createMemoryCgroup(name: string, limitBytes: number): Promise<MemoryCgroup> {
+  const v1 = await access(join(V1, 'memory.limit_in_bytes')).then(() => true, () => false);
+  const path = join(v1 ? V1 : V2, name);
+  await mkdir(path, { recursive: true });
+  if (v1) {
+    await writeFile(join(path, 'memory.limit_in_bytes'), String(limitBytes));
+  } else {
+    await writeFile(join(path, 'memory.max'), String(limitBytes));
+  }
+  return {
+    path,
+    version: v1 ? 1 : 2,
+    wrap: (command) => ['sh', '-c', `echo $$ > ${join(path, 'cgroup.procs')} && exec "$@"`, 'sh', ...command],
+    remove: async () => {
+      for (let i = 0; i < 50; i += 1) {
+        try {
+          await rmdir(path);
+          return;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      }
+      await rmdir(path);
+    },
+  };
+}

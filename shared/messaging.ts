@@ -1,0 +1,160 @@
+/**
+ * Traced, schema-checked publish / request / subscribe over NATS. Producer spans are named
+ * `publish <subject>`, consumer spans `process <subject>`; the W3C trace context travels in NATS
+ * headers. Every message is parsed at the boundary: a bad one is answered with a clear error (when
+ * it has a reply subject), logged, counted, and changes nothing.
+ */
+import { headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
+import { context, propagation, SpanKind, SpanStatusCode, trace, type Context } from '@opentelemetry/api';
+import type { z } from 'zod';
+import type { Logger } from './log.js';
+import { ErrorCodes, RswapError, errorCode, errorMessage, type ErrorCode } from './errors.js';
+import { hostOfSubject } from './subjects.js';
+
+const tracer = trace.getTracer('rswap.messaging');
+
+const setter = { set: (carrier: MsgHdrs, key: string, value: string) => carrier.set(key, value) };
+const getter = {
+  get: (carrier: MsgHdrs | undefined, key: string) => carrier?.get(key) || undefined,
+  keys: (carrier: MsgHdrs | undefined) => (carrier ? [...carrier.keys()] : []),
+};
+
+function messagingAttributes(subject: string, operation: string) {
+  return { 'messaging.system': 'nats', 'messaging.destination.name': subject, 'messaging.operation.type': operation };
+}
+
+function headersFor(ctx: Context): MsgHdrs {
+  const h = natsHeaders();
+  propagation.inject(ctx, h, setter);
+  return h;
+}
+
+/** Counts rejected messages by reason; the metrics endpoint reads it. */
+export class RejectCounter {
+  readonly byReason = new Map<string, number>();
+  add(reason: string): void {
+    this.byReason.set(reason, (this.byReason.get(reason) ?? 0) + 1);
+  }
+  total(): number {
+    return [...this.byReason.values()].reduce((a, b) => a + b, 0);
+  }
+}
+
+export function publishJson(nc: NatsConnection, subject: string, body: unknown, parent: Context = context.active()): void {
+  const span = tracer.startSpan(`publish ${subject}`, { kind: SpanKind.PRODUCER, attributes: messagingAttributes(subject, 'publish') }, parent);
+  try {
+    nc.publish(subject, JSON.stringify(body), { headers: headersFor(trace.setSpan(parent, span)) });
+  } finally {
+    span.end();
+  }
+}
+
+/**
+ * Sends a request and parses the reply; a `{ ok: false }` reply becomes an RswapError carrying the
+ * remote code and message, so a failure reads the same wherever it happened.
+ */
+export async function requestJson<T>(
+  nc: NatsConnection,
+  subject: string,
+  body: unknown,
+  replySchema: z.ZodType<T>,
+  timeoutMs: number,
+): Promise<Extract<T, { ok: true }>> {
+  return tracer.startActiveSpan(
+    `publish ${subject}`,
+    { kind: SpanKind.PRODUCER, attributes: messagingAttributes(subject, 'request') },
+    async (span) => {
+      try {
+        const msg = await nc.request(subject, JSON.stringify(body), { timeout: timeoutMs, headers: headersFor(context.active()) }).catch((error: unknown) => {
+          const text = errorMessage(error);
+          if (/no responders/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (is that host's agent running?)`, { cause: error });
+          if (/timeout/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no reply within ${timeoutMs}ms: '${subject}'`, { cause: error });
+          throw error;
+        });
+        const parsed = replySchema.safeParse(msg.json());
+        if (!parsed.success) throw new RswapError(ErrorCodes.BAD_MESSAGE, `malformed reply on '${subject}': ${parsed.error.message}`);
+        const reply = parsed.data as { ok: boolean; error?: { code: string; message: string } };
+        if (!reply.ok) throw new RswapError((reply.error?.code as ErrorCode) ?? ErrorCodes.INTERNAL, reply.error?.message ?? 'unknown error');
+        return parsed.data as Extract<T, { ok: true }>;
+      } catch (error) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) });
+        span.setAttribute('error.type', errorCode(error));
+        throw error;
+      } finally {
+        span.end();
+      }
+    },
+  );
+}
+
+export interface HandlerOptions<T> {
+  schema: z.ZodType<T>;
+  log: Logger;
+  rejects: RejectCounter;
+  /** Queue group: several brokers share the work instead of each doing it. */
+  queue?: string;
+  /** For events on `rswap.v1.host.<H>.*`: the payload's `host` must be H. */
+  checkHostToken?: boolean;
+}
+
+function parseFailure(error: z.ZodError): string {
+  return error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`).join('; ');
+}
+
+/**
+ * Subscribes and runs `handler` for each valid message, inside a `process <subject>` span joined to
+ * the sender's trace. The handler's return value is the reply (when the message asked for one).
+ */
+export function handle<T>(
+  nc: NatsConnection,
+  subject: string,
+  options: HandlerOptions<T>,
+  handler: (data: T, msg: Msg) => Promise<unknown>,
+): void {
+  const { schema, log, rejects } = options;
+  nc.subscribe(subject, {
+    queue: options.queue,
+    callback: (subError, msg) => {
+      if (subError) {
+        log.error({ err: subError, subject }, 'subscription error');
+        return;
+      }
+      const parent = propagation.extract(context.active(), msg.headers, getter);
+      const span = tracer.startSpan(
+        `process ${msg.subject}`,
+        { kind: SpanKind.CONSUMER, attributes: messagingAttributes(msg.subject, 'process') },
+        parent,
+      );
+      void context.with(trace.setSpan(parent, span), async () => {
+        const reject = (code: ErrorCode, message: string) => {
+          rejects.add(code);
+          span.setStatus({ code: SpanStatusCode.ERROR, message });
+          span.setAttribute('error.type', code);
+          log.warn({ subject: msg.subject, code, reason: message }, 'message rejected');
+          if (msg.reply) msg.respond(JSON.stringify({ ok: false, error: { code, message } }));
+        };
+        try {
+          let raw: unknown;
+          try {
+            raw = JSON.parse(msg.string());
+          } catch {
+            return reject(ErrorCodes.BAD_MESSAGE, `not JSON on '${msg.subject}'`);
+          }
+          const parsed = schema.safeParse(raw);
+          if (!parsed.success) return reject(ErrorCodes.BAD_MESSAGE, `invalid message on '${msg.subject}': ${parseFailure(parsed.error)}`);
+          if (options.checkHostToken) {
+            const token = hostOfSubject(msg.subject);
+            const claimed = (parsed.data as { host?: string }).host;
+            if (token !== claimed) return reject(ErrorCodes.SPOOFED_HOST, `host '${claimed}' may not publish on '${msg.subject}'`);
+          }
+          const result = await handler(parsed.data, msg);
+          if (msg.reply) msg.respond(JSON.stringify({ ok: true, ...(result as object | undefined) }));
+        } catch (error) {
+          reject(errorCode(error), errorMessage(error));
+        } finally {
+          span.end();
+        }
+      });
+    },
+  });
+}

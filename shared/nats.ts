@@ -1,0 +1,64 @@
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { Logger } from './log.js';
+import { buckets } from './subjects.js';
+
+export type { NatsConnection, KV };
+
+/**
+ * Connects with endless reconnects (a service outlives a nats-server restart) and logs every
+ * status change. The first connect fails fast so a wrong URL is reported, not retried forever.
+ */
+export async function connectNats(url: string, name: string, log: Logger): Promise<NatsConnection> {
+  const nc = await connect({
+    servers: url.split(','),
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500, // ms between attempts
+    timeout: 5_000, // ms for the first connect
+  });
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === 'reconnecting' || status.type === 'ping') continue;
+      log.info({ nats: status.type }, 'nats status');
+    }
+  })();
+  return nc;
+}
+
+export interface Stores {
+  leases: KV;
+  hosts: KV;
+}
+
+/**
+ * Opens (creating if needed) the two KV buckets. File storage so lease state survives a
+ * nats-server restart; a little history for debugging.
+ */
+export async function openStores(nc: NatsConnection): Promise<Stores> {
+  const kvm = new Kvm(nc);
+  const [leases, hosts] = await Promise.all([
+    kvm.create(buckets.leases, { history: 5, storage: 'file' }),
+    kvm.create(buckets.hosts, { history: 3, storage: 'file' }),
+  ]);
+  return { leases, hosts };
+}
+
+/** Drains the connection on SIGINT/SIGTERM, then runs `onStop`, then exits. */
+export function stopOnSignals(nc: NatsConnection, log: Logger, onStop: () => Promise<void> = async () => {}): void {
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    try {
+      await onStop();
+      await nc.drain();
+    } catch (error) {
+      log.warn({ err: error }, 'error while stopping');
+    }
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+}

@@ -1,0 +1,158 @@
+/**
+ * The wire contract: every message and KV record, as zod schemas. Each service parses what it
+ * receives with these at the boundary; docs/protocol.md shows each one with an example.
+ */
+import { z } from 'zod';
+import { MiB, GiB } from './units.js';
+
+const TiB = 1024 * GiB;
+
+/** Host ids appear as subject tokens, so they may hold no dots, wildcards or spaces. */
+export const HostId = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'host id must be 1-63 of [a-z0-9-], not starting or ending with -');
+export const LeaseId = z.string().regex(/^l-[0-9a-f]{12}$/, "lease id must look like 'l-0123456789ab'");
+/** Milliseconds since the epoch. */
+export const Timestamp = z.number().int().positive();
+/** Any byte count a host may report; anything past 1 TiB on one host is treated as absurd. */
+export const Bytes = z.number().int().nonnegative().max(TiB, 'more than 1TiB is not a plausible size');
+export const LeaseBytes = z
+  .number()
+  .int()
+  .min(16 * MiB, 'a lease is at least 16MiB')
+  .max(TiB, 'a lease is at most 1TiB')
+  .refine((n) => n % MiB === 0, 'a lease size is a whole number of MiB');
+export const Iqn = z.string().regex(/^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[A-Za-z0-9.:_-]+)?$/, 'not an iSCSI qualified name');
+export const Ipv4 = z.ipv4();
+export const Portal = z.string().regex(/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/, "portal must be 'ADDR:PORT'");
+export const InitiatorKind = z.enum(['kernel', 'userspace']);
+
+export const LeaseState = z.enum(['requested', 'exporting', 'exported', 'attaching', 'active', 'draining', 'released', 'failed']);
+export type LeaseState = z.infer<typeof LeaseState>;
+
+// ---- events (a host about itself) ----
+
+export const PressureEvent = z.strictObject({
+  host: HostId,
+  /** How many more bytes of memory (swap) the host needs. */
+  neededBytes: Bytes.refine((n) => n > 0, 'neededBytes must be positive'),
+  at: Timestamp.optional(),
+  source: z.enum(['monitor', 'inject']).default('inject'),
+  signals: z
+    .strictObject({
+      psiSomeAvg10: z.number().min(0).max(100).optional(),
+      swapInPerS: z.number().nonnegative().optional(),
+      refaultPerS: z.number().nonnegative().optional(),
+      memAvailableBytes: Bytes.optional(),
+    })
+    .optional(),
+});
+export type PressureEvent = z.infer<typeof PressureEvent>;
+
+export const SurplusEvent = z.strictObject({
+  host: HostId,
+  /** What the host can still lend now: available - reserve - already promised. */
+  lendableBytes: Bytes,
+  /** The total size of leases the host currently serves, as it counts them. */
+  lentBytes: Bytes.default(0),
+  at: Timestamp.optional(),
+  source: z.enum(['monitor', 'inject']).default('inject'),
+});
+export type SurplusEvent = z.infer<typeof SurplusEvent>;
+
+export const AnnounceEvent = z.discriminatedUnion('role', [
+  z.strictObject({ host: HostId, role: z.literal('exporter'), portal: Portal, at: Timestamp }),
+  z.strictObject({
+    host: HostId,
+    role: z.literal('attacher'),
+    iqn: Iqn,
+    address: Ipv4,
+    initiator: InitiatorKind,
+    at: Timestamp,
+  }),
+]);
+export type AnnounceEvent = z.infer<typeof AnnounceEvent>;
+
+// ---- commands (request/reply) ----
+
+export const Target = z.strictObject({ portal: Portal, iqn: Iqn, lun: z.number().int().min(1).max(255) });
+export type Target = z.infer<typeof Target>;
+/** CHAP credentials: only ever in replies and commands between the broker and the lease's two hosts. */
+export const Chap = z.strictObject({
+  user: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+  secret: z.string().regex(/^[A-Za-z0-9]{12,64}$/),
+});
+export type Chap = z.infer<typeof Chap>;
+
+export const ExportRequest = z.strictObject({
+  leaseId: LeaseId,
+  lender: HostId,
+  sizeBytes: LeaseBytes,
+  borrower: z.strictObject({ host: HostId, iqn: Iqn, address: Ipv4 }),
+});
+export type ExportRequest = z.infer<typeof ExportRequest>;
+
+export const UnexportRequest = z.strictObject({ leaseId: LeaseId, lender: HostId });
+export type UnexportRequest = z.infer<typeof UnexportRequest>;
+
+export const AttachRequest = z.strictObject({
+  leaseId: LeaseId,
+  borrower: HostId,
+  lender: HostId,
+  sizeBytes: LeaseBytes,
+  target: Target,
+  chap: Chap,
+});
+export type AttachRequest = z.infer<typeof AttachRequest>;
+
+export const DetachRequest = z.strictObject({ leaseId: LeaseId, borrower: HostId });
+export type DetachRequest = z.infer<typeof DetachRequest>;
+
+export const ReleaseRequest = z.strictObject({ leaseId: LeaseId });
+export type ReleaseRequest = z.infer<typeof ReleaseRequest>;
+
+export const ErrorBody = z.strictObject({ code: z.string(), message: z.string() });
+export type ErrorBody = z.infer<typeof ErrorBody>;
+
+/** Every reply is `{ ok: true, ...result }` or `{ ok: false, error }`. */
+export function replySchema<T extends z.ZodRawShape>(shape: T) {
+  return z.union([z.object({ ok: z.literal(true), ...shape }), z.object({ ok: z.literal(false), error: ErrorBody })]);
+}
+export const ExportReply = replySchema({ target: Target, chap: Chap });
+export const AttachReply = replySchema({ device: z.string(), priority: z.number().int(), initiator: InitiatorKind });
+export const OkReply = replySchema({});
+
+// ---- KV records ----
+
+export const LeaseRecord = z.object({
+  id: LeaseId,
+  borrower: HostId,
+  lender: HostId,
+  sizeBytes: LeaseBytes,
+  state: LeaseState,
+  reason: z.string().optional(),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+  history: z.array(z.object({ state: LeaseState, at: Timestamp, reason: z.string().optional() })),
+  borrowerIqn: Iqn,
+  borrowerAddress: Ipv4,
+  target: Target.optional(),
+  device: z.string().optional(),
+  initiator: InitiatorKind.optional(),
+  /** W3C traceparent of the span that created the lease: every later step joins this trace. */
+  traceparent: z.string().optional(),
+});
+export type LeaseRecord = z.infer<typeof LeaseRecord>;
+
+export const HostRecord = z.object({
+  host: HostId,
+  exporter: z.object({ portal: Portal, at: Timestamp }).optional(),
+  attacher: z.object({ iqn: Iqn, address: Ipv4, initiator: InitiatorKind, at: Timestamp }).optional(),
+  offer: z.object({ lendableBytes: Bytes, lentBytes: Bytes, at: Timestamp }).optional(),
+  pressure: z.object({ neededBytes: Bytes, at: Timestamp }).optional(),
+  /** Bytes the broker has promised to leases on this lender, by lease id. */
+  reservations: z.record(z.string(), Bytes).default({}),
+});
+export type HostRecord = z.infer<typeof HostRecord>;
+
+export const LeaseStateEvent = z.object({ lease: LeaseRecord });

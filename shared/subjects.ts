@@ -1,0 +1,45 @@
+/**
+ * Every NATS subject rswap uses, under one versioned prefix. Subjects carry the host id of whoever
+ * may publish on them (events) or whoever must act on them (commands), so per-host NATS permissions
+ * can later allow `rswap.v1.host.H.>` publish and `rswap.v1.cmd.H.>` subscribe for host H alone.
+ */
+export const PREFIX = 'rswap.v1';
+
+export const subjects = {
+  /** Events a host publishes about itself. */
+  pressure: (host: string) => `${PREFIX}.host.${host}.pressure`,
+  surplus: (host: string) => `${PREFIX}.host.${host}.surplus`,
+  announce: (host: string) => `${PREFIX}.host.${host}.announce`,
+  /** Wildcards the broker subscribes to; the host token is the second-to-last one. */
+  allPressure: `${PREFIX}.host.*.pressure`,
+  allSurplus: `${PREFIX}.host.*.surplus`,
+  allAnnounce: `${PREFIX}.host.*.announce`,
+
+  /** Commands (request/reply) to the exporter and attacher of one host. */
+  exportCmd: (host: string) => `${PREFIX}.cmd.${host}.export`,
+  unexportCmd: (host: string) => `${PREFIX}.cmd.${host}.unexport`,
+  attachCmd: (host: string) => `${PREFIX}.cmd.${host}.attach`,
+  detachCmd: (host: string) => `${PREFIX}.cmd.${host}.detach`,
+
+  /** A broker that starts asks every agent to announce itself now, not at its next interval. */
+  brokerHello: `${PREFIX}.broker.hello`,
+  /** Operator requests to the broker. */
+  release: `${PREFIX}.broker.release`,
+
+  /** Lease state changes published by the broker; observers subscribe to `rswap.v1.lease.>`. */
+  leaseState: (leaseId: string) => `${PREFIX}.lease.${leaseId}.state`,
+  allLeaseStates: `${PREFIX}.lease.*.state`,
+} as const;
+
+/** The host token of an event subject `rswap.v1.host.<host>.<event>`, or undefined. */
+export function hostOfSubject(subject: string): string | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 5 || `${parts[0]}.${parts[1]}` !== PREFIX || parts[2] !== 'host') return undefined;
+  return parts[3];
+}
+
+/** JetStream KV buckets. */
+export const buckets = {
+  leases: 'rswap_leases',
+  hosts: 'rswap_hosts',
+} as const;
