@@ -1,0 +1,138 @@
+/**
+ * One lease end to end on the testbed: real nats-server, tgtd on ramfs in host-a's namespace,
+ * qemu-storage-daemon + FUSE + loop + swapon for host-b, a workload in a memory cgroup that must
+ * read back every byte, CHAP and address checks with libiscsi's iscsi-inq, forged commands, and a
+ * release that leaves nothing behind.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import pino from 'pino';
+import { createRunner } from '../../shared/runner.js';
+import { createMemoryCgroup } from '../../shared/cgroup.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
+import { subjects } from '../../shared/subjects.js';
+import { testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
+import { freePort } from '../helpers/nats.js';
+import type { LeaseRecord } from '../../shared/schemas.js';
+
+const MiB = 1024 ** 2;
+const DIR = '/run/rswap/test-e2e';
+const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
+const log = pino({ level: 'silent' });
+const run = createRunner(log);
+let tb: Testbed;
+let nc: NatsConnection;
+
+before(async () => {
+  tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), exporterArgs: ['--reserve-bytes', '256MiB'] });
+  nc = await connect({ servers: tb.natsUrl });
+});
+
+after(async () => {
+  await nc?.drain();
+  const problems = await testbedDown(run, log, DIR);
+  assert.deepEqual(problems, [], 'testbed down removed everything');
+});
+
+async function waitForLease(predicate: (l: LeaseRecord) => boolean, timeoutMs = 30_000): Promise<LeaseRecord> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const lease = (await listLeases(tb.natsUrl)).find(predicate);
+    if (lease) return lease;
+    if (Date.now() > deadline) throw new Error(`no matching lease within ${timeoutMs}ms: ${JSON.stringify(await listLeases(tb.natsUrl))}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function ask(subject: string, body: unknown): Promise<{ ok: boolean; error?: { code: string; message: string } }> {
+  return (await nc.request(subject, typeof body === 'string' ? body : JSON.stringify(body), { timeout: 30_000 })).json();
+}
+
+async function iscsiInq(netns: string, url: string): Promise<string> {
+  const result = await execa('ip', ['netns', 'exec', netns, 'iscsi-inq', '-i', 'iqn.2026-11.io.test:probe', url], { reject: false, timeout: 20_000 });
+  return `${result.stdout}\n${result.stderr}`;
+}
+
+async function ourLoops(): Promise<string[]> {
+  const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
+  return stdout.split('\n').filter((l) => l.includes(DIR));
+}
+
+test('lease - inject, active above local swap, data intact under swapping, CHAP and address enforced, forged commands refused, released clean', async () => {
+  await injectSurplus(tb.natsUrl, 'host-a', '512MiB', '0');
+  await injectPressure(tb.natsUrl, 'host-b', '256MiB');
+  const lease = await waitForLease((l) => l.borrower === 'host-b' && l.state === 'active');
+  assert.equal(lease.lender, 'host-a');
+  assert.equal(lease.sizeBytes, 256 * MiB);
+  assert.deepEqual(lease.history.map((h) => h.state), ['requested', 'exporting', 'exported', 'attaching', 'active']);
+
+  const swaps = await readSwaps();
+  const remote = swaps.find((a) => a.path === lease.device);
+  assert.ok(remote, `${lease.device} is in /proc/swaps`);
+  assert.ok(swaps.every((a) => a === remote || a.priority < remote.priority), 'remote swap is above every other area');
+
+  // A workload twice its cgroup's limit: every byte must come back, and pages must be swapped in.
+  const cgroup = await createMemoryCgroup(`rswap-e2e-${process.pid}`, 96 * MiB);
+  try {
+    const command = cgroup.wrap([process.execPath, WORKLOAD, '--bytes', '192MiB']);
+    const result = await execa(command[0]!, command.slice(1), { reject: false, timeout: 300_000 });
+    assert.equal(result.exitCode, 0, result.stderr);
+    const report = JSON.parse(result.stdout) as { corruptedChunks: number; chunks: number; pswpinDelta: number };
+    assert.equal(report.chunks, 192);
+    assert.equal(report.corruptedChunks, 0);
+    assert.ok(report.pswpinDelta > 0, 'pages were swapped in');
+    assert.ok((await readSwaps()).find((a) => a.path === lease.device), 'still swapping on the lease');
+  } finally {
+    await cgroup.remove();
+  }
+
+  // The target admits only the lease's CHAP secret from the borrower's address (client: libiscsi).
+  const chap = JSON.parse(await readFile(join(DIR, 'host-a', 'exporter', 'leases', lease.id, 'chap.json'), 'utf8')) as { user: string; secret: string };
+  const lun = `${lease.target!.portal}/${lease.target!.iqn}/1`;
+  assert.match(await iscsiInq('rswap-host-b', `iscsi://${lun}`), /Authentication failure|Login Failed/);
+  assert.match(await iscsiInq('rswap-host-b', `iscsi://${chap.user}%wrongwrongwrong@${lun}`), /Authentication failure/);
+  assert.match(await iscsiInq('rswap-host-c', `iscsi://${chap.user}%${chap.secret}@${lun}`), /Target not found|Login Failed/);
+  const allowed = await iscsiInq('rswap-host-b', `iscsi://${chap.user}%${chap.secret}@${lun}`);
+  assert.doesNotMatch(allowed, /Failed|failure/);
+  assert.match(allowed, /Peripheral|Vendor|Product/i);
+
+  // Forged and malformed commands to the agents are refused and change nothing.
+  assert.equal((await ask(subjects.unexportCmd('host-a'), { leaseId: lease.id, lender: 'host-a' })).error?.code, 'RSWAP_E_ILLEGAL_STATE');
+  assert.equal((await ask(subjects.detachCmd('host-b'), { leaseId: lease.id, borrower: 'host-b' })).error?.code, 'RSWAP_E_ILLEGAL_STATE');
+  assert.equal((await ask(subjects.unexportCmd('host-a'), { leaseId: 'l-ffffffffffff', lender: 'host-a' })).error?.code, 'RSWAP_E_UNKNOWN_LEASE');
+  assert.equal((await ask(subjects.detachCmd('host-c'), { leaseId: lease.id, borrower: 'host-c' })).error?.code, 'RSWAP_E_WRONG_HOST');
+  assert.equal((await ask(subjects.exportCmd('host-a'), 'not json')).error?.code, 'RSWAP_E_BAD_MESSAGE');
+  assert.equal((await ask(subjects.exportCmd('host-a'), { leaseId: lease.id, lender: 'host-a', sizeBytes: -5, borrower: {} })).error?.code, 'RSWAP_E_BAD_MESSAGE');
+  assert.equal((await ask(subjects.attachCmd('host-b'), { leaseId: lease.id, borrower: 'host-b', lender: 'host-a', sizeBytes: lease.sizeBytes, target: lease.target, chap })).error?.code, 'RSWAP_E_ILLEGAL_STATE');
+  assert.ok((await readSwaps()).find((a) => a.path === lease.device), 'swap still on after forged commands');
+  assert.match(await iscsiInq('rswap-host-b', `iscsi://${chap.user}%${chap.secret}@${lun}`), /Peripheral|Vendor|Product/i);
+
+  // Release: swap-off on host-b, then the target, file and mount on host-a; nothing is left.
+  const released = await releaseLease(tb.natsUrl, lease.id);
+  assert.equal(released.state, 'released');
+  assert.equal((await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)?.state, 'released');
+  assert.equal((await readSwaps()).find((a) => a.path === lease.device), undefined, 'no swap area');
+  assert.deepEqual(await ourLoops(), [], 'no loop device');
+  const mounts = (await readMounts()).filter((m) => m.target.startsWith(DIR));
+  assert.deepEqual(mounts, [], 'no ramfs or FUSE mount');
+  const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+  assert.equal(targets.stdout.trim(), '', 'no target');
+  // Releasing again is answered with the state and does nothing.
+  assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
+});
+
+test('lease - a demand no lender can serve creates no lease and leaks nothing', async () => {
+  const before = (await listLeases(tb.natsUrl)).length;
+  await injectSurplus(tb.natsUrl, 'host-a', '0', '0');
+  await new Promise((r) => setTimeout(r, 300));
+  await injectPressure(tb.natsUrl, 'host-c', '256MiB');
+  await new Promise((r) => setTimeout(r, 1_000));
+  assert.equal((await listLeases(tb.natsUrl)).length, before, 'no lease without an offer');
+  assert.deepEqual(await ourLoops(), []);
+});

@@ -1,0 +1,32 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { canTransition, transition } from '../../services/broker/states.js';
+import type { LeaseRecord } from '../../shared/schemas.js';
+
+const lease: LeaseRecord = {
+  id: 'l-0123456789ab', borrower: 'b', lender: 'a', sizeBytes: 64 * 1024 ** 2, state: 'requested',
+  createdAt: 1, updatedAt: 1, history: [{ state: 'requested', at: 1 }], borrowerIqn: 'iqn.2026-11.io.rswap:b', borrowerAddress: '198.18.0.12',
+};
+
+test('states - the happy path and the history it leaves', () => {
+  let l = lease;
+  for (const to of ['exporting', 'exported', 'attaching', 'active', 'draining', 'released'] as const) l = transition(l, to, 2);
+  assert.equal(l.state, 'released');
+  assert.deepEqual(l.history.map((h) => h.state), ['requested', 'exporting', 'exported', 'attaching', 'active', 'draining', 'released']);
+});
+
+test('states - illegal steps are refused with the current state in the message', () => {
+  assert.throws(() => transition(lease, 'active', 2), /lease l-0123456789ab is requested; it cannot become active/);
+  const released = { ...lease, state: 'released' as const };
+  assert.throws(() => transition(released, 'failed', 2), /RSWAP_E_ILLEGAL_STATE|cannot become failed/);
+  assert.equal(canTransition('failed', 'requested'), false);
+});
+
+test('states - failure is allowed from every live state and carries its reason', () => {
+  for (const from of ['requested', 'exporting', 'exported', 'attaching', 'active', 'draining'] as const) {
+    const failed = transition({ ...lease, state: from }, 'failed', 3, { reason: 'boom' });
+    assert.equal(failed.reason, 'boom');
+    assert.equal(failed.history.at(-1)?.reason, 'boom');
+  }
+  assert.equal(canTransition('draining', 'active'), true);
+});
