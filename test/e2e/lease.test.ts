@@ -6,7 +6,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { chmod, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -26,10 +26,18 @@ const DIR = '/run/rswap/test-e2e';
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
+const LOCAL_SWAP = `/var/tmp/rswap-e2e-local-${process.pid}.swap`;
 let tb: Testbed;
 let nc: NatsConnection;
+let localSwapOn = false;
 
 before(async () => {
+  // A local swap file of our own, so "above local swap" is measured against a real area.
+  await run('dd', ['if=/dev/zero', `of=${LOCAL_SWAP}`, 'bs=1M', 'count=32', 'status=none']);
+  await chmod(LOCAL_SWAP, 0o600);
+  await run('mkswap', [LOCAL_SWAP]);
+  await run('swapon', ['-p', '5', LOCAL_SWAP]);
+  localSwapOn = true;
   tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), exporterArgs: ['--reserve-bytes', '256MiB'] });
   nc = await connect({ servers: tb.natsUrl });
 });
@@ -37,6 +45,8 @@ before(async () => {
 after(async () => {
   await nc?.drain();
   const problems = await testbedDown(run, log, DIR);
+  if (localSwapOn) await run('swapoff', [LOCAL_SWAP]);
+  await rm(LOCAL_SWAP, { force: true });
   assert.deepEqual(problems, [], 'testbed down removed everything');
 });
 
@@ -75,7 +85,9 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
   const swaps = await readSwaps();
   const remote = swaps.find((a) => a.path === lease.device);
   assert.ok(remote, `${lease.device} is in /proc/swaps`);
+  assert.ok(swaps.some((a) => a.path === LOCAL_SWAP && a.priority === 5), 'the local swap file is on');
   assert.ok(swaps.every((a) => a === remote || a.priority < remote.priority), 'remote swap is above every other area');
+  assert.equal(remote.priority, 105, 'highest local priority + 100');
 
   // A workload twice its cgroup's limit: every byte must come back, and pages must be swapped in.
   const cgroup = await createMemoryCgroup(`rswap-e2e-${process.pid}`, 96 * MiB);
