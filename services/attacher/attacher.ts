@@ -11,6 +11,7 @@ import { ErrorCodes, RswapError, errorMessage } from '../../shared/errors.js';
 import { readMeminfo, readSwaps } from '../../shared/procfs.js';
 import { Target, type AttachRequest, type LeaseRecord } from '../../shared/schemas.js';
 import type { Initiator } from './initiator.js';
+import { KeyedQueue } from '../../shared/serial.js';
 import { chooseSwapPriority, selfTest, swapoffSafety } from './swap.js';
 
 export interface AttacherOptions {
@@ -29,7 +30,7 @@ interface AttachRecord {
 }
 
 export class Attacher {
-  private tail: Promise<unknown> = Promise.resolve();
+  private readonly queue = new KeyedQueue();
 
   constructor(
     private readonly run: Runner,
@@ -40,9 +41,7 @@ export class Attacher {
 
   /** One swap change at a time: priorities and safety checks read the whole /proc/swaps. */
   private serial<T>(task: () => Promise<T>): Promise<T> {
-    const next = this.tail.catch(() => undefined).then(task);
-    this.tail = next;
-    return next;
+    return this.queue.run('swap', task);
   }
 
   private dir(leaseId: string): string {

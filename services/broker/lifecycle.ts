@@ -15,26 +15,13 @@ import type { HostStore } from './hosts.js';
 import { LeaseStore, newLeaseId } from './lease-store.js';
 import { chooseLender, type PolicyOptions } from './policy.js';
 import { isTerminal } from './states.js';
+import { KeyedQueue } from '../../shared/serial.js';
 
 export interface LifecycleOptions extends PolicyOptions {
   exportTimeoutMs: number;
   attachTimeoutMs: number;
   detachTimeoutMs: number;
   unexportTimeoutMs: number;
-}
-
-/** Runs one async task per key at a time, so two events for one borrower never race. */
-class KeyedQueue {
-  private readonly tails = new Map<string, Promise<unknown>>();
-  run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const previous = this.tails.get(key) ?? Promise.resolve();
-    const next = previous.catch(() => undefined).then(task);
-    this.tails.set(key, next);
-    void next.finally(() => {
-      if (this.tails.get(key) === next) this.tails.delete(key);
-    }).catch(() => undefined);
-    return next;
-  }
 }
 
 export class Lifecycle {

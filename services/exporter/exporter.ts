@@ -13,6 +13,7 @@ import { readMeminfo, readMounts } from '../../shared/procfs.js';
 import { Chap, type ExportRequest, type LeaseRecord, type Target } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
 import type { Tgt } from './tgt.js';
+import { KeyedQueue } from '../../shared/serial.js';
 
 export const IQN_PREFIX = 'iqn.2026-11.io.rswap';
 
@@ -30,18 +31,9 @@ export function randomSecret(length = 24): string {
   return Array.from({ length }, () => ALPHABET[randomInt(ALPHABET.length)]).join('');
 }
 
-/** Serializes every change to tgtd and the mounts: tids are allocated by reading the listing. */
-class Mutex {
-  private tail: Promise<unknown> = Promise.resolve();
-  run<T>(task: () => Promise<T>): Promise<T> {
-    const next = this.tail.catch(() => undefined).then(task);
-    this.tail = next;
-    return next;
-  }
-}
-
 export class Exporter {
-  private readonly lock = new Mutex();
+  /** Every change to tgtd and the mounts, one at a time: tids are allocated by reading the listing. */
+  private readonly queue = new KeyedQueue();
 
   constructor(
     private readonly run: Runner,
@@ -66,7 +58,7 @@ export class Exporter {
     if (request.lender !== this.options.host) {
       throw new RswapError(ErrorCodes.WRONG_HOST, `lease ${request.leaseId} is for lender '${request.lender}', this is '${this.options.host}'`);
     }
-    return this.lock.run(async () => {
+    return this.queue.run('tgt', async () => {
       const iqn = this.iqnFor(request.leaseId);
       const dir = this.leaseDir(request.leaseId);
       const existing = (await this.tgt.list()).find((t) => t.iqn === iqn);
@@ -94,7 +86,7 @@ export class Exporter {
   }
 
   async unexport(leaseId: string): Promise<void> {
-    return this.lock.run(async () => {
+    return this.queue.run('tgt', async () => {
       const iqn = this.iqnFor(leaseId);
       const target = (await this.tgt.list()).find((t) => t.iqn === iqn);
       await this.tgt.remove(target?.tid, leaseId);
