@@ -7,8 +7,8 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
@@ -209,7 +209,11 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
     if (stdout.includes(` ${BRIDGE}:`)) await run('ip', ['link', 'del', BRIDGE]);
   });
   await attempt('nats-server', async () => killAll(await pidsWhere((cmd) => cmd.startsWith('nats-server') && cmd.includes(dir + '/'))));
-  if (problems.length === 0) await rm(dir, { recursive: true, force: true });
+  if (problems.length === 0) {
+    await rm(dir, { recursive: true, force: true });
+    // The shared parent (/run/rswap) goes too once no other testbed or demo uses it.
+    if (basename(dirname(dir)) === 'rswap') await rmdir(dirname(dir)).catch(() => undefined);
+  }
   log.info({ dir, problems }, 'testbed down');
   return problems;
 }
