@@ -14,6 +14,7 @@ import { subjects } from '../shared/subjects.js';
 import { LeaseStateEvent } from '../shared/schemas.js';
 import { MiB, formatBytes } from '../shared/units.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
+import { waitFor } from '../shared/wait.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease, withNats } from './operator.js';
 
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../bench/workload.js');
@@ -52,13 +53,10 @@ export async function runDemo(dir: string): Promise<void> {
       say('host-a offers 512MiB; host-b asks for 256MiB (rswap inject)');
       await injectSurplus(tb.natsUrl, 'host-a', '512MiB', '0');
       await injectPressure(tb.natsUrl, 'host-b', '256MiB');
-      const deadline = Date.now() + 60_000;
-      let leaseId: string | undefined;
-      while (!leaseId && Date.now() < deadline) {
-        leaseId = (await listLeases(tb.natsUrl)).find((l) => l.state === 'active')?.id;
-        if (!leaseId) await new Promise((r) => setTimeout(r, 200));
-      }
-      if (!leaseId) throw new Error('no lease became active within 60s; see the logs under ' + dir);
+      const { id: leaseId } = await waitFor(`an active lease (see the logs under ${dir})`, async () => (await listLeases(tb.natsUrl)).find((l) => l.state === 'active'), {
+        timeoutMs: 60_000,
+        intervalMs: 200,
+      });
       const area = (await readSwaps()).sort((a, b) => b.priority - a.priority)[0];
       say(`host-b swaps on ${area?.path} at priority ${area?.priority}, ${formatBytes(area?.sizeBytes ?? 0)} of host-a's RAM`);
 

@@ -14,6 +14,7 @@ import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { errorMessage } from '../../shared/errors.js';
+import { waitFor } from '../../shared/wait.js';
 import { listHosts } from '../operator.js';
 
 export const BRIDGE = 'rswap-br0';
@@ -59,15 +60,6 @@ function startDetached(command: string[], logFile: string): number {
   return child.pid!;
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`testbed: ${what} not ready within ${timeoutMs}ms`);
-}
-
 export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
   const dir = options.dir;
   const hosts = hostsFor(options.hosts);
@@ -94,7 +86,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   await mkdir(natsDir, { recursive: true });
   const natsPid = startDetached(['nats-server', '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'));
   await writeFile(join(dir, 'nats.pid'), `${natsPid}\n`);
-  await waitFor('nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8')).includes('Server is ready'), 10_000);
+  await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
 
   const node = process.execPath;
   const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl], join(dir, 'broker.log'));
@@ -114,10 +106,11 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   const testbed: Testbed = { dir, natsUrl, hosts };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
   // Ready when the broker has recorded every host's exporter and attacher.
-  await waitFor('agents announced to the broker', async () => {
-    const known = await listHosts(natsUrl);
+  await waitFor('testbed: agents announced to the broker', async () => {
+    // NATS may refuse for a moment while the broker creates the buckets: not ready yet.
+    const known = await listHosts(natsUrl).catch(() => []);
     return hosts.every((h) => known.some((k) => k.host === h.name && k.exporter && k.attacher));
-  }, 30_000);
+  }, { timeoutMs: 30_000 });
   log.info({ dir, natsUrl, hosts: hosts.map((h) => `${h.name}=${h.address}`) }, 'testbed up');
   return testbed;
 }
@@ -159,6 +152,16 @@ async function killAll(pids: number[]): Promise<void> {
   }
 }
 
+/** Loop devices whose backing file lies under `dir`: the ones a testbed's initiators made. */
+export async function loopDevicesUnder(run: Runner, dir: string): Promise<string[]> {
+  const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
+  return stdout
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([name, file]) => name && file && file.startsWith(dir + '/'))
+    .map(([name]) => name!);
+}
+
 /**
  * Removes everything a testbed in `dir` made, in the order that loses no page: stop rswap's
  * processes, swap off our areas, detach our loop devices, stop the initiators, then targets and
@@ -176,12 +179,7 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   // 1. rswap's own processes (broker, agents): they talk to the testbed's NATS on the bridge.
   await attempt('stop rswap processes', async () => killAll(await pidsWhere((cmd) => cmd.includes('rswap.js ') && cmd.includes(`nats://${BRIDGE_ADDRESS}:`))));
   // 2. Swap areas and loop devices backed by files under the folder.
-  const loops = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).then((r) => r.stdout, () => '');
-  const ours = loops
-    .split('\n')
-    .map((line) => line.trim().split(/\s+/))
-    .filter(([name, file]) => name && file && file.startsWith(dir + '/'))
-    .map(([name]) => name!);
+  const ours = await loopDevicesUnder(run, dir).catch(() => []);
   const swaps = await readSwaps();
   for (const device of ours) {
     if (swaps.some((a) => a.path === device)) await attempt(`swapoff ${device}`, () => run('swapoff', [device], { timeoutMs: 600_000 }));

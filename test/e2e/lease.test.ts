@@ -16,9 +16,10 @@ import { createRunner } from '../../shared/runner.js';
 import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { loopDevicesUnder, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
-import { freePort } from '../helpers/nats.js';
+import { ask as askOn, freePort } from '../helpers/nats.js';
+import { waitFor } from '../../shared/wait.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
 
 const MiB = 1024 ** 2;
@@ -51,27 +52,16 @@ after(async () => {
 });
 
 async function waitForLease(predicate: (l: LeaseRecord) => boolean, timeoutMs = 30_000): Promise<LeaseRecord> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const lease = (await listLeases(tb.natsUrl)).find(predicate);
-    if (lease) return lease;
-    if (Date.now() > deadline) throw new Error(`no matching lease within ${timeoutMs}ms: ${JSON.stringify(await listLeases(tb.natsUrl))}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return waitFor('a matching lease', async () => (await listLeases(tb.natsUrl)).find(predicate), { timeoutMs }).catch(async (error: Error) => {
+    throw new Error(`${error.message}: ${JSON.stringify(await listLeases(tb.natsUrl))}`);
+  });
 }
 
-async function ask(subject: string, body: unknown): Promise<{ ok: boolean; error?: { code: string; message: string } }> {
-  return (await nc.request(subject, typeof body === 'string' ? body : JSON.stringify(body), { timeout: 30_000 })).json();
-}
+const ask = (subject: string, body: unknown) => askOn(nc, subject, body);
 
 async function iscsiInq(netns: string, url: string): Promise<string> {
   const result = await execa('ip', ['netns', 'exec', netns, 'iscsi-inq', '-i', 'iqn.2026-11.io.test:probe', url], { reject: false, timeout: 20_000 });
   return `${result.stdout}\n${result.stderr}`;
-}
-
-async function ourLoops(): Promise<string[]> {
-  const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
-  return stdout.split('\n').filter((l) => l.includes(DIR));
 }
 
 test('lease - inject, active above local swap, data intact under swapping, CHAP and address enforced, forged commands refused, released clean', async () => {
@@ -130,7 +120,7 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
   assert.equal(released.state, 'released');
   assert.equal((await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)?.state, 'released');
   assert.equal((await readSwaps()).find((a) => a.path === lease.device), undefined, 'no swap area');
-  assert.deepEqual(await ourLoops(), [], 'no loop device');
+  assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
   const mounts = (await readMounts()).filter((m) => m.target.startsWith(DIR));
   assert.deepEqual(mounts, [], 'no ramfs or FUSE mount');
   const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
@@ -146,5 +136,5 @@ test('lease - a demand no lender can serve creates no lease and leaks nothing', 
   await injectPressure(tb.natsUrl, 'host-c', '256MiB');
   await new Promise((r) => setTimeout(r, 1_000));
   assert.equal((await listLeases(tb.natsUrl)).length, before, 'no lease without an offer');
-  assert.deepEqual(await ourLoops(), []);
+  assert.deepEqual(await loopDevicesUnder(run, DIR), []);
 });

@@ -4,6 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -45,4 +46,9 @@ export async function startNatsServer(): Promise<NatsServer> {
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Sends raw JSON (or an object) as a request and returns the reply as rswap shapes it. */
+export async function ask(nc: NatsConnection, subject: string, body: unknown, timeoutMs = 30_000): Promise<{ ok: boolean; error?: { code: string; message: string } }> {
+  return (await nc.request(subject, typeof body === 'string' ? body : JSON.stringify(body), { timeout: timeoutMs })).json();
 }

@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
-import { startNatsServer, type NatsServer } from '../helpers/nats.js';
+import { ask as askOn, startNatsServer, type NatsServer } from '../helpers/nats.js';
 import { startBroker } from '../../services/broker/index.js';
 import { HostStore } from '../../services/broker/hosts.js';
 import { openStores } from '../../shared/nats.js';
@@ -28,9 +28,7 @@ after(async () => {
   await server.stop();
 });
 
-async function ask(subject: string, payload: string): Promise<{ ok: boolean; error?: { code: string; message: string } }> {
-  return (await nc.request(subject, payload, { timeout: 5_000 })).json();
-}
+const ask = (subject: string, payload: string) => askOn(nc, subject, payload, 5_000);
 
 async function hostRecords(): Promise<HostRecord[]> {
   return (await listParsed((await openStores(nc)).hosts, HostRecord)).map((e) => e.value);
