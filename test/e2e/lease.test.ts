@@ -6,7 +6,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, readFile, rm } from 'node:fs/promises';
+import { access, chmod, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -31,8 +31,10 @@ const LOCAL_SWAP = `/var/tmp/rswap-e2e-local-${process.pid}.swap`;
 let tb: Testbed;
 let nc: NatsConnection;
 let localSwapOn = false;
+let parentExisted = true;
 
 before(async () => {
+  parentExisted = await access('/run/rswap').then(() => true, () => false);
   // A local swap file of our own, so "above local swap" is measured against a real area.
   await run('dd', ['if=/dev/zero', `of=${LOCAL_SWAP}`, 'bs=1M', 'count=32', 'status=none']);
   await chmod(LOCAL_SWAP, 0o600);
@@ -49,6 +51,7 @@ after(async () => {
   if (localSwapOn) await run('swapoff', [LOCAL_SWAP]);
   await rm(LOCAL_SWAP, { force: true });
   assert.deepEqual(problems, [], 'testbed down removed everything');
+  if (!parentExisted) await assert.rejects(access('/run/rswap'), 'the /run/rswap folder the test created is gone');
 });
 
 async function waitForLease(predicate: (l: LeaseRecord) => boolean, timeoutMs = 30_000): Promise<LeaseRecord> {
