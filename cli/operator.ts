@@ -4,7 +4,7 @@ import { Kvm } from '@nats-io/kv';
 import { listParsed } from '../shared/kv.js';
 import { publishJson, requestJson } from '../shared/messaging.js';
 import { buckets, subjects } from '../shared/subjects.js';
-import { HostRecord, LeaseRecord, PressureEvent, SurplusEvent, replySchema } from '../shared/schemas.js';
+import { HostRecord, LeaseRecord, PressureEvent, ReliefEvent, SurplusEvent, replySchema } from '../shared/schemas.js';
 import { formatBytes, parseBytes } from '../shared/units.js';
 import { reservedBytes } from '../services/broker/policy.js';
 import { RswapError, ErrorCodes } from '../shared/errors.js';
@@ -32,10 +32,19 @@ export async function injectPressure(url: string, host: string, bytes: string): 
   return event;
 }
 
-export async function injectSurplus(url: string, host: string, bytes: string, lent: string): Promise<SurplusEvent> {
-  const event = SurplusEvent.parse({ host, lendableBytes: parseBytes(bytes), lentBytes: parseBytes(lent), at: Date.now(), source: 'inject' });
+export async function injectSurplus(url: string, host: string, bytes: string, lent: string, deficit = '0'): Promise<SurplusEvent> {
+  const event = SurplusEvent.parse({ host, lendableBytes: parseBytes(bytes), lentBytes: parseBytes(lent), deficitBytes: parseBytes(deficit), at: Date.now(), source: 'inject' });
   await withNats(url, async (nc) => {
     publishJson(nc, subjects.surplus(host), event);
+    await nc.flush();
+  });
+  return event;
+}
+
+export async function injectRelief(url: string, host: string): Promise<ReliefEvent> {
+  const event = ReliefEvent.parse({ host, at: Date.now(), source: 'inject' });
+  await withNats(url, async (nc) => {
+    publishJson(nc, subjects.relief(host), event);
     await nc.flush();
   });
   return event;

@@ -8,7 +8,8 @@ import { RswapError, errorMessage } from '../shared/errors.js';
 import { BrokerConfig, startBroker } from '../services/broker/index.js';
 import { ExporterConfig, startExporter } from '../services/exporter/index.js';
 import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
-import { hostsTable, injectPressure, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
+import { MonitorConfig, startMonitor } from '../services/monitor/index.js';
+import { hostsTable, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 
@@ -55,6 +56,19 @@ serviceCommand('attacher', 'swap onto remote memory leased to this host', keysOf
   .option('--swap-priority <n>', 'priority of remote swap (default: highest local + 100)')
   .option('--swapoff-margin-bytes <size>', 'RAM left free after a swap-off (default 256MiB)');
 
+serviceCommand('monitor', 'watch this host\'s memory (or one cgroup\'s) and publish pressure, relief and surplus', keysOf(MonitorConfig), startMonitor)
+  .option('--scope <scope>', "'machine' (default) or 'cgroup:/sys/fs/cgroup/...' for one memory cgroup")
+  .option('--interval-ms <ms>', 'sample interval (default 500); PSI triggers wake it sooner')
+  .option('--reserve-bytes <size>', 'memory this host never lends; under it the broker reclaims (default 1GiB)')
+  .option('--enter-stall-pct <pct>', 'PSI some share that means pressure (default 10)')
+  .option('--exit-stall-pct <pct>', 'PSI some share under which pressure is over (default 2)')
+  .option('--enter-swap-pages-per-s <n>', 'swap traffic that means pressure, pages/s (default 256)')
+  .option('--exit-swap-pages-per-s <n>', 'swap traffic under which pressure is over (default 32)')
+  .option('--enter-hold-ms <ms>', 'how long signals must stay high (default 500)')
+  .option('--exit-hold-ms <ms>', 'how long signals must stay low (default 5000)')
+  .option('--min-needed-bytes <size>', 'smallest need reported (default 64MiB)')
+  .option('--exporter-state-dir <path>', 'this host\'s exporter state dir, to count what it lends (default /var/lib/rswap/exporter)');
+
 const inject = program.command('inject').description('publish an event by hand, as a monitor would');
 inject
   .command('pressure')
@@ -73,9 +87,19 @@ inject
   .requiredOption('--host <id>', 'the lender')
   .requiredOption('--bytes <size>', 'how much it can lend now, e.g. 1GiB')
   .option('--lent <size>', 'how much it already lends', '0')
-  .action(async (o: { nats?: string; host: string; bytes: string; lent: string }) => {
-    const event = await injectSurplus(natsUrl(o.nats), o.host, o.bytes, o.lent);
+  .option('--deficit <size>', 'how far it is under its reserve (more than 0 makes the broker reclaim)', '0')
+  .action(async (o: { nats?: string; host: string; bytes: string; lent: string; deficit: string }) => {
+    const event = await injectSurplus(natsUrl(o.nats), o.host, o.bytes, o.lent, o.deficit);
     console.log(`published surplus: ${JSON.stringify(event)}`);
+  });
+inject
+  .command('relief')
+  .description('host H is no longer under pressure (its leases go back after the cool-down)')
+  .addOption(natsOption())
+  .requiredOption('--host <id>', 'the borrower')
+  .action(async (o: { nats?: string; host: string }) => {
+    const event = await injectRelief(natsUrl(o.nats), o.host);
+    console.log(`published relief: ${JSON.stringify(event)}`);
   });
 
 program

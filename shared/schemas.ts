@@ -32,33 +32,63 @@ export type LeaseState = z.infer<typeof LeaseState>;
 
 // ---- events (a host about itself) ----
 
+/** What a monitor measured, as rates over its last sample interval. */
+export const Signals = z.strictObject({
+  /** Share of wall time some task stalled on memory (PSI "some"), percent. Absent where PSI is not per scope (cgroup v1). */
+  stallPct: z.number().min(0).max(100).optional(),
+  /** Swap traffic: major faults plus pages swapped out, per second. */
+  swapPagesPerS: z.number().nonnegative(),
+  /** Anonymous pages refaulted (evicted, then needed again) per second: the thrashing signal. */
+  refaultsPerS: z.number().nonnegative(),
+  availableBytes: Bytes,
+  swapUsedBytes: Bytes,
+});
+export type Signals = z.infer<typeof Signals>;
+
 export const PressureEvent = z.strictObject({
   host: HostId,
-  /** How many more bytes of memory (swap) the host needs. */
+  /** How many bytes of memory the host lacks in total (not on top of the leases it has). */
   neededBytes: Bytes.refine((n) => n > 0, 'neededBytes must be positive'),
   at: Timestamp.optional(),
+  /** When the monitor first saw the signals cross the enter threshold (before the hold time). */
+  onsetAt: Timestamp.optional(),
   source: z.enum(['monitor', 'inject']).default('inject'),
-  signals: z
-    .strictObject({
-      psiSomeAvg10: z.number().min(0).max(100).optional(),
-      swapInPerS: z.number().nonnegative().optional(),
-      refaultPerS: z.number().nonnegative().optional(),
-      memAvailableBytes: Bytes.optional(),
-    })
-    .optional(),
+  signals: Signals.optional(),
 });
 export type PressureEvent = z.infer<typeof PressureEvent>;
 
+/** The host's pressure has stayed under the exit thresholds for the exit hold time. */
+export const ReliefEvent = z.strictObject({
+  host: HostId,
+  at: Timestamp,
+  source: z.enum(['monitor', 'inject']).default('inject'),
+});
+export type ReliefEvent = z.infer<typeof ReliefEvent>;
+
 export const SurplusEvent = z.strictObject({
   host: HostId,
-  /** What the host can still lend now: available - reserve - already promised. */
+  /** What the host can still lend now: available - reserve (0 while it is under pressure itself). */
   lendableBytes: Bytes,
-  /** The total size of leases the host currently serves, as it counts them. */
+  /** The total size of leases the host currently serves (already inside its used memory). */
   lentBytes: Bytes.default(0),
+  /** How far available memory is under the reserve: more than 0 asks the broker to reclaim. */
+  deficitBytes: Bytes.default(0),
   at: Timestamp.optional(),
   source: z.enum(['monitor', 'inject']).default('inject'),
 });
 export type SurplusEvent = z.infer<typeof SurplusEvent>;
+
+/** A monitor's heartbeat, for observers (the demo, dashboards); the broker does not need it. */
+export const TelemetryEvent = z.strictObject({
+  host: HostId,
+  at: Timestamp,
+  scope: z.string(),
+  state: z.enum(['clear', 'pressure']),
+  limitBytes: Bytes,
+  usedBytes: Bytes,
+  signals: Signals,
+});
+export type TelemetryEvent = z.infer<typeof TelemetryEvent>;
 
 export const AnnounceEvent = z.discriminatedUnion('role', [
   z.strictObject({ host: HostId, role: z.literal('exporter'), portal: Portal, at: Timestamp }),
@@ -139,6 +169,8 @@ export const LeaseRecord = z.object({
   target: Target.optional(),
   device: z.string().optional(),
   initiator: InitiatorKind.optional(),
+  /** The lease this one replaces (make-before-break, when a lender reclaims its memory). */
+  replaces: LeaseId.optional(),
   /** W3C traceparent of the span that created the lease: every later step joins this trace. */
   traceparent: z.string().optional(),
 });
@@ -148,8 +180,10 @@ export const HostRecord = z.object({
   host: HostId,
   exporter: z.object({ portal: Portal, at: Timestamp }).optional(),
   attacher: z.object({ iqn: Iqn, address: Ipv4, initiator: InitiatorKind, at: Timestamp }).optional(),
-  offer: z.object({ lendableBytes: Bytes, lentBytes: Bytes, at: Timestamp }).optional(),
+  offer: z.object({ lendableBytes: Bytes, lentBytes: Bytes, deficitBytes: Bytes.default(0), at: Timestamp }).optional(),
   pressure: z.object({ neededBytes: Bytes, at: Timestamp }).optional(),
+  /** Set by a relief event newer than the last pressure: the host has been clear since then. */
+  clearSince: Timestamp.optional(),
   /** Bytes the broker has promised to leases on this lender, by lease id. */
   reservations: z.record(z.string(), Bytes).default({}),
 });

@@ -1,6 +1,6 @@
 /** The broker's view of each host, kept in the hosts KV bucket and changed only by CAS. */
 import type { KV } from '@nats-io/kv';
-import { casUpdate, listParsed } from '../../shared/kv.js';
+import { casUpdate, getParsed, listParsed } from '../../shared/kv.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { HostRecord, type AnnounceEvent, type SurplusEvent } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
@@ -28,13 +28,37 @@ export class HostStore {
     await casUpdate(this.kv, event.host, HostRecord, (current) => {
       const record = current ?? empty(event.host);
       if (record.offer && record.offer.at > at) return record;
-      return { ...record, offer: { lendableBytes: event.lendableBytes, lentBytes: event.lentBytes, at } };
+      return { ...record, offer: { lendableBytes: event.lendableBytes, lentBytes: event.lentBytes, deficitBytes: event.deficitBytes, at } };
     });
   }
 
+  /** Records the newest pressure; the host is no longer clear. A late, older event changes nothing. */
   async recordPressure(host: string, neededBytes: number, at: number): Promise<HostRecord> {
-    const { value } = await casUpdate(this.kv, host, HostRecord, (current) => ({ ...(current ?? empty(host)), pressure: { neededBytes, at } }));
+    const { value } = await casUpdate(this.kv, host, HostRecord, (current) => {
+      const record = current ?? empty(host);
+      if (record.pressure && record.pressure.at > at) return record;
+      const { clearSince: _cleared, ...rest } = record;
+      return { ...rest, pressure: { neededBytes, at } };
+    });
     return value;
+  }
+
+  /**
+   * Records that the host is clear, unless pressure came after `at`. Keeps the earliest clear time
+   * of an unbroken clear spell: repeated relief events do not restart the cool-down.
+   */
+  async recordRelief(host: string, at: number): Promise<HostRecord> {
+    const { value } = await casUpdate(this.kv, host, HostRecord, (current) => {
+      const record = current ?? empty(host);
+      if (record.pressure && record.pressure.at >= at) return record;
+      if (record.clearSince !== undefined && record.clearSince <= at) return record;
+      return { ...record, clearSince: at };
+    });
+    return value;
+  }
+
+  async get(host: string): Promise<HostRecord | undefined> {
+    return (await getParsed(this.kv, host, HostRecord))?.value;
   }
 
   /**

@@ -5,7 +5,7 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, PressureEvent, ReleaseRequest, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
@@ -23,6 +23,7 @@ export const BrokerConfig = z.strictObject({
   detachTimeoutMs: z.coerce.number().int().positive().default(300_000), // swapoff of GiBs takes a while
   unexportTimeoutMs: z.coerce.number().int().positive().default(30_000),
   sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
+  releaseCooldownMs: z.coerce.number().int().nonnegative().default(60_000), // clear this long before leases go back
 });
 export type BrokerConfig = z.infer<typeof BrokerConfig>;
 
@@ -42,8 +43,31 @@ export async function startBroker(raw: Record<string, unknown>) {
     await hosts.recordAnnounce(event);
   });
   handle(nc, subjects.allSurplus, { ...base, schema: SurplusEvent, checkHostToken: true }, async (event) => {
-    await hosts.recordOffer(event, event.at ?? Date.now());
-    log.info({ lender: event.host, lendableBytes: event.lendableBytes, source: event.source }, 'offer recorded');
+    const at = event.at ?? Date.now();
+    await hosts.recordOffer(event, at);
+    log.debug({ lender: event.host, lendableBytes: event.lendableBytes, deficitBytes: event.deficitBytes, source: event.source }, 'offer recorded');
+    if (event.deficitBytes > 0) {
+      const reclaimed = await lifecycle.reclaim(event.host, event.deficitBytes, at);
+      return { reclaimed: reclaimed.map((l) => l.id) };
+    }
+    return {};
+  });
+
+  // Cool-down: a timer per host that reported relief, plus the sweep for relief heard before a restart.
+  const coolTimers = new Map<string, NodeJS.Timeout>();
+  const checkCool = (host: string) =>
+    lifecycle.releaseIfCool(host, Date.now()).catch((error: unknown) => log.warn({ host, err: (error as Error).message }, 'cool-down check failed'));
+  handle(nc, subjects.allRelief, { ...base, schema: ReliefEvent, checkHostToken: true }, async (event) => {
+    const record = await hosts.recordRelief(event.host, event.at);
+    if (record.clearSince === undefined || coolTimers.has(event.host)) return {};
+    const due = Math.max(0, record.clearSince + config.releaseCooldownMs - Date.now());
+    const timer = setTimeout(() => {
+      coolTimers.delete(event.host);
+      void checkCool(event.host);
+    }, due);
+    timer.unref();
+    coolTimers.set(event.host, timer);
+    return {};
   });
   handle(nc, subjects.allPressure, { ...base, schema: PressureEvent, checkHostToken: true }, async (event) => {
     log.info({ borrower: event.host, neededBytes: event.neededBytes, source: event.source }, 'pressure received');
@@ -58,18 +82,24 @@ export async function startBroker(raw: Record<string, unknown>) {
   // Capacity promised to a lease that ended (or never got recorded) goes back to its lender.
   const sweep = async () => {
     const all = new Map((await leases.list()).map((l) => [l.id, l]));
+    const now = Date.now();
     for (const host of await hosts.list()) {
       for (const leaseId of Object.keys(host.reservations)) {
         const lease = all.get(leaseId);
         if (!lease || isTerminal(lease.state)) await hosts.unreserve(host.host, leaseId);
       }
+      if (host.clearSince !== undefined && now - host.clearSince >= config.releaseCooldownMs && !coolTimers.has(host.host)) await checkCool(host.host);
     }
   };
   const timer = setInterval(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), config.sweepIntervalMs);
   timer.unref();
 
   nc.publish(subjects.brokerHello, JSON.stringify({ at: Date.now() }));
-  stopOnSignals(nc, log, async () => clearInterval(timer));
+  const stopTimers = () => {
+    clearInterval(timer);
+    for (const t of coolTimers.values()) clearTimeout(t);
+  };
+  stopOnSignals(nc, log, async () => stopTimers());
   log.info({ nats: config.nats }, 'broker started');
-  return { nc, config, rejects, stop: async () => { clearInterval(timer); await nc.drain(); } };
+  return { nc, config, rejects, stop: async () => { stopTimers(); await nc.drain(); } };
 }

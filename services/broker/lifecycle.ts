@@ -9,7 +9,7 @@ import type { Logger } from '../../shared/log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
 import { requestJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
-import { AttachReply, ExportReply, OkReply, type LeaseRecord, type PressureEvent } from '../../shared/schemas.js';
+import { AttachReply, ExportReply, OkReply, type HostRecord, type LeaseRecord, type PressureEvent } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
 import type { HostStore } from './hosts.js';
 import { LeaseStore, newLeaseId } from './lease-store.js';
@@ -22,10 +22,13 @@ export interface LifecycleOptions extends PolicyOptions {
   attachTimeoutMs: number;
   detachTimeoutMs: number;
   unexportTimeoutMs: number;
+  /** How long a borrower must stay clear of pressure before its leases go back. */
+  releaseCooldownMs: number;
 }
 
 export class Lifecycle {
   private readonly perBorrower = new KeyedQueue();
+  private readonly perLender = new KeyedQueue();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -52,34 +55,45 @@ export class Lifecycle {
         this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
         return undefined;
       }
-      const now = Date.now();
-      const placement = chooseLender(await this.hosts.list(), event.host, event.neededBytes - coveredBytes, now, this.options);
-      if ('reason' in placement) {
-        this.log.warn({ borrower: event.host, neededBytes: event.neededBytes, reason: placement.reason }, 'cannot serve pressure');
-        return undefined;
-      }
-      const carrier: Record<string, string> = {};
-      propagation.inject(context.active(), carrier);
-      const lease = await this.leases.create({
-        id: newLeaseId(),
-        borrower: event.host,
-        lender: placement.lender,
-        sizeBytes: placement.sizeBytes,
-        state: 'requested',
-        createdAt: now,
-        updatedAt: now,
-        history: [{ state: 'requested', at: now }],
-        borrowerIqn: borrower.attacher.iqn,
-        borrowerAddress: borrower.attacher.address,
-        ...(carrier.traceparent ? { traceparent: carrier.traceparent } : {}),
-      });
-      try {
-        await this.hosts.reserve(lease.lender, lease.id, lease.sizeBytes, now, this.options);
-      } catch (error) {
-        return this.fail(lease.id, `reserving ${formatBytes(lease.sizeBytes)} on ${lease.lender}: ${errorMessage(error)}`, false);
-      }
-      return this.bringUp(lease);
+      const lease = await this.lend(borrower, event.neededBytes - coveredBytes);
+      return lease && this.bringUp(lease);
     });
+  }
+
+  /**
+   * Creates a lease for `bytes` on the best lender (other than those excluded) and reserves its
+   * capacity; undefined when no lender can serve it. The caller brings it up.
+   */
+  private async lend(borrower: HostRecord, bytes: number, exclude: ReadonlySet<string> = new Set(), replaces?: string): Promise<LeaseRecord | undefined> {
+    const now = Date.now();
+    const placement = chooseLender(await this.hosts.list(), borrower.host, bytes, now, this.options, exclude);
+    if ('reason' in placement) {
+      this.log.warn({ borrower: borrower.host, neededBytes: bytes, reason: placement.reason }, 'cannot serve pressure');
+      return undefined;
+    }
+    const carrier: Record<string, string> = {};
+    propagation.inject(context.active(), carrier);
+    const lease = await this.leases.create({
+      id: newLeaseId(),
+      borrower: borrower.host,
+      lender: placement.lender,
+      sizeBytes: placement.sizeBytes,
+      state: 'requested',
+      createdAt: now,
+      updatedAt: now,
+      history: [{ state: 'requested', at: now }],
+      borrowerIqn: borrower.attacher!.iqn,
+      borrowerAddress: borrower.attacher!.address,
+      ...(replaces ? { replaces } : {}),
+      ...(carrier.traceparent ? { traceparent: carrier.traceparent } : {}),
+    });
+    try {
+      await this.hosts.reserve(lease.lender, lease.id, lease.sizeBytes, now, this.options);
+    } catch (error) {
+      await this.fail(lease.id, `reserving ${formatBytes(lease.sizeBytes)} on ${lease.lender}: ${errorMessage(error)}`, false);
+      return undefined;
+    }
+    return lease;
   }
 
   private async bringUp(lease: LeaseRecord): Promise<LeaseRecord | undefined> {
@@ -139,35 +153,104 @@ export class Lifecycle {
    * the lease stays active), then the lender removes the target. Releasing a released or failed
    * lease again answers with its state and does nothing.
    */
-  async release(leaseId: string): Promise<LeaseRecord> {
+  async release(leaseId: string, reason?: string): Promise<LeaseRecord> {
     const lease = await this.leases.require(leaseId);
-    return this.perBorrower.run(lease.borrower, async () => {
-      const current = await this.leases.require(leaseId);
-      if (isTerminal(current.state)) return current;
-      if (current.state !== 'active' && current.state !== 'exported') {
-        throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; release it once it is active`);
-      }
-      await this.leases.move(leaseId, 'draining');
-      try {
-        await requestJson(this.nc, subjects.detachCmd(current.borrower), { leaseId, borrower: current.borrower }, OkReply, this.options.detachTimeoutMs);
-      } catch (error) {
-        if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
-          await this.leases.move(leaseId, 'active', { reason: errorMessage(error) });
-          throw error;
-        }
-        await this.fail(leaseId, `detach failed: ${errorMessage(error)}`, true);
+    return this.perBorrower.run(lease.borrower, () => this.drain(leaseId, reason));
+  }
+
+  /** `release` for a caller that already holds the borrower's queue. */
+  private async drain(leaseId: string, reason?: string): Promise<LeaseRecord> {
+    const current = await this.leases.require(leaseId);
+    if (isTerminal(current.state)) return current;
+    if (current.state !== 'active' && current.state !== 'exported') {
+      throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; release it once it is active`);
+    }
+    await this.leases.move(leaseId, 'draining', reason ? { reason } : {});
+    try {
+      await requestJson(this.nc, subjects.detachCmd(current.borrower), { leaseId, borrower: current.borrower }, OkReply, this.options.detachTimeoutMs);
+    } catch (error) {
+      if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
+        await this.leases.move(leaseId, 'active', { reason: errorMessage(error) });
         throw error;
       }
-      try {
-        await requestJson(this.nc, subjects.unexportCmd(current.lender), { leaseId, lender: current.lender }, OkReply, this.options.unexportTimeoutMs);
-      } catch (error) {
-        // The borrower no longer uses the target, so no page is at risk; the lender's reconciler
-        // removes the target of a released lease when it next runs.
-        this.log.warn({ leaseId, err: errorMessage(error) }, 'unexport failed; the lender will reconcile it');
+      await this.fail(leaseId, `detach failed: ${errorMessage(error)}`, true);
+      throw error;
+    }
+    try {
+      await requestJson(this.nc, subjects.unexportCmd(current.lender), { leaseId, lender: current.lender }, OkReply, this.options.unexportTimeoutMs);
+    } catch (error) {
+      // The borrower no longer uses the target, so no page is at risk; the lender's reconciler
+      // removes the target of a released lease when it next runs.
+      this.log.warn({ leaseId, err: errorMessage(error) }, 'unexport failed; the lender will reconcile it');
+    }
+    const released = await this.leases.move(leaseId, 'released');
+    await this.hosts.unreserve(current.lender, leaseId);
+    return released;
+  }
+
+  /**
+   * A borrower clear of pressure for the cool-down gets its leases taken back, newest first. A
+   * refused swap-off (its pages would not fit in RAM) leaves that lease active; the next check
+   * tries again. Returns the leases released.
+   */
+  async releaseIfCool(host: string, now: number): Promise<LeaseRecord[]> {
+    return this.perBorrower.run(host, async () => {
+      const record = await this.hosts.get(host);
+      if (record?.clearSince === undefined || now - record.clearSince < this.options.releaseCooldownMs) return [];
+      const active = (await this.leases.list()).filter((l) => l.borrower === host && l.state === 'active').sort((a, b) => b.createdAt - a.createdAt);
+      const released: LeaseRecord[] = [];
+      for (const lease of active) {
+        try {
+          released.push(await this.drain(lease.id, `pressure clear for ${Math.round((now - record.clearSince) / 1000)}s`));
+        } catch (error) {
+          this.log.info({ leaseId: lease.id, err: errorMessage(error) }, 'cool-down release refused; will retry');
+          break;
+        }
       }
-      const released = await this.leases.move(leaseId, 'released');
-      await this.hosts.unreserve(current.lender, leaseId);
       return released;
+    });
+  }
+
+  /**
+   * A lender under its reserve takes memory back, make-before-break: for each of its active leases
+   * (largest first, until the deficit is covered) the borrower first gets a replacement lease from
+   * another lender, and only then swaps off the old one; then the lender tears it down. With no
+   * replacement the swap-off goes ahead only if the borrower's pages fit elsewhere (its attacher
+   * checks, and refuses otherwise). A deficit reported before a reclaim of this lender finished is
+   * stale and ignored.
+   */
+  async reclaim(lender: string, deficitBytes: number, reportedAt: number): Promise<LeaseRecord[]> {
+    return this.perLender.run(lender, async () => {
+      const leases = await this.leases.list();
+      const endedSince = leases.some((l) => l.lender === lender && isTerminal(l.state) && l.updatedAt > reportedAt && l.history.some((h) => h.state === 'draining'));
+      if (endedSince) return [];
+      const victims = leases.filter((l) => l.lender === lender && l.state === 'active').sort((a, b) => b.sizeBytes - a.sizeBytes);
+      const reclaimed: LeaseRecord[] = [];
+      let covered = 0;
+      for (const old of victims) {
+        if (covered >= deficitBytes) break;
+        this.log.warn({ leaseId: old.id, lender, borrower: old.borrower, deficitBytes }, 'lender under its reserve: reclaiming');
+        const done = await this.perBorrower.run(old.borrower, async () => {
+          const borrower = await this.hosts.get(old.borrower);
+          let replacement: LeaseRecord | undefined;
+          if (borrower?.attacher) {
+            const lease = await this.lend(borrower, old.sizeBytes, new Set([lender]), old.id);
+            replacement = lease && (await this.bringUp(lease));
+          }
+          if (replacement?.state !== 'active') this.log.warn({ leaseId: old.id }, 'no replacement lease; swapping off only if the pages fit');
+          try {
+            return await this.drain(old.id, `reclaimed by ${lender}${replacement?.state === 'active' ? `, replaced by ${replacement.id}` : ''}`);
+          } catch (error) {
+            this.log.error({ leaseId: old.id, err: errorMessage(error) }, 'reclaim: swap-off refused; the lender stays under its reserve');
+            return undefined;
+          }
+        });
+        if (done) {
+          reclaimed.push(done);
+          covered += old.sizeBytes;
+        }
+      }
+      return reclaimed;
     });
   }
 }

@@ -39,10 +39,12 @@ export function chooseLender(
   neededBytes: number,
   now: number,
   options: PolicyOptions,
+  /** Lenders not to use (the one reclaiming its memory). */
+  exclude: ReadonlySet<string> = new Set(),
 ): Placement {
   const wanted = Math.min(options.maxLeaseBytes, Math.max(options.minLeaseBytes, roundUpToMiB(neededBytes)));
   const candidates = hosts
-    .filter((h) => h.host !== borrower && h.exporter && now - h.exporter.at <= options.announceTtlMs)
+    .filter((h) => h.host !== borrower && !exclude.has(h.host) && h.exporter && now - h.exporter.at <= options.announceTtlMs)
     .map((h) => ({ host: h.host, free: Math.floor(freeBytes(h, now, options) / MiB) * MiB }))
     .filter((c) => c.free >= options.minLeaseBytes)
     .sort((a, b) => b.free - a.free || a.host.localeCompare(b.host));

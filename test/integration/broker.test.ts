@@ -86,7 +86,7 @@ test('kv - two brokers cannot promise the same bytes twice (CAS on the lender re
   const second = await connect({ servers: server.url });
   try {
     const [a, b] = [new HostStore((await openStores(nc)).hosts), new HostStore((await openStores(second)).hosts)];
-    await a.recordOffer({ host: 'host-l', lendableBytes: 300 * MiB, lentBytes: 0, source: 'inject' }, now);
+    await a.recordOffer({ host: 'host-l', lendableBytes: 300 * MiB, lentBytes: 0, deficitBytes: 0, source: 'inject' }, now);
     const results = await Promise.allSettled(
       Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).reserve('host-l', `l-00000000000${i}`, 256 * MiB, now, options)),
     );

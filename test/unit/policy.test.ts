@@ -8,7 +8,7 @@ const now = 1_000_000;
 const options = { offerTtlMs: 30_000, announceTtlMs: 60_000, minLeaseBytes: 64 * MiB, maxLeaseBytes: 1024 * MiB };
 
 function lender(host: string, lendable: number, extra: Partial<HostRecord> = {}): HostRecord {
-  return { host, exporter: { portal: '198.18.0.11:3260', at: now }, offer: { lendableBytes: lendable, lentBytes: 0, at: now }, reservations: {}, ...extra };
+  return { host, exporter: { portal: '198.18.0.11:3260', at: now }, offer: { lendableBytes: lendable, lentBytes: 0, deficitBytes: 0, at: now }, reservations: {}, ...extra };
 }
 
 test('policy - most free capacity wins, ties by host id', () => {
@@ -18,7 +18,7 @@ test('policy - most free capacity wins, ties by host id', () => {
 
 test('policy - reservations count against the offer; stale offers and silent exporters are skipped', () => {
   const reserved = lender('a', 600 * MiB, { reservations: { 'l-000000000001': 500 * MiB } });
-  const stale = lender('b', 900 * MiB, { offer: { lendableBytes: 900 * MiB, lentBytes: 0, at: now - 31_000 } });
+  const stale = lender('b', 900 * MiB, { offer: { lendableBytes: 900 * MiB, lentBytes: 0, deficitBytes: 0, at: now - 31_000 } });
   const silent = lender('c', 900 * MiB, { exporter: { portal: '198.18.0.13:3260', at: now - 61_000 } });
   assert.equal(freeBytes(reserved, now, options), 100 * MiB);
   assert.deepEqual(chooseLender([reserved, stale, silent], 'x', 256 * MiB, now, options), { lender: 'a', sizeBytes: 100 * MiB });
@@ -37,6 +37,12 @@ test('policy - demand is rounded up to a MiB and clamped to [min, max]', () => {
 });
 
 test('policy - already lent bytes reported by the lender are added back', () => {
-  const h = lender('a', 100 * MiB, { offer: { lendableBytes: 100 * MiB, lentBytes: 256 * MiB, at: now }, reservations: { 'l-000000000001': 256 * MiB } });
+  const h = lender('a', 100 * MiB, { offer: { lendableBytes: 100 * MiB, lentBytes: 256 * MiB, deficitBytes: 0, at: now }, reservations: { 'l-000000000001': 256 * MiB } });
   assert.equal(freeBytes(h, now, options), 100 * MiB);
+});
+
+test('policy - an excluded lender (the one reclaiming) is never chosen', () => {
+  const hosts = [lender('a', 900 * MiB), lender('b', 200 * MiB)];
+  assert.deepEqual(chooseLender(hosts, 'x', 256 * MiB, now, options, new Set(['a'])), { lender: 'b', sizeBytes: 200 * MiB });
+  assert.ok('reason' in chooseLender(hosts, 'x', 256 * MiB, now, options, new Set(['a', 'b'])));
 });

@@ -1,0 +1,116 @@
+/**
+ * Pressure detection with hysteresis, as a pure function of readings (so it is unit-tested with
+ * made-up timelines):
+ *
+ * - A reading is "high" when the stall share or the swap traffic reaches its enter threshold, and
+ *   "low" when both are under their (lower) exit thresholds. In between it is neither, and the
+ *   state holds.
+ * - clear -> pressure once readings have stayed high for `enterHoldMs`; pressure -> clear once they
+ *   have stayed low for `exitHoldMs`. A short spike or a short lull changes nothing.
+ * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
+ *   current rate over `horizonS`, at least `minNeededBytes`, rounded up to a MiB.
+ */
+import type { Signals } from '../../shared/schemas.js';
+import { MiB, roundUpToMiB } from '../../shared/units.js';
+import { PAGE, type Reading } from './sources.js';
+
+export interface DetectorOptions {
+  enterStallPct: number;
+  exitStallPct: number;
+  enterSwapPagesPerS: number;
+  exitSwapPagesPerS: number;
+  enterHoldMs: number;
+  exitHoldMs: number;
+  minNeededBytes: number;
+  horizonS: number;
+}
+
+export const DEFAULT_DETECTOR: DetectorOptions = {
+  enterStallPct: 10,
+  exitStallPct: 2,
+  enterSwapPagesPerS: 256, // 1 MiB/s of swap traffic
+  exitSwapPagesPerS: 32,
+  enterHoldMs: 500,
+  exitHoldMs: 5_000,
+  minNeededBytes: 64 * MiB,
+  horizonS: 1,
+};
+
+/** Rates between two readings of the same scope (counters that went backwards count as 0). */
+export function signalsBetween(previous: Reading, current: Reading): Signals {
+  const seconds = Math.max(0.001, (current.at - previous.at) / 1000);
+  const rate = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? 0 : Math.max(0, b - a) / seconds);
+  // Where the scope does not count swap-outs (cgroup v1), the growth of its swap usage stands in.
+  const swapOutsPerS =
+    current.swapOuts !== undefined && previous.swapOuts !== undefined
+      ? rate(previous.swapOuts, current.swapOuts)
+      : rate(previous.swapUsedBytes, current.swapUsedBytes) / PAGE;
+  const signals: Signals = {
+    swapPagesPerS: round(rate(previous.majorFaults, current.majorFaults) + swapOutsPerS),
+    refaultsPerS: round(rate(previous.refaults, current.refaults)),
+    availableBytes: current.availableBytes,
+    swapUsedBytes: current.swapUsedBytes,
+  };
+  if (current.stallUs !== undefined && previous.stallUs !== undefined) {
+    signals.stallPct = round(Math.min(100, (rate(previous.stallUs, current.stallUs) / 1e6) * 100));
+  }
+  return signals;
+}
+
+const round = (n: number) => Math.round(n * 10) / 10;
+
+export function isHigh(s: Signals, o: DetectorOptions): boolean {
+  return (s.stallPct ?? 0) >= o.enterStallPct || s.swapPagesPerS + s.refaultsPerS >= o.enterSwapPagesPerS;
+}
+
+export function isLow(s: Signals, o: DetectorOptions): boolean {
+  return (s.stallPct ?? 0) < o.exitStallPct && s.swapPagesPerS + s.refaultsPerS < o.exitSwapPagesPerS;
+}
+
+export function neededBytes(s: Signals, swapOutBytesPerS: number, o: DetectorOptions): number {
+  return roundUpToMiB(Math.max(o.minNeededBytes, s.swapUsedBytes + swapOutBytesPerS * o.horizonS));
+}
+
+export type Change = { kind: 'enter'; onsetAt: number } | { kind: 'exit' } | undefined;
+
+export class Detector {
+  state: 'clear' | 'pressure' = 'clear';
+  /** Since when the readings have been high (while clear) or low (while under pressure). */
+  private since: number | undefined;
+
+  constructor(private readonly options: DetectorOptions) {}
+
+  /** Feeds one set of signals taken at `at`; returns the state change it causes, if any. */
+  update(signals: Signals, at: number): Change {
+    const o = this.options;
+    if (this.state === 'clear') {
+      if (!isHigh(signals, o)) {
+        this.since = undefined;
+        return undefined;
+      }
+      this.since ??= at;
+      if (at - this.since < o.enterHoldMs) return undefined;
+      const onsetAt = this.since;
+      this.state = 'pressure';
+      this.since = undefined;
+      return { kind: 'enter', onsetAt };
+    }
+    if (!isLow(signals, o)) {
+      this.since = undefined;
+      return undefined;
+    }
+    this.since ??= at;
+    if (at - this.since < o.exitHoldMs) return undefined;
+    this.state = 'clear';
+    this.since = undefined;
+    return { kind: 'exit' };
+  }
+}
+
+/** What a host offers: available - reserve, nothing while it is under pressure itself. */
+export function surplus(availableBytes: number, reserveBytes: number, underPressure: boolean): { lendableBytes: number; deficitBytes: number } {
+  return {
+    lendableBytes: underPressure ? 0 : Math.max(0, availableBytes - reserveBytes),
+    deficitBytes: Math.max(0, reserveBytes - availableBytes),
+  };
+}

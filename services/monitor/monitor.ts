@@ -1,0 +1,172 @@
+/**
+ * One monitor loop: sample the scope on an interval, and at once when the kernel signals pressure;
+ * feed the detector; publish what changed.
+ *
+ * - pressure (host.H.pressure): on entering pressure, then every `pressureRepeatMs` while it lasts,
+ *   with the current need, so the broker can grow the host's leases;
+ * - relief (host.H.relief): on leaving pressure, and repeated with each heartbeat while clear, so
+ *   a broker that restarted still learns it;
+ * - surplus (host.H.surplus): when what the host can lend moves by `surplusStepBytes`, when its
+ *   deficit starts or ends, and at least every `surplusRefreshMs` (offers expire at the broker);
+ * - telemetry (host.H.telemetry): every `heartbeatMs`, for observers.
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../../shared/log.js';
+import { publishJson } from '../../shared/messaging.js';
+import { readMounts } from '../../shared/procfs.js';
+import { subjects } from '../../shared/subjects.js';
+import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
+import { Detector, neededBytes, signalsBetween, surplus, type DetectorOptions } from './detector.js';
+import type { Reading, Source } from './sources.js';
+import type { Waker } from './notify.js';
+
+export interface MonitorOptions extends DetectorOptions {
+  host: string;
+  intervalMs: number;
+  pressureRepeatMs: number;
+  heartbeatMs: number;
+  reserveBytes: number;
+  surplusStepBytes: number;
+  surplusRefreshMs: number;
+  /** Where this host's exporter keeps lease mounts; their images are what it lends. */
+  exporterStateDir: string;
+}
+
+/** Bytes of lease images in the exporter's ramfs mounts: memory this host lends right now. */
+export async function lentBytes(exporterStateDir: string): Promise<number> {
+  const leasesDir = join(exporterStateDir, 'leases');
+  const mounted = new Set((await readMounts()).filter((m) => m.fstype === 'ramfs').map((m) => m.target));
+  let total = 0;
+  for (const leaseId of await readdir(leasesDir).catch(() => [] as string[])) {
+    const dir = join(leasesDir, leaseId);
+    if (mounted.has(dir)) total += await stat(join(dir, 'image')).then((s) => s.size, () => 0);
+  }
+  return total;
+}
+
+const MIN_SPACING_MS = 100;
+
+export class Monitor {
+  readonly detector: Detector;
+  private previous: Reading | undefined;
+  private lastPressureAt = 0;
+  private lastHeartbeatAt = 0;
+  private lastSurplus: (SurplusEvent & { at: number }) | undefined;
+  private stopped = false;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly source: Source,
+    private readonly waker: Waker | undefined,
+    private readonly options: MonitorOptions,
+    private readonly log: Logger,
+  ) {
+    this.detector = new Detector(options);
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.loop;
+    this.waker?.close();
+  }
+
+  private async run(): Promise<void> {
+    let nextSampleAt = Date.now();
+    while (!this.stopped) {
+      const now = Date.now();
+      if (now >= nextSampleAt) {
+        await this.tick().catch((error: unknown) => this.log.warn({ err: (error as Error).message }, 'monitor sample failed'));
+        nextSampleAt = Date.now() + this.options.intervalMs;
+        continue;
+      }
+      // Sleep until the next sample, or less if the kernel signals pressure first.
+      const woke = this.waker ? await this.waker.wait(nextSampleAt - now) : await sleep(nextSampleAt - now);
+      // Sample at once, but not more often than every MIN_SPACING_MS: rates over a few ms are noise.
+      if (woke) nextSampleAt = Math.min(nextSampleAt, (this.previous?.at ?? 0) + MIN_SPACING_MS);
+    }
+  }
+
+  /** One sample: read, detect, publish. */
+  async tick(): Promise<void> {
+    const reading = await this.source.read();
+    const previous = this.previous;
+    this.previous = reading;
+    if (!previous) return;
+    const signals = signalsBetween(previous, reading);
+    const change = this.detector.update(signals, reading.at);
+    const me = this.options.host;
+    const swapOutBytesPerS = (Math.max(0, reading.swapUsedBytes - previous.swapUsedBytes) / Math.max(0.001, (reading.at - previous.at) / 1000));
+
+    if (change?.kind === 'enter' || (this.detector.state === 'pressure' && reading.at - this.lastPressureAt >= this.options.pressureRepeatMs)) {
+      const event: PressureEvent = {
+        host: me,
+        neededBytes: neededBytes(signals, swapOutBytesPerS, this.options),
+        at: reading.at,
+        source: 'monitor',
+        signals,
+        ...(change?.kind === 'enter' ? { onsetAt: change.onsetAt } : {}),
+      };
+      publishJson(this.nc, subjects.pressure(me), event);
+      this.lastPressureAt = reading.at;
+      if (change) this.log.info({ neededBytes: event.neededBytes, signals, onsetAt: change.kind === 'enter' ? change.onsetAt : undefined }, 'pressure: entered');
+    }
+    if (change?.kind === 'exit') {
+      this.publishRelief(reading.at);
+      this.log.info({ signals }, 'pressure: cleared');
+    }
+
+    await this.maybePublishSurplus(reading, reading.at);
+    if (reading.at - this.lastHeartbeatAt >= this.options.heartbeatMs) {
+      this.lastHeartbeatAt = reading.at;
+      this.publishTelemetry(reading, signals);
+      if (this.detector.state === 'clear') this.publishRelief(reading.at);
+    }
+  }
+
+  private publishRelief(at: number): void {
+    const event: ReliefEvent = { host: this.options.host, at, source: 'monitor' };
+    publishJson(this.nc, subjects.relief(this.options.host), event);
+  }
+
+  private publishTelemetry(reading: Reading, signals: Signals): void {
+    const event: TelemetryEvent = {
+      host: this.options.host,
+      at: reading.at,
+      scope: this.source.scope,
+      state: this.detector.state,
+      limitBytes: reading.limitBytes,
+      usedBytes: reading.usedBytes,
+      signals,
+    };
+    publishJson(this.nc, subjects.telemetry(this.options.host), event);
+  }
+
+  private async maybePublishSurplus(reading: Reading, at: number): Promise<void> {
+    const offer = surplus(reading.availableBytes, this.options.reserveBytes, this.detector.state === 'pressure');
+    const lent = await lentBytes(this.options.exporterStateDir);
+    const last = this.lastSurplus;
+    const changed =
+      !last ||
+      Math.abs(offer.lendableBytes - last.lendableBytes) >= this.options.surplusStepBytes ||
+      lent !== last.lentBytes ||
+      (offer.deficitBytes > 0) !== (last.deficitBytes > 0) ||
+      at - last.at >= this.options.surplusRefreshMs;
+    if (!changed) return;
+    const event = { host: this.options.host, ...offer, lentBytes: lent, at, source: 'monitor' as const };
+    publishJson(this.nc, subjects.surplus(this.options.host), event);
+    if (offer.deficitBytes > 0 && !(last && last.deficitBytes > 0)) {
+      this.log.warn({ availableBytes: reading.availableBytes, reserveBytes: this.options.reserveBytes, lentBytes: lent }, 'available memory under the reserve');
+    }
+    this.lastSurplus = event;
+  }
+}
+
+const sleep = (ms: number) => new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms));
+

@@ -1,0 +1,119 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cgroupV1Reading, cgroupV2Reading, machineReading, parsePsiSomeTotal, type Reading } from '../../services/monitor/sources.js';
+import { DEFAULT_DETECTOR, Detector, neededBytes, signalsBetween, surplus } from '../../services/monitor/detector.js';
+import type { Signals } from '../../shared/schemas.js';
+
+const MiB = 1024 ** 2;
+
+test('sources - machine reading from /proc/meminfo, /proc/vmstat and PSI', () => {
+  const meminfo = 'MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\nSwapTotal:  1048576 kB\nSwapFree:  524288 kB\n';
+  const vmstat = 'pgmajfault 1234\npswpin 50\npswpout 700\nworkingset_refault_anon 99\n';
+  const psi = 'some avg10=1.00 avg60=0.53 avg300=1.30 total=12131498\nfull avg10=0.00 avg60=0.44 avg300=1.06 total=9890174\n';
+  const r = machineReading(5, meminfo, vmstat, psi);
+  assert.deepEqual(r, {
+    at: 5,
+    limitBytes: 24000000 * 1024,
+    usedBytes: 4000000 * 1024,
+    availableBytes: 20000000 * 1024,
+    swapUsedBytes: 512 * MiB,
+    majorFaults: 1234,
+    refaults: 99,
+    swapOuts: 700,
+    stallUs: 12131498,
+  });
+  assert.equal(parsePsiSomeTotal('full avg10=0 total=5\n'), undefined);
+});
+
+test('sources - cgroup v1 uses hierarchical totals; an unlimited cgroup is capped at the machine', () => {
+  const stat = 'cache 1\nswap 7\ntotal_inactive_file 1048576\ntotal_swap 8388608\ntotal_pgmajfault 40\ntotal_workingset_refault_anon 3\n';
+  const r = cgroupV1Reading(1, '200000000\n', '268435456\n', stat, 24 * 1024 * MiB);
+  assert.equal(r.limitBytes, 256 * MiB);
+  assert.equal(r.availableBytes, 256 * MiB - 200000000 + MiB);
+  assert.equal(r.swapUsedBytes, 8 * MiB);
+  assert.equal(r.majorFaults, 40);
+  assert.equal(r.refaults, 3);
+  assert.equal(r.swapOuts, undefined);
+  assert.equal(r.stallUs, undefined);
+  assert.equal(cgroupV1Reading(1, '0', '9223372036854771712', stat, 1000 * MiB).limitBytes, 1000 * MiB);
+});
+
+test('sources - cgroup v2 reads memory.max "max", memory.swap.current and memory.pressure', () => {
+  const r = cgroupV2Reading(1, '104857600\n', 'max\n', '4096\n', 'inactive_file 0\npgmajfault 2\nworkingset_refault_anon 1\npswpout 9\n', 'some avg10=0 avg60=0 avg300=0 total=77\n', 512 * MiB);
+  assert.equal(r.limitBytes, 512 * MiB);
+  assert.equal(r.availableBytes, 412 * MiB);
+  assert.equal(r.swapUsedBytes, 4096);
+  assert.equal(r.swapOuts, 9);
+  assert.equal(r.stallUs, 77);
+});
+
+const reading = (at: number, extra: Partial<Reading> = {}): Reading => ({
+  at,
+  limitBytes: 256 * MiB,
+  usedBytes: 200 * MiB,
+  availableBytes: 56 * MiB,
+  swapUsedBytes: 0,
+  majorFaults: 0,
+  refaults: 0,
+  ...extra,
+});
+
+test('detector - rates: faults plus swap-outs, stall share from PSI totals, swap growth where swap-outs are not counted', () => {
+  const s = signalsBetween(reading(0, { majorFaults: 100, stallUs: 0 }), reading(500, { majorFaults: 300, stallUs: 250_000, swapUsedBytes: 4096 * 100 }));
+  assert.equal(s.swapPagesPerS, 400 + 200); // 200 faults and 100 pages of swap growth in 0.5 s
+  assert.equal(s.stallPct, 50);
+  // Counters that went backwards (a cgroup recreated) count as no traffic, not as negative.
+  assert.equal(signalsBetween(reading(0, { majorFaults: 500 }), reading(1000, { majorFaults: 10 })).swapPagesPerS, 0);
+  // Machine scope counts swap-outs directly.
+  assert.equal(signalsBetween(reading(0, { swapOuts: 0 }), reading(1000, { swapOuts: 300, swapUsedBytes: 0 })).swapPagesPerS, 300);
+});
+
+const high: Signals = { swapPagesPerS: 5000, refaultsPerS: 100, availableBytes: 0, swapUsedBytes: 100 * MiB };
+const mid: Signals = { swapPagesPerS: 100, refaultsPerS: 0, availableBytes: 0, swapUsedBytes: 100 * MiB };
+const low: Signals = { swapPagesPerS: 0, refaultsPerS: 0, availableBytes: 50 * MiB, swapUsedBytes: 0 };
+
+test('detector - enters only after signals hold high for enterHoldMs, and reports when they first crossed', () => {
+  const d = new Detector(DEFAULT_DETECTOR);
+  assert.equal(d.update(high, 0), undefined);
+  assert.equal(d.update(low, 250), undefined, 'a spike alone is not pressure');
+  assert.equal(d.update(high, 1000), undefined);
+  assert.equal(d.update(high, 1250), undefined);
+  assert.deepEqual(d.update(high, 1500), { kind: 'enter', onsetAt: 1000 });
+  assert.equal(d.state, 'pressure');
+});
+
+test('detector - between the thresholds nothing changes; leaves after exitHoldMs of low signals', () => {
+  const d = new Detector(DEFAULT_DETECTOR);
+  d.update(high, 0);
+  d.update(high, 500);
+  assert.equal(d.state, 'pressure');
+  for (let t = 1000; t < 60_000; t += 500) assert.equal(d.update(mid, t), undefined, 'mid-level traffic neither enters nor leaves');
+  assert.equal(d.update(low, 60_000), undefined);
+  assert.equal(d.update(low, 64_500), undefined);
+  assert.deepEqual(d.update(low, 65_000), { kind: 'exit' });
+  assert.equal(d.state, 'clear');
+});
+
+test('detector - flapping faster than the hold times causes no change at all', () => {
+  const d = new Detector(DEFAULT_DETECTOR);
+  d.update(high, 0);
+  d.update(high, 500); // under pressure
+  const changes = [];
+  for (let t = 1000; t < 120_000; t += 1000) {
+    // 3 s calm, 1 s busy: never 5 s of calm in a row
+    changes.push(d.update(t % 4000 === 0 ? high : low, t));
+  }
+  assert.deepEqual(changes.filter(Boolean), []);
+  assert.equal(d.state, 'pressure');
+});
+
+test('detector - need is swap in use plus the swap-out rate over the horizon, at least the minimum, whole MiB', () => {
+  assert.equal(neededBytes({ ...high, swapUsedBytes: 10 * MiB }, 0, DEFAULT_DETECTOR), 64 * MiB);
+  assert.equal(neededBytes({ ...high, swapUsedBytes: 100 * MiB + 1 }, 50 * MiB, DEFAULT_DETECTOR), 151 * MiB);
+});
+
+test('detector - surplus is available minus reserve, nothing under pressure, and the deficit under the reserve', () => {
+  assert.deepEqual(surplus(900 * MiB, 256 * MiB, false), { lendableBytes: 644 * MiB, deficitBytes: 0 });
+  assert.deepEqual(surplus(900 * MiB, 256 * MiB, true), { lendableBytes: 0, deficitBytes: 0 });
+  assert.deepEqual(surplus(200 * MiB, 256 * MiB, false), { lendableBytes: 0, deficitBytes: 56 * MiB });
+});
