@@ -3,9 +3,14 @@
  * in 1 MiB chunks (random, so zram or compression cannot cheat), remembers each chunk's SHA-256,
  * then reads every chunk back and compares. Prints one JSON line of results; exits 1 on any
  * mismatch. Run it inside a memory cgroup smaller than --bytes to force swapping.
+ *
+ *   --passes N        read everything back N times (default 1)
+ *   --pause-file F    after the fill, wait until file F exists before verifying (tests use it to
+ *                     change the swap devices under the data)
+ *   --progress        JSON lines {"phase","done","total"} on stderr while it runs
  */
 import { createHash, randomFillSync } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { parseBytes } from '../shared/units.js';
 
 const CHUNK = 1024 * 1024;
@@ -15,7 +20,7 @@ function vmstat(field: string): number {
   return match ? Number(match[1]) : 0;
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const bytesArg = args[args.indexOf('--bytes') + 1];
   if (!args.includes('--bytes') || !bytesArg) {
@@ -23,6 +28,11 @@ function main(): void {
     process.exit(2);
   }
   const passes = args.includes('--passes') ? Number(args[args.indexOf('--passes') + 1]) : 1;
+  const pauseFile = args.includes('--pause-file') ? args[args.indexOf('--pause-file') + 1] : undefined;
+  const progress = args.includes('--progress');
+  const report = (phase: string, done: number, total: number) => {
+    if (progress && (done % 16 === 0 || done === total)) process.stderr.write(`${JSON.stringify({ phase, done, total })}\n`);
+  };
   const chunks = Math.ceil(parseBytes(bytesArg) / CHUNK);
   const started = performance.now();
   const swapInBefore = vmstat('pswpin');
@@ -33,12 +43,21 @@ function main(): void {
     randomFillSync(chunk);
     data.push(chunk);
     digests.push(createHash('sha256').update(chunk).digest('hex'));
+    report('fill', i + 1, chunks);
   }
   const filledMs = performance.now() - started;
+  let pausedMs = 0;
+  if (pauseFile) {
+    process.stderr.write(`${JSON.stringify({ phase: 'paused', file: pauseFile })}\n`);
+    const pausedAt = performance.now();
+    while (!existsSync(pauseFile)) await new Promise((r) => setTimeout(r, 100));
+    pausedMs = performance.now() - pausedAt;
+  }
   let corrupted = 0;
   for (let pass = 0; pass < passes; pass += 1) {
     for (let i = 0; i < chunks; i += 1) {
       if (createHash('sha256').update(data[i]!).digest('hex') !== digests[i]) corrupted += 1;
+      report(passes > 1 ? `verify ${pass + 1}/${passes}` : 'verify', i + 1, chunks);
     }
   }
   const result = {
@@ -46,11 +65,12 @@ function main(): void {
     chunks,
     corruptedChunks: corrupted,
     fillMs: Math.round(filledMs),
-    totalMs: Math.round(performance.now() - started),
+    totalMs: Math.round(performance.now() - started - pausedMs), // the pause is not counted
+    pausedMs: Math.round(pausedMs),
     pswpinDelta: vmstat('pswpin') - swapInBefore,
   };
   console.log(JSON.stringify(result));
   process.exit(corrupted === 0 ? 0 : 1);
 }
 
-main();
+void main();

@@ -38,7 +38,8 @@ const keysOf = (schema: { shape: Record<string, unknown> }) => Object.keys(schem
 serviceCommand('broker', 'match borrowers to lenders and drive leases', keysOf(BrokerConfig), startBroker)
   .option('--offer-ttl-ms <ms>', 'offers older than this are not matched (default 30000)')
   .option('--min-lease-bytes <size>', 'smallest lease, e.g. 64MiB')
-  .option('--max-lease-bytes <size>', 'largest lease, e.g. 4GiB');
+  .option('--max-lease-bytes <size>', 'largest lease, e.g. 4GiB')
+  .option('--release-cooldown-ms <ms>', 'a borrower clear of pressure this long gives its leases back (default 60000)');
 
 serviceCommand('exporter', 'lend this host\'s RAM as ramfs-backed iSCSI targets (tgt)', keysOf(ExporterConfig), startExporter)
   .option('--address <ip>', 'address of the iSCSI portal (env RSWAP_ADDRESS)')
@@ -46,7 +47,8 @@ serviceCommand('exporter', 'lend this host\'s RAM as ramfs-backed iSCSI targets 
   .option('--tgt-control-port <n>', 'tgtd control port, its -C (default 3260)')
   .option('--state-dir <path>', 'where lease mounts live (default /var/lib/rswap/exporter)')
   .option('--reserve-bytes <size>', 'memory never lent (default 1GiB)')
-  .option('--max-lend-bytes <size>', 'most lent in total (default 64GiB)');
+  .option('--max-lend-bytes <size>', 'most lent in total (default 64GiB)')
+  .option('--memory-cgroup <path>', 'start tgtd in this memory cgroup, so what it lends is charged there');
 
 serviceCommand('attacher', 'swap onto remote memory leased to this host', keysOf(AttacherConfig), startAttacher)
   .option('--address <ip>', 'this host\'s address, the one the lender admits (env RSWAP_ADDRESS)')

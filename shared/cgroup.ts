@@ -13,9 +13,20 @@ export interface MemoryCgroup {
   remove(): Promise<void>;
 }
 
-export async function createMemoryCgroup(name: string, limitBytes: number): Promise<MemoryCgroup> {
+/** A command line that moves its shell into the cgroup folder `path`, then execs `command`. */
+export function wrapInCgroup(path: string, command: string[]): string[] {
+  return ['sh', '-c', `echo $$ > '${join(path, 'cgroup.procs')}' && exec "$@"`, 'sh', ...command];
+}
+
+/** The folder a cgroup named `name` has under the memory hierarchy (v1 where mounted, else v2). */
+export async function memoryCgroupPath(name: string): Promise<string> {
   const v1 = await access(join(V1, 'memory.limit_in_bytes')).then(() => true, () => false);
-  const path = join(v1 ? V1 : V2, name);
+  return join(v1 ? V1 : V2, name);
+}
+
+export async function createMemoryCgroup(name: string, limitBytes: number): Promise<MemoryCgroup> {
+  const path = await memoryCgroupPath(name);
+  const v1 = path.startsWith(V1 + '/');
   await mkdir(path, { recursive: true });
   if (v1) {
     await writeFile(join(path, 'memory.limit_in_bytes'), String(limitBytes));
@@ -25,18 +36,22 @@ export async function createMemoryCgroup(name: string, limitBytes: number): Prom
   return {
     path,
     version: v1 ? 1 : 2,
-    wrap: (command) => ['sh', '-c', `echo $$ > ${join(path, 'cgroup.procs')} && exec "$@"`, 'sh', ...command],
-    remove: async () => {
-      for (let i = 0; i < 50; i += 1) {
-        try {
-          await rmdir(path);
-          return;
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-          await new Promise((resolve) => setTimeout(resolve, 100));
-        }
-      }
-      await rmdir(path);
-    },
+    wrap: (command) => wrapInCgroup(path, command),
+    remove: () => removeCgroup(path),
   };
 }
+
+/** Removes an (empty) cgroup folder, waiting up to 5 s for exiting processes to leave it. */
+export async function removeCgroup(path: string): Promise<void> {
+  for (let i = 0; i < 50; i += 1) {
+    try {
+      await rmdir(path);
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  await rmdir(path);
+}
+

@@ -1,13 +1,21 @@
 /**
  * Several hosts on one machine: each host is a network namespace joined by veth to a bridge, with
  * an address from 198.18.0.0/24 (the benchmarking range). NATS with JetStream and the broker run in
- * the root namespace; each host's exporter and attacher run inside its namespace. Everything the
- * testbed makes lives under one folder (default /run/rswap/testbed) or carries its names, and
- * `down` removes it all, also after a crash: it finds things by those marks, not by a state file.
+ * the root namespace; each host's monitor, exporter and attacher run inside its namespace.
+ *
+ * Each host also gets its own memory: a memory cgroup (rswap-host-a, ...) with a limit. Its monitor
+ * watches that cgroup (`--scope cgroup:...`), its tgtd runs in it (so the RAM it lends counts
+ * against the lender), and workloads "on" the host run in it. The agents themselves run outside,
+ * like a hypervisor's control plane. The kernel, and so the swap areas, are shared: an optional
+ * local swap file (priority 5, on disk under /var/tmp) stands for every host's local disk swap.
+ *
+ * Everything the testbed makes lives under one folder (default /run/rswap/testbed) or carries its
+ * names, and `down` removes it all, also after a crash: it finds things by those marks, not by a
+ * state file.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../../shared/log.js';
@@ -16,6 +24,8 @@ import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { errorMessage } from '../../shared/errors.js';
 import { waitFor } from '../../shared/wait.js';
 import { listHosts } from '../operator.js';
+import { createMemoryCgroup, memoryCgroupPath, removeCgroup } from '../../shared/cgroup.js';
+import { GiB, MiB } from '../../shared/units.js';
 
 export const BRIDGE = 'rswap-br0';
 export const BRIDGE_ADDRESS = '198.18.0.1';
@@ -25,7 +35,17 @@ export interface TestbedOptions {
   dir: string;
   hosts: number;
   natsPort: number;
-  /** Extra flags for every exporter/attacher (e.g. a smaller reserve). */
+  /** Memory limit of each host's cgroup, by host index (default 1GiB each). */
+  memoryBytes?: number[];
+  /** Memory each host never lends, by host index (default a quarter of its memory). */
+  reserveBytes?: number[];
+  /** Start a monitor per host (default true); without, events come only from `rswap inject`. */
+  monitors?: boolean;
+  /** Size of the shared local-disk swap file at priority 5 (default none). */
+  localSwapBytes?: number;
+  /** Extra flags for the broker and for every monitor/exporter/attacher. */
+  brokerArgs?: string[];
+  monitorArgs?: string[];
   exporterArgs?: string[];
   attacherArgs?: string[];
 }
@@ -35,22 +55,30 @@ export interface TestbedHost {
   netns: string;
   address: string;
   tgtControlPort: number;
+  /** The host's memory cgroup folder. */
+  cgroup: string;
+  memoryBytes: number;
 }
 
 export interface Testbed {
   dir: string;
   natsUrl: string;
   hosts: TestbedHost[];
+  localSwap?: string;
 }
 
 const CLI = resolve(fileURLToPath(import.meta.url), '../../rswap.js');
 
-export function hostsFor(count: number): TestbedHost[] {
+export function hostsFor(count: number, cgroupRoot: string, memoryBytes: number[] = []): TestbedHost[] {
   return Array.from({ length: count }, (_, i) => {
     const name = `host-${String.fromCharCode(97 + i)}`;
-    return { name, netns: `${NETNS_PREFIX}${name}`, address: `198.18.0.${11 + i}`, tgtControlPort: 3300 + i };
+    const netns = `${NETNS_PREFIX}${name}`;
+    return { name, netns, address: `198.18.0.${11 + i}`, tgtControlPort: 3300 + i, cgroup: join(cgroupRoot, netns), memoryBytes: memoryBytes[i] ?? GiB };
   });
 }
+
+/** The shared local swap file of a testbed in `dir`: on disk, since /run is tmpfs. */
+export const localSwapPath = (dir: string) => `/var/tmp/rswap-${basename(dir)}-local.swap`;
 
 function startDetached(command: string[], logFile: string): number {
   const fd = openSync(logFile, 'a');
@@ -62,7 +90,7 @@ function startDetached(command: string[], logFile: string): number {
 
 export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
   const dir = options.dir;
-  const hosts = hostsFor(options.hosts);
+  const hosts = hostsFor(options.hosts, dirname(await memoryCgroupPath('x')), options.memoryBytes);
   const natsUrl = `nats://${BRIDGE_ADDRESS}:${options.natsPort}`;
   const links = await run('ip', ['-o', 'link', 'show']);
   if (links.stdout.includes(` ${BRIDGE}:`)) throw new Error(`a testbed is already up (bridge ${BRIDGE} exists); run 'rswap testbed down' first`);
@@ -80,6 +108,16 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     await run('ip', ['-n', host.netns, 'link', 'set', 'eth0', 'up']);
     await run('ip', ['-n', host.netns, 'link', 'set', 'lo', 'up']);
     await mkdir(join(dir, host.name), { recursive: true });
+    const cgroup = await createMemoryCgroup(host.netns, host.memoryBytes);
+    host.cgroup = cgroup.path;
+  }
+  let localSwap: string | undefined;
+  if (options.localSwapBytes) {
+    localSwap = localSwapPath(dir);
+    await run('dd', ['if=/dev/zero', `of=${localSwap}`, 'bs=1M', `count=${Math.ceil(options.localSwapBytes / MiB)}`, 'status=none']);
+    await chmod(localSwap, 0o600);
+    await run('mkswap', [localSwap]);
+    await run('swapon', ['-p', '5', localSwap]);
   }
 
   const natsDir = join(dir, 'nats');
@@ -89,21 +127,29 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
 
   const node = process.execPath;
-  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl], join(dir, 'broker.log'));
+  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'));
   await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
-  for (const host of hosts) {
+  for (const [i, host] of hosts.entries()) {
     const inNs = ['nsenter', `--net=/run/netns/${host.netns}`, node, CLI];
     const common = ['--nats', natsUrl, '--host', host.name, '--address', host.address];
+    const exporterDir = join(dir, host.name, 'exporter');
+    const reserve = String(options.reserveBytes?.[i] ?? Math.floor(host.memoryBytes / 4));
     startDetached(
-      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', join(dir, host.name, 'exporter'), ...(options.exporterArgs ?? [])],
+      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, ...(options.exporterArgs ?? [])],
       join(dir, host.name, 'exporter.log'),
     );
+    if (options.monitors !== false) {
+      startDetached(
+        [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? [])],
+        join(dir, host.name, 'monitor.log'),
+      );
+    }
     startDetached(
       [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? [])],
       join(dir, host.name, 'attacher.log'),
     );
   }
-  const testbed: Testbed = { dir, natsUrl, hosts };
+  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}) };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
   // Ready when the broker has recorded every host's exporter and attacher.
   await waitFor('testbed: agents announced to the broker', async () => {
@@ -178,6 +224,22 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   };
   // 1. rswap's own processes (broker, agents): they talk to the testbed's NATS on the bridge.
   await attempt('stop rswap processes', async () => killAll(await pidsWhere((cmd) => cmd.includes('rswap.js ') && cmd.includes(`nats://${BRIDGE_ADDRESS}:`))));
+  // Workloads in the host cgroups: once they are gone, their swapped pages are free and the
+  // swap-offs below have nothing to read back. tgtd (also there) serves the lenders until step 3.
+  const cgroupRoot = dirname(await memoryCgroupPath('x'));
+  const cgroups = (await readdir(cgroupRoot).catch(() => [] as string[])).filter((name) => name.startsWith(NETNS_PREFIX + 'host-'));
+  const pidsIn = async (name: string) =>
+    (await readFile(join(cgroupRoot, name, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number);
+  for (const name of cgroups) {
+    await attempt(`stop workloads in ${name}`, async () => {
+      const workloads = [];
+      for (const pid of await pidsIn(name)) {
+        const comm = (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+        if (comm !== 'tgtd') workloads.push(pid);
+      }
+      await killAll(workloads);
+    });
+  }
   // 2. Swap areas and loop devices backed by files under the folder.
   const ours = await loopDevicesUnder(run, dir).catch(() => []);
   const swaps = await readSwaps();
@@ -185,6 +247,10 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
     if (swaps.some((a) => a.path === device)) await attempt(`swapoff ${device}`, () => run('swapoff', [device], { timeoutMs: 600_000 }));
     await attempt(`losetup -d ${device}`, () => run('losetup', ['-d', device]));
   }
+  // The shared local swap file last among swap areas: pages on the remote areas may move to it.
+  const localSwap = localSwapPath(dir);
+  if (swaps.some((a) => a.path === localSwap)) await attempt(`swapoff ${localSwap}`, () => run('swapoff', [localSwap], { timeoutMs: 600_000 }));
+  await attempt(`rm ${localSwap}`, () => rm(localSwap, { force: true }));
   // 3. Initiators (qemu-storage-daemon names the folder), then everything in our namespaces (tgtd).
   await attempt('stop initiators', async () => killAll(await pidsWhere((cmd) => cmd.includes('qemu-storage-daemon') && cmd.includes(dir + '/'))));
   const namespaces = (await run('ip', ['netns', 'list']).then((r) => r.stdout, () => ''))
@@ -200,7 +266,14 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   // 4. Mounts under the folder (FUSE exports, ramfs), deepest first.
   const mounts = (await readMounts()).filter((m) => m.target.startsWith(dir + '/')).sort((a, b) => b.target.length - a.target.length);
   for (const mount of mounts) await attempt(`umount ${mount.target}`, () => run('umount', ['-l', mount.target]));
-  // 5. Namespaces, bridge, NATS.
+  // 5. Host cgroups: whatever still runs in them is ours; then the folders.
+  for (const name of cgroups) {
+    await attempt(`cgroup ${name}`, async () => {
+      await killAll(await pidsIn(name));
+      await removeCgroup(join(cgroupRoot, name));
+    });
+  }
+  // 6. Namespaces, bridge, NATS.
   for (const netns of namespaces) await attempt(`netns ${netns}`, () => run('ip', ['netns', 'del', netns]));
   await attempt('bridge', async () => {
     const { stdout } = await run('ip', ['-o', 'link', 'show']);

@@ -24,12 +24,13 @@ export class HostStore {
   }
 
   /** Keeps only the newest offer: an older one arriving late is ignored. */
-  async recordOffer(event: SurplusEvent, at: number): Promise<void> {
-    await casUpdate(this.kv, event.host, HostRecord, (current) => {
+  async recordOffer(event: SurplusEvent, at: number): Promise<HostRecord> {
+    const { value } = await casUpdate(this.kv, event.host, HostRecord, (current) => {
       const record = current ?? empty(event.host);
       if (record.offer && record.offer.at > at) return record;
       return { ...record, offer: { lendableBytes: event.lendableBytes, lentBytes: event.lentBytes, deficitBytes: event.deficitBytes, at } };
     });
+    return value;
   }
 
   /** Records the newest pressure; the host is no longer clear. A late, older event changes nothing. */

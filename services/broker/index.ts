@@ -44,9 +44,9 @@ export async function startBroker(raw: Record<string, unknown>) {
   });
   handle(nc, subjects.allSurplus, { ...base, schema: SurplusEvent, checkHostToken: true }, async (event) => {
     const at = event.at ?? Date.now();
-    await hosts.recordOffer(event, at);
+    const record = await hosts.recordOffer(event, at);
     log.debug({ lender: event.host, lendableBytes: event.lendableBytes, deficitBytes: event.deficitBytes, source: event.source }, 'offer recorded');
-    if (event.deficitBytes > 0) {
+    if (event.deficitBytes > 0 && Object.keys(record.reservations).length > 0) {
       const reclaimed = await lifecycle.reclaim(event.host, event.deficitBytes, at);
       return { reclaimed: reclaimed.map((l) => l.id) };
     }

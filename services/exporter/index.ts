@@ -26,6 +26,8 @@ export const ExporterConfig = z.strictObject({
   maxLendBytes: SizeSetting.default(64 * 1024 ** 3), // 64 GiB
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
   reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
+  /** A memory cgroup for tgtd: lease pages it writes are charged there (the testbed's host cgroup). */
+  memoryCgroup: z.string().regex(/^\/[^']*$/, 'an absolute path without quotes').optional(),
 });
 export type ExporterConfig = z.infer<typeof ExporterConfig>;
 
@@ -36,8 +38,8 @@ export async function startExporter(raw: Record<string, unknown>) {
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const portal = `${config.address}:${config.portalPort}`;
   const tgt = new Tgt(run, log, config.tgtControlPort, portal, config.stateDir);
-  const tgtd = await tgt.ensureDaemon();
-  log.info({ tgtd, controlPort: config.tgtControlPort, portal }, 'tgtd ready');
+  const tgtd = await tgt.ensureDaemon(config.memoryCgroup);
+  log.info({ tgtd, controlPort: config.tgtControlPort, portal, memoryCgroup: config.memoryCgroup }, 'tgtd ready');
 
   const exporter = new Exporter(run, tgt, config, log);
   const nc = await connectNats(config.nats, `rswap-exporter-${config.host}`, log);

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
+import { wrapInCgroup } from '../../shared/cgroup.js';
 
 export interface TargetInfo {
   tid: number;
@@ -81,13 +82,19 @@ export class Tgt {
   }
 
   /** Adopts a running tgtd on our control port, or starts one; makes sure it listens on our portal. */
-  async ensureDaemon(): Promise<'adopted' | 'started'> {
+  /**
+   * `memoryCgroup`: a cgroup folder tgtd starts in, so the lease pages it writes are charged there
+   * (an adopted tgtd stays where it was started).
+   */
+  async ensureDaemon(memoryCgroup?: string): Promise<'adopted' | 'started'> {
     if (await this.isRunning()) {
       await this.ensurePortal();
       return 'adopted';
     }
     const logFd = openSync(join(this.stateDir, 'tgtd.log'), 'a');
-    const child = spawn(this.tgtdPath, ['-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`], {
+    const tgtd = [this.tgtdPath, '-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`];
+    const command = memoryCgroup ? wrapInCgroup(memoryCgroup, tgtd) : tgtd;
+    const child = spawn(command[0]!, command.slice(1), {
       detached: true,
       stdio: ['ignore', logFd, logFd],
     });

@@ -107,10 +107,13 @@ export class Detector {
   }
 }
 
-/** What a host offers: available - reserve, nothing while it is under pressure itself. */
+/**
+ * What a host offers: available - reserve, nothing while it is under pressure itself. `available`
+ * is net of lease pages promised but not yet written.
+ */
 export function surplus(availableBytes: number, reserveBytes: number, underPressure: boolean): { lendableBytes: number; deficitBytes: number } {
   return {
-    lendableBytes: underPressure ? 0 : Math.max(0, availableBytes - reserveBytes),
-    deficitBytes: Math.max(0, reserveBytes - availableBytes),
+    lendableBytes: underPressure ? 0 : Math.max(0, Math.floor(availableBytes - reserveBytes)),
+    deficitBytes: Math.max(0, Math.ceil(reserveBytes - availableBytes)),
   };
 }

@@ -34,16 +34,25 @@ export interface MonitorOptions extends DetectorOptions {
   exporterStateDir: string;
 }
 
-/** Bytes of lease images in the exporter's ramfs mounts: memory this host lends right now. */
-export async function lentBytes(exporterStateDir: string): Promise<number> {
+/**
+ * What this host lends now, from its exporter's ramfs mounts: the images' sizes (promised) and the
+ * pages they hold (resident, already inside used memory). Ramfs images are sparse: a page is
+ * allocated when the borrower first writes it.
+ */
+export async function lending(exporterStateDir: string): Promise<{ lentBytes: number; residentBytes: number }> {
   const leasesDir = join(exporterStateDir, 'leases');
   const mounted = new Set((await readMounts()).filter((m) => m.fstype === 'ramfs').map((m) => m.target));
-  let total = 0;
+  let lentBytes = 0;
+  let residentBytes = 0;
   for (const leaseId of await readdir(leasesDir).catch(() => [] as string[])) {
     const dir = join(leasesDir, leaseId);
-    if (mounted.has(dir)) total += await stat(join(dir, 'image')).then((s) => s.size, () => 0);
+    if (!mounted.has(dir)) continue;
+    const image = await stat(join(dir, 'image')).catch(() => undefined);
+    if (!image) continue;
+    lentBytes += image.size;
+    residentBytes += Math.min(image.size, image.blocks * 512);
   }
-  return total;
+  return { lentBytes, residentBytes };
 }
 
 const MIN_SPACING_MS = 100;
@@ -149,8 +158,9 @@ export class Monitor {
   }
 
   private async maybePublishSurplus(reading: Reading, at: number): Promise<void> {
-    const offer = surplus(reading.availableBytes, this.options.reserveBytes, this.detector.state === 'pressure');
-    const lent = await lentBytes(this.options.exporterStateDir);
+    const { lentBytes: lent, residentBytes } = await lending(this.options.exporterStateDir);
+    // Promised pages not yet written still belong to the borrowers: count them as used.
+    const offer = surplus(reading.availableBytes - (lent - residentBytes), this.options.reserveBytes, this.detector.state === 'pressure');
     const last = this.lastSurplus;
     const changed =
       !last ||

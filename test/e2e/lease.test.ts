@@ -41,7 +41,7 @@ before(async () => {
   await run('mkswap', [LOCAL_SWAP]);
   await run('swapon', ['-p', '5', LOCAL_SWAP]);
   localSwapOn = true;
-  tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), exporterArgs: ['--reserve-bytes', '256MiB'] });
+  tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), monitors: false, exporterArgs: ['--reserve-bytes', '256MiB'] });
   nc = await connect({ servers: tb.natsUrl });
 });
 
