@@ -7,6 +7,7 @@
  *   --passes N        read everything back N times (default 1)
  *   --pause-file F    after the fill, wait until file F exists before verifying (tests use it to
  *                     change the swap devices under the data)
+ *   --until-file F    keep reading everything back, pass after pass, until file F exists
  *   --progress        JSON lines {"phase","done","total"} on stderr while it runs
  */
 import { createHash, randomFillSync } from 'node:crypto';
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
   }
   const passes = args.includes('--passes') ? Number(args[args.indexOf('--passes') + 1]) : 1;
   const pauseFile = args.includes('--pause-file') ? args[args.indexOf('--pause-file') + 1] : undefined;
+  const untilFile = args.includes('--until-file') ? args[args.indexOf('--until-file') + 1] : undefined;
   const progress = args.includes('--progress');
   const report = (phase: string, done: number, total: number) => {
     if (progress && (done % 16 === 0 || done === total)) process.stderr.write(`${JSON.stringify({ phase, done, total })}\n`);
@@ -54,16 +56,18 @@ async function main(): Promise<void> {
     pausedMs = performance.now() - pausedAt;
   }
   let corrupted = 0;
-  for (let pass = 0; pass < passes; pass += 1) {
+  let pass = 0;
+  for (; pass < passes || (untilFile !== undefined && !existsSync(untilFile)); pass += 1) {
     for (let i = 0; i < chunks; i += 1) {
       if (createHash('sha256').update(data[i]!).digest('hex') !== digests[i]) corrupted += 1;
-      report(passes > 1 ? `verify ${pass + 1}/${passes}` : 'verify', i + 1, chunks);
+      report(passes > 1 || untilFile ? `verify ${pass + 1}` : 'verify', i + 1, chunks);
     }
   }
   const result = {
     bytes: chunks * CHUNK,
     chunks,
     corruptedChunks: corrupted,
+    passes: pass,
     fillMs: Math.round(filledMs),
     totalMs: Math.round(performance.now() - started - pausedMs), // the pause is not counted
     pausedMs: Math.round(pausedMs),

@@ -1,0 +1,155 @@
+/**
+ * rswap unattended, on the testbed, with no event injected by hand: monitors watch each host's
+ * memory cgroup, a workload thrashes on host-b, the broker lends, the workload verifies every byte,
+ * and after the cool-down the lease goes back and nothing is left. Then lender protection: host-a's
+ * own workload grows into its reserve while host-b swaps on host-a's RAM, and the lease moves to
+ * host-c make-before-break while host-b keeps reading its data.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { access, rm, writeFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa, type ResultPromise } from 'execa';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import pino from 'pino';
+import { createRunner } from '../../shared/runner.js';
+import { wrapInCgroup } from '../../shared/cgroup.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
+import { subjects } from '../../shared/subjects.js';
+import { loopDevicesUnder, testbedDown, testbedUp, type Testbed, type TestbedHost } from '../../cli/testbed/testbed.js';
+import { listLeases } from '../../cli/operator.js';
+import { freePort } from '../helpers/nats.js';
+import { waitFor } from '../../shared/wait.js';
+import { PressureEvent, type LeaseRecord } from '../../shared/schemas.js';
+
+const MiB = 1024 ** 2;
+const DIR = '/run/rswap/test-auto';
+const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
+const log = pino({ level: 'silent' });
+const run = createRunner(log);
+let tb: Testbed;
+let nc: NatsConnection;
+const pressureSources: string[] = [];
+const controlFiles: string[] = [];
+
+before(async () => {
+  tb = await testbedUp(run, log, {
+    dir: DIR,
+    hosts: 3,
+    natsPort: await freePort(),
+    // host-a lends most; host-b is small and borrows; host-c is the second lender.
+    memoryBytes: [1024 * MiB, 128 * MiB, 768 * MiB],
+    reserveBytes: [384 * MiB, 32 * MiB, 192 * MiB],
+    localSwapBytes: 512 * MiB,
+    brokerArgs: ['--release-cooldown-ms', '3000'],
+    monitorArgs: ['--exit-hold-ms', '2000'],
+  });
+  nc = await connect({ servers: tb.natsUrl });
+  nc.subscribe(subjects.allPressure, { callback: (_e, msg) => {
+      pressureSources.push(PressureEvent.parse(msg.json()).source);
+    },
+  });
+});
+
+after(async () => {
+  await nc?.drain();
+  const problems = await testbedDown(run, log, DIR);
+  for (const file of controlFiles) await rm(file, { force: true });
+  assert.deepEqual(problems, [], 'testbed down removed everything');
+});
+
+const host = (name: string): TestbedHost => tb.hosts.find((h) => h.name === name)!;
+
+/** Runs the workload inside a host's memory cgroup; `phases` collects its progress lines. */
+function workloadOn(h: TestbedHost, args: string[], phases: string[] = []): ResultPromise {
+  const command = wrapInCgroup(h.cgroup, [process.execPath, WORKLOAD, '--progress', ...args]);
+  const child = execa(command[0]!, command.slice(1), { reject: false, timeout: 600_000 });
+  child.stderr!.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n').filter(Boolean)) phases.push((JSON.parse(line) as { phase: string }).phase);
+  });
+  return child;
+}
+
+function report(result: { exitCode?: number; stdout: unknown; stderr: unknown }) {
+  assert.equal(result.exitCode, 0, String(result.stderr));
+  return JSON.parse(String(result.stdout)) as { chunks: number; corruptedChunks: number; pswpinDelta: number; passes: number };
+}
+
+async function leasesOf(borrower: string): Promise<LeaseRecord[]> {
+  return (await listLeases(tb.natsUrl)).filter((l) => l.borrower === borrower);
+}
+
+async function assertNothingLeft(): Promise<void> {
+  assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
+  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith(DIR + '/host-')), [], 'no ramfs or FUSE mount');
+  assert.deepEqual((await readSwaps()).filter((a) => a.path.startsWith('/dev/loop')), [], 'no remote swap area');
+  for (const h of tb.hosts) {
+    const targets = await run('tgtadm', ['-C', String(h.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+    assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
+  }
+}
+
+test('automatic - a thrashing workload gets remote memory with no event injected, verifies every byte, and gives it back after the cool-down', async () => {
+  const result = await workloadOn(host('host-b'), ['--bytes', '256MiB']);
+  const r = report(result);
+  assert.equal(r.corruptedChunks, 0);
+  assert.ok(r.pswpinDelta > 0, 'it did swap');
+
+  const leases = await leasesOf('host-b');
+  assert.ok(leases.length >= 1, 'a lease came up on its own');
+  assert.ok(leases.every((l) => l.history.some((h) => h.state === 'active')), JSON.stringify(leases.map((l) => l.history)));
+  assert.ok(pressureSources.length > 0 && pressureSources.every((s) => s === 'monitor'), `pressure came only from monitors: ${pressureSources}`);
+
+  // Workload gone -> relief after the exit hold -> leases back after the cool-down.
+  const settled = await waitFor('every lease of host-b released', async () => {
+    const now = await leasesOf('host-b');
+    return now.every((l) => l.state === 'released') ? now : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 250 });
+  for (const lease of settled) assert.match(lease.history.find((h) => h.state === 'draining')!.reason!, /pressure clear for/);
+  await assertNothingLeft();
+});
+
+test('automatic - a lender that needs its memory back gets it make-before-break, and the borrower loses no byte', async () => {
+  const stopBorrower = `${DIR}-borrower.stop`;
+  const stopHog = `${DIR}-hog.stop`;
+  controlFiles.push(stopBorrower, stopHog);
+  const phases: string[] = [];
+  const before = new Set((await leasesOf('host-b')).map((l) => l.id));
+  // host-b keeps reading 256 MiB through swap until told to stop.
+  const borrower = workloadOn(host('host-b'), ['--bytes', '256MiB', '--until-file', stopBorrower], phases);
+  const onA = await waitFor('host-b swapping on host-a', async () => {
+    const mine = (await leasesOf('host-b')).filter((l) => !before.has(l.id));
+    return phases.some((p) => p.startsWith('verify')) ? mine.filter((l) => l.lender === 'host-a' && l.state === 'active') : undefined;
+  }, { timeoutMs: 120_000, intervalMs: 250 }).then((found) => (found.length > 0 ? found : assert.fail('no lease on host-a')));
+
+  // host-a's own workload takes 560 MiB of its 1 GiB: under its 384 MiB reserve with what it lends.
+  const hog = workloadOn(host('host-a'), ['--bytes', '560MiB', '--pause-file', stopHog]);
+  const moved = await waitFor('host-a leases reclaimed', async () => {
+    const now = await leasesOf('host-b');
+    const old = onA.map((l) => now.find((n) => n.id === l.id)!);
+    return old.every((l) => l.state === 'released') ? now : undefined;
+  }, { timeoutMs: 180_000, intervalMs: 250 });
+  for (const old of onA) {
+    const record = moved.find((l) => l.id === old.id)!;
+    const replacement = moved.find((l) => l.replaces === old.id);
+    assert.ok(replacement, `a replacement for ${old.id}`);
+    assert.equal(replacement.lender, 'host-c');
+    assert.ok(replacement.history.some((h) => h.state === 'active'));
+    const activeAt = replacement.history.find((h) => h.state === 'active')!.at;
+    const drainingAt = record.history.find((h) => h.state === 'draining')!.at;
+    assert.ok(activeAt <= drainingAt, 'the replacement was active before the old lease started to drain');
+    assert.match(record.history.find((h) => h.state === 'draining')!.reason!, new RegExp(`reclaimed by host-a, replaced by ${replacement.id}`));
+  }
+
+  await writeFile(stopBorrower, '');
+  await writeFile(stopHog, '');
+  const [b, a] = [report(await borrower), report(await hog)];
+  assert.equal(b.corruptedChunks, 0, 'the borrower read back every byte');
+  assert.ok(b.passes >= 1);
+  assert.equal(a.corruptedChunks, 0, 'the lender workload was never killed and verified too');
+
+  await waitFor('every lease of host-b released', async () => (await leasesOf('host-b')).every((l) => l.state === 'released'), { timeoutMs: 60_000, intervalMs: 250 });
+  await assertNothingLeft();
+  await access(DIR); // the testbed itself is still up for after()
+});
