@@ -8,13 +8,10 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { access, rm, writeFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { execa, type ResultPromise } from 'execa';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
-import { wrapInCgroup } from '../../shared/cgroup.js';
+import { startWorkload } from '../../bench/run-workload.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import { loopDevicesUnder, testbedDown, testbedUp, type Testbed, type TestbedHost } from '../../cli/testbed/testbed.js';
@@ -25,7 +22,6 @@ import { PressureEvent, type LeaseRecord } from '../../shared/schemas.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-auto';
-const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
@@ -61,21 +57,6 @@ after(async () => {
 
 const host = (name: string): TestbedHost => tb.hosts.find((h) => h.name === name)!;
 
-/** Runs the workload inside a host's memory cgroup; `phases` collects its progress lines. */
-function workloadOn(h: TestbedHost, args: string[], phases: string[] = []): ResultPromise {
-  const command = wrapInCgroup(h.cgroup, [process.execPath, WORKLOAD, '--progress', ...args]);
-  const child = execa(command[0]!, command.slice(1), { reject: false, timeout: 600_000 });
-  child.stderr!.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n').filter(Boolean)) phases.push((JSON.parse(line) as { phase: string }).phase);
-  });
-  return child;
-}
-
-function report(result: { exitCode?: number; stdout: unknown; stderr: unknown }) {
-  assert.equal(result.exitCode, 0, String(result.stderr));
-  return JSON.parse(String(result.stdout)) as { chunks: number; corruptedChunks: number; pswpinDelta: number; passes: number };
-}
-
 async function leasesOf(borrower: string): Promise<LeaseRecord[]> {
   return (await listLeases(tb.natsUrl)).filter((l) => l.borrower === borrower);
 }
@@ -91,8 +72,7 @@ async function assertNothingLeft(): Promise<void> {
 }
 
 test('automatic - a thrashing workload gets remote memory with no event injected, verifies every byte, and gives it back after the cool-down', async () => {
-  const result = await workloadOn(host('host-b'), ['--bytes', '256MiB']);
-  const r = report(result);
+  const r = await startWorkload(host('host-b').cgroup, ['--bytes', '256MiB']).result;
   assert.equal(r.corruptedChunks, 0);
   assert.ok(r.pswpinDelta > 0, 'it did swap');
 
@@ -117,14 +97,14 @@ test('automatic - a lender that needs its memory back gets it make-before-break,
   const phases: string[] = [];
   const before = new Set((await leasesOf('host-b')).map((l) => l.id));
   // host-b keeps reading 256 MiB through swap until told to stop.
-  const borrower = workloadOn(host('host-b'), ['--bytes', '256MiB', '--until-file', stopBorrower], phases);
+  const borrower = startWorkload(host('host-b').cgroup, ['--bytes', '256MiB', '--until-file', stopBorrower], (p) => phases.push(p.phase));
   const onA = await waitFor('host-b swapping on host-a', async () => {
     const mine = (await leasesOf('host-b')).filter((l) => !before.has(l.id));
     return phases.some((p) => p.startsWith('verify')) ? mine.filter((l) => l.lender === 'host-a' && l.state === 'active') : undefined;
   }, { timeoutMs: 120_000, intervalMs: 250 }).then((found) => (found.length > 0 ? found : assert.fail('no lease on host-a')));
 
   // host-a's own workload takes 560 MiB of its 1 GiB: under its 384 MiB reserve with what it lends.
-  const hog = workloadOn(host('host-a'), ['--bytes', '560MiB', '--pause-file', stopHog]);
+  const hog = startWorkload(host('host-a').cgroup, ['--bytes', '560MiB', '--pause-file', stopHog]);
   const moved = await waitFor('host-a leases reclaimed', async () => {
     const now = await leasesOf('host-b');
     const old = onA.map((l) => now.find((n) => n.id === l.id)!);
@@ -144,7 +124,7 @@ test('automatic - a lender that needs its memory back gets it make-before-break,
 
   await writeFile(stopBorrower, '');
   await writeFile(stopHog, '');
-  const [b, a] = [report(await borrower), report(await hog)];
+  const [b, a] = await Promise.all([borrower.result, hog.result]);
   assert.equal(b.corruptedChunks, 0, 'the borrower read back every byte');
   assert.ok(b.passes >= 1);
   assert.equal(a.corruptedChunks, 0, 'the lender workload was never killed and verified too');
