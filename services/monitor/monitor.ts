@@ -110,6 +110,7 @@ export class Monitor {
     if (!previous) return;
     const signals = signalsBetween(previous, reading);
     const change = this.detector.update(signals, reading.at);
+    this.log.debug({ at: reading.at, state: this.detector.state, signals }, 'sample');
     const me = this.options.host;
     const swapOutBytesPerS = (Math.max(0, reading.swapUsedBytes - previous.swapUsedBytes) / Math.max(0.001, (reading.at - previous.at) / 1000));
 

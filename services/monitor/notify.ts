@@ -46,8 +46,9 @@ async function loadLibc(): Promise<Libc> {
 
 function pollOnce(c: Libc, fd: number, events: number, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve, reject) => {
-    const pfd = { fd, events, revents: 0 };
-    c.poll.async([pfd], 1, Math.max(0, Math.round(timeoutMs)), (err, n) => (err ? reject(err) : resolve(n > 0 && (pfd.revents & events) !== 0)));
+    // koffi writes the _Inout_ structs back into the array's elements, so read revents from there.
+    const fds = [{ fd, events, revents: 0 }];
+    c.poll.async(fds, 1, Math.max(0, Math.round(timeoutMs)), (err, n) => (err ? reject(err) : resolve(n > 0 && (fds[0]!.revents & events) !== 0)));
   });
 }
 
@@ -110,7 +111,7 @@ export async function v1PressureWaker(dir: string, level: 'low' | 'medium' | 'cr
 export async function openWaker(source: Source, stallMs: number): Promise<{ waker?: Waker; reason?: string }> {
   try {
     if (source.notify?.kind === 'psi') return { waker: await psiWaker(source.notify.path, stallMs, 2_000) };
-    if (source.notify?.kind === 'v1-pressure-level') return { waker: await v1PressureWaker(source.notify.dir, 'medium') };
+    if (source.notify?.kind === 'v1-pressure-level') return { waker: await v1PressureWaker(source.notify.dir, 'low') };
     return { reason: `${source.scope} offers no pressure notification` };
   } catch (error) {
     return { reason: (error as Error).message };

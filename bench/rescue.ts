@@ -1,0 +1,135 @@
+/**
+ * Time to rescue: from the onset of pressure on a borrower to remote swap active, over many runs,
+ * on a fresh testbed (host-a lends 1 GiB, host-b has 128 MiB and a local-disk swap file).
+ *
+ * Each run starts a workload on host-b that fills twice its memory and reads it back. Onset is the
+ * first page host-b swaps out, seen by this bench polling host-b's cgroup every 2 ms (independent
+ * of the monitor). The phases come from the events and the lease record:
+ *   detect  onset -> the monitor publishes pressure (includes its 500 ms enter hold)
+ *   match   pressure -> lease requested (broker: placement, KV writes)
+ *   export  requested -> exported (exporter: ramfs, image, tgt target, CHAP)
+ *   attach  exported -> active (attacher: login, self-test, mkswap, swapon)
+ * Then the workload finishes verifying, the lease goes back after a 1 s cool-down, and the next run
+ * starts. Usage: node dist/bench/rescue.js [--runs 20] [--out bench/results/rescue.json]
+ */
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import pino from 'pino';
+import { createRunner } from '../shared/runner.js';
+import { subjects } from '../shared/subjects.js';
+import { LeaseStateEvent, PressureEvent, type LeaseRecord } from '../shared/schemas.js';
+import { MiB } from '../shared/units.js';
+import { waitFor } from '../shared/wait.js';
+import { testbedDown, testbedUp } from '../cli/testbed/testbed.js';
+import { startWorkload } from './run-workload.js';
+
+const PHASES = ['detect', 'match', 'export', 'attach', 'total'] as const;
+type Phase = (typeof PHASES)[number];
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const rank = Math.ceil((p / 100) * sorted.length) - 1;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, rank))]!;
+}
+
+/** Bytes host-b has in swap: memory.stat total_swap (v1) or memory.swap.current (v2). */
+async function swapOf(cgroup: string): Promise<number> {
+  const v1 = await readFile(join(cgroup, 'memory.stat'), 'utf8').then((t) => /^total_swap (\d+)$/m.exec(t)?.[1], () => undefined);
+  if (v1 !== undefined) return Number(v1);
+  return Number((await readFile(join(cgroup, 'memory.swap.current'), 'utf8').catch(() => '0')).trim());
+}
+
+async function main(): Promise<void> {
+  const runs = Number(arg('runs', '20'));
+  const out = arg('out', 'bench/results/rescue.json');
+  const dir = arg('dir', '/run/rswap/bench-rescue');
+  const log = pino({ level: 'silent' });
+  const run = createRunner(log);
+  const results: Array<Record<Phase, number>> = [];
+  let interrupted = false;
+  process.once('SIGINT', () => {
+    interrupted = true;
+  });
+  try {
+    const tb = await testbedUp(run, log, {
+      dir,
+      hosts: 2,
+      natsPort: 14224,
+      memoryBytes: [1024 * MiB, 128 * MiB],
+      reserveBytes: [256 * MiB, 32 * MiB],
+      localSwapBytes: 512 * MiB,
+      brokerArgs: ['--release-cooldown-ms', '1000'],
+      monitorArgs: ['--exit-hold-ms', '1000'],
+    });
+    const borrower = tb.hosts[1]!;
+    const nc = await connect({ servers: tb.natsUrl });
+    const pressures: PressureEvent[] = [];
+    const leases = new Map<string, LeaseRecord>();
+    nc.subscribe(subjects.pressure(borrower.name), { callback: (_e, m) => void pressures.push(PressureEvent.parse(m.json())) });
+    nc.subscribe(subjects.allLeaseStates, {
+      callback: (_e, m) => {
+        const { lease } = LeaseStateEvent.parse(m.json());
+        leases.set(lease.id, lease);
+      },
+    });
+    for (let i = 0; i < runs && !interrupted; i += 1) {
+      pressures.length = 0;
+      leases.clear();
+      // Swap slots of the previous run may still be charged for a moment: onset is growth past them.
+      const swapBefore = await swapOf(borrower.cgroup);
+      const started = Date.now();
+      const workload = startWorkload(borrower.cgroup, ['--bytes', '256MiB']);
+      let onset: number | undefined;
+      while (onset === undefined && Date.now() - started < 60_000) {
+        if ((await swapOf(borrower.cgroup)) > swapBefore) onset = Date.now();
+        else await new Promise((r) => setTimeout(r, 2));
+      }
+      const first = await waitFor('a lease active', async () => [...leases.values()].sort((a, b) => a.createdAt - b.createdAt).find((l) => l.state === 'active'), {
+        timeoutMs: 60_000,
+        intervalMs: 20,
+      });
+      const pressure = pressures.find((p) => p.onsetAt !== undefined)!;
+      const at = (state: string) => first.history.find((h) => h.state === state)!.at;
+      const r: Record<Phase, number> = {
+        detect: pressure.at! - onset!,
+        match: at('requested') - pressure.at!,
+        export: at('exported') - at('requested'),
+        attach: at('active') - at('exported'),
+        total: at('active') - onset!,
+      };
+      results.push(r);
+      console.log(`run ${String(i + 1).padStart(2)}/${runs}: ${PHASES.map((p) => `${p} ${r[p]}ms`).join(', ')} (monitor onset ${pressure.onsetAt! - onset!}ms after the first swap-out)`);
+      const report = await workload.result;
+      if (report.corruptedChunks !== 0) throw new Error(`run ${i + 1}: ${report.corruptedChunks} corrupted chunks`);
+      await waitFor('leases back after the cool-down', async () => [...leases.values()].every((l) => l.state === 'released' || l.state === 'failed'), { timeoutMs: 60_000, intervalMs: 100 });
+    }
+    await nc.drain();
+  } finally {
+    const problems = await testbedDown(run, log, dir);
+    if (problems.length > 0) console.error(`cleanup problems: ${problems.join('; ')}`);
+  }
+  const summary = Object.fromEntries(
+    PHASES.map((p) => {
+      const sorted = results.map((r) => r[p]).sort((a, b) => a - b);
+      return [p, { p50: percentile(sorted, 50), p95: percentile(sorted, 95), min: sorted[0], max: sorted.at(-1) }];
+    }),
+  );
+  await mkdir(dirname(out), { recursive: true });
+  await writeFile(out, JSON.stringify({ runs: results.length, at: new Date().toISOString(), summary, results }, null, 2) + '\n');
+  console.log(`\n| phase | p50 (ms) | p95 (ms) | min | max |\n|---|---|---|---|---|`);
+  for (const p of PHASES) console.log(`| ${p} | ${summary[p]!.p50} | ${summary[p]!.p95} | ${summary[p]!.min} | ${summary[p]!.max} |`);
+  console.log(`\n${results.length} runs; written to ${out}`);
+}
+
+if (process.argv[1]?.endsWith('rescue.js')) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}
