@@ -11,6 +11,7 @@
  *   attach  exported -> active (attacher: login, self-test, mkswap, swapon)
  * Then the workload finishes verifying, the lease goes back after a 1 s cool-down, and the next run
  * starts. Usage: node dist/bench/rescue.js [--runs 20] [--out bench/results/rescue.json]
+ *                                       [--dir /run/rswap/bench-rescue] [--nats-port 14224]
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -60,7 +61,7 @@ async function main(): Promise<void> {
     const tb = await testbedUp(run, log, {
       dir,
       hosts: 2,
-      natsPort: 14224,
+      natsPort: Number(arg('nats-port', '14224')),
       memoryBytes: [1024 * MiB, 128 * MiB],
       reserveBytes: [256 * MiB, 32 * MiB],
       localSwapBytes: 512 * MiB,
