@@ -53,20 +53,27 @@ export async function startBroker(raw: Record<string, unknown>) {
     return {};
   });
 
-  // Cool-down: a timer per host that reported relief, plus the sweep for relief heard before a restart.
+  // Cool-down: a timer per host that reported relief, re-armed while the clear spell is younger
+  // than the cool-down; the sweep catches relief heard before a restart.
   const coolTimers = new Map<string, NodeJS.Timeout>();
   const checkCool = (host: string) =>
     lifecycle.releaseIfCool(host, Date.now()).catch((error: unknown) => log.warn({ host, err: (error as Error).message }, 'cool-down check failed'));
+  const scheduleCool = (host: string, clearSince: number) => {
+    if (coolTimers.has(host)) return;
+    const timer = setTimeout(() => {
+      coolTimers.delete(host);
+      void hosts.get(host).then(async (record) => {
+        if (record?.clearSince === undefined) return; // pressure came back
+        if (Date.now() - record.clearSince < config.releaseCooldownMs) return scheduleCool(host, record.clearSince);
+        await checkCool(host);
+      }, (error: unknown) => log.warn({ host, err: (error as Error).message }, 'cool-down check failed'));
+    }, Math.max(0, clearSince + config.releaseCooldownMs - Date.now()));
+    timer.unref();
+    coolTimers.set(host, timer);
+  };
   handle(nc, subjects.allRelief, { ...base, schema: ReliefEvent, checkHostToken: true }, async (event) => {
     const record = await hosts.recordRelief(event.host, event.at);
-    if (record.clearSince === undefined || coolTimers.has(event.host)) return {};
-    const due = Math.max(0, record.clearSince + config.releaseCooldownMs - Date.now());
-    const timer = setTimeout(() => {
-      coolTimers.delete(event.host);
-      void checkCool(event.host);
-    }, due);
-    timer.unref();
-    coolTimers.set(event.host, timer);
+    if (record.clearSince !== undefined) scheduleCool(event.host, record.clearSince);
     return {};
   });
   handle(nc, subjects.allPressure, { ...base, schema: PressureEvent, checkHostToken: true }, async (event) => {
