@@ -8,6 +8,7 @@
  *   --pause-file F    after the fill, wait until file F exists before verifying (tests use it to
  *                     change the swap devices under the data)
  *   --until-file F    keep reading everything back, pass after pass, until file F exists
+ *   --idle-ms N       sleep N ms between passes (a workload that flaps between busy and idle)
  *   --progress        JSON lines {"phase","done","total"} on stderr while it runs
  */
 import { createHash, randomFillSync } from 'node:crypto';
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
   const passes = args.includes('--passes') ? Number(args[args.indexOf('--passes') + 1]) : 1;
   const pauseFile = args.includes('--pause-file') ? args[args.indexOf('--pause-file') + 1] : undefined;
   const untilFile = args.includes('--until-file') ? args[args.indexOf('--until-file') + 1] : undefined;
+  const idleMs = args.includes('--idle-ms') ? Number(args[args.indexOf('--idle-ms') + 1]) : 0;
   const progress = args.includes('--progress');
   const report = (phase: string, done: number, total: number) => {
     if (progress && (done % 16 === 0 || done === total)) process.stderr.write(`${JSON.stringify({ phase, done, total })}\n`);
@@ -58,6 +60,11 @@ async function main(): Promise<void> {
   let corrupted = 0;
   let pass = 0;
   for (; pass < passes || (untilFile !== undefined && !existsSync(untilFile)); pass += 1) {
+    if (pass > 0 && idleMs > 0) {
+      process.stderr.write(`${JSON.stringify({ phase: 'idle' })}\n`);
+      await new Promise((r) => setTimeout(r, idleMs));
+      pausedMs += idleMs;
+    }
     for (let i = 0; i < chunks; i += 1) {
       if (createHash('sha256').update(data[i]!).digest('hex') !== digests[i]) corrupted += 1;
       report(passes > 1 || untilFile ? `verify ${pass + 1}` : 'verify', i + 1, chunks);

@@ -12,7 +12,7 @@ import { ErrorCodes, RswapError, errorMessage } from '../../shared/errors.js';
 import { readMeminfo, readMounts } from '../../shared/procfs.js';
 import { Chap, type ExportRequest, type LeaseRecord, type Target } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
-import type { Tgt } from './tgt.js';
+import type { TargetInfo, Tgt } from './tgt.js';
 import { KeyedQueue } from '../../shared/serial.js';
 
 export const IQN_PREFIX = 'iqn.2026-11.io.rswap';
@@ -61,13 +61,15 @@ export class Exporter {
     return this.queue.run('tgt', async () => {
       const iqn = this.iqnFor(request.leaseId);
       const dir = this.leaseDir(request.leaseId);
-      const existing = (await this.tgt.list()).find((t) => t.iqn === iqn);
+      // One listing serves the idempotency check, the capacity check and the tid allocation.
+      const targets = await this.tgt.list();
+      const existing = targets.find((t) => t.iqn === iqn);
       if (existing) {
         const chap = Chap.parse(JSON.parse(await readFile(join(dir, 'chap.json'), 'utf8')));
         this.log.info({ leaseId: request.leaseId, tid: existing.tid }, 'export already done');
         return { target: { ...this.target(), iqn }, chap };
       }
-      await this.checkCapacity(request.sizeBytes);
+      await this.checkCapacity(request.sizeBytes, targets);
       await this.mountRamfs(request.leaseId);
       try {
         const image = join(dir, 'image');
@@ -75,7 +77,7 @@ export class Exporter {
         await truncate(image, request.sizeBytes);
         const chap = { user: request.leaseId, secret: randomSecret() };
         await writeFile(join(dir, 'chap.json'), JSON.stringify(chap), { mode: 0o600 });
-        const tid = await this.tgt.create(iqn, image, request.borrower.address, chap.user, chap.secret);
+        const tid = await this.tgt.create(iqn, image, request.borrower.address, chap.user, chap.secret, targets);
         this.log.info({ leaseId: request.leaseId, tid, sizeBytes: request.sizeBytes, borrower: request.borrower.host }, 'exported');
         return { target: { ...this.target(), iqn }, chap };
       } catch (error) {
@@ -96,10 +98,10 @@ export class Exporter {
   }
 
   /** The lease ids this host holds anything for: targets and ramfs mounts. */
-  async held(): Promise<Set<string>> {
+  async held(targets?: TargetInfo[]): Promise<Set<string>> {
     const ids = new Set<string>();
     const prefix = `${IQN_PREFIX}:${this.options.host}.`;
-    for (const target of await this.tgt.list()) {
+    for (const target of targets ?? (await this.tgt.list())) {
       if (target.iqn.startsWith(prefix)) ids.add(target.iqn.slice(prefix.length));
     }
     const leasesDir = join(this.options.stateDir, 'leases') + '/';
@@ -133,7 +135,7 @@ export class Exporter {
     return removed;
   }
 
-  private async checkCapacity(sizeBytes: number): Promise<void> {
+  private async checkCapacity(sizeBytes: number, targets: TargetInfo[]): Promise<void> {
     const meminfo = await readMeminfo();
     const available = meminfo.get('MemAvailable') ?? 0;
     if (available - sizeBytes < this.options.reserveBytes) {
@@ -143,7 +145,7 @@ export class Exporter {
       );
     }
     let lent = 0;
-    for (const leaseId of await this.held()) {
+    for (const leaseId of await this.held(targets)) {
       lent += await stat(join(this.leaseDir(leaseId), 'image')).then((s) => s.size, () => 0);
     }
     if (lent + sizeBytes > this.options.maxLendBytes) {

@@ -128,9 +128,10 @@ export class Tgt {
   /**
    * Creates a target with LUN 1 on `backingStore` (rdwr: ramfs has no O_DIRECT), admits only
    * `initiatorAddress`, and requires CHAP with `user`/`secret`. Rolls back on any failure.
+   * `existing`: a fresh listing the caller already has (saves a tgtadm call).
    */
-  async create(iqn: string, backingStore: string, initiatorAddress: string, user: string, secret: string): Promise<number> {
-    const tids = (await this.list()).map((t) => t.tid);
+  async create(iqn: string, backingStore: string, initiatorAddress: string, user: string, secret: string, existing?: TargetInfo[]): Promise<number> {
+    const tids = (existing ?? (await this.list())).map((t) => t.tid);
     const tid = Math.max(0, ...tids) + 1;
     try {
       await this.adm(['--mode', 'target', '--op', 'new', '--tid', String(tid), '--targetname', iqn]);

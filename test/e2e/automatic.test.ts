@@ -133,3 +133,33 @@ test('automatic - a lender that needs its memory back gets it make-before-break,
   await assertNothingLeft();
   await access(DIR); // the testbed itself is still up for after()
 });
+
+test('automatic - a workload that flaps between busy and idle faster than the cool-down causes no lease churn', async () => {
+  const stop = `${DIR}-flapper.stop`;
+  controlFiles.push(stop);
+  const phases: string[] = [];
+  const before = new Set((await leasesOf('host-b')).map((l) => l.id));
+  // Busy (a pass through 256 MiB in 128 MiB), then 3.5 s idle, again and again. Each idle spell
+  // outlasts the monitor's exit hold (2 s), so it reports relief, but the next busy spell comes
+  // before the broker's cool-down (3 s from that relief) has run out.
+  const flapper = startWorkload(host('host-b').cgroup, ['--bytes', '256MiB', '--until-file', stop, '--idle-ms', '3500'], (p) => phases.push(p.phase));
+  const reliefs: number[] = [];
+  const sub = nc.subscribe(subjects.relief('host-b'), { callback: () => void reliefs.push(Date.now()) });
+  try {
+    await waitFor('a lease for the flapping workload', async () => (await leasesOf('host-b')).some((l) => !before.has(l.id) && l.state === 'active'), { timeoutMs: 60_000, intervalMs: 250 });
+    await waitFor('four idle spells', async () => phases.filter((p) => p === 'idle').length >= 4, { timeoutMs: 180_000, intervalMs: 250 });
+    const during = (await leasesOf('host-b')).filter((l) => !before.has(l.id));
+    assert.ok(reliefs.length >= 2, `the monitor reported relief in the idle spells (${reliefs.length}): pressure really flapped`);
+    assert.deepEqual(
+      during.filter((l) => l.history.some((h) => h.state === 'draining')).map((l) => l.id),
+      [],
+      'no lease was given back while the workload flapped',
+    );
+  } finally {
+    sub.unsubscribe();
+    await writeFile(stop, '');
+  }
+  assert.equal((await flapper.result).corruptedChunks, 0);
+  await waitFor('every lease of host-b released', async () => (await leasesOf('host-b')).every((l) => l.state === 'released'), { timeoutMs: 60_000, intervalMs: 250 });
+  await assertNothingLeft();
+});
