@@ -6,7 +6,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { access, chmod, readFile, rm } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -16,7 +16,7 @@ import { createRunner } from '../../shared/runner.js';
 import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { loopDevicesUnder, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { localSwapPath, loopDevicesUnder, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
 import { ask as askOn, freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
@@ -27,30 +27,24 @@ const DIR = '/run/rswap/test-e2e';
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
-const LOCAL_SWAP = `/var/tmp/rswap-e2e-local-${process.pid}.swap`;
+const LOCAL_SWAP = localSwapPath(DIR);
 let tb: Testbed;
 let nc: NatsConnection;
-let localSwapOn = false;
 let parentExisted = true;
 
 before(async () => {
   parentExisted = await access('/run/rswap').then(() => true, () => false);
-  // A local swap file of our own, so "above local swap" is measured against a real area.
-  await run('dd', ['if=/dev/zero', `of=${LOCAL_SWAP}`, 'bs=1M', 'count=32', 'status=none']);
-  await chmod(LOCAL_SWAP, 0o600);
-  await run('mkswap', [LOCAL_SWAP]);
-  await run('swapon', ['-p', '5', LOCAL_SWAP]);
-  localSwapOn = true;
-  tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), monitors: false, exporterArgs: ['--reserve-bytes', '256MiB'] });
+  // A local swap file, so "above local swap" is measured against a real area.
+  tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), monitors: false, localSwapBytes: 32 * MiB, exporterArgs: ['--reserve-bytes', '256MiB'] });
   nc = await connect({ servers: tb.natsUrl });
 });
 
 after(async () => {
   await nc?.drain();
   const problems = await testbedDown(run, log, DIR);
-  if (localSwapOn) await run('swapoff', [LOCAL_SWAP]);
-  await rm(LOCAL_SWAP, { force: true });
   assert.deepEqual(problems, [], 'testbed down removed everything');
+  assert.equal((await readSwaps()).find((a) => a.path === LOCAL_SWAP), undefined, 'the local swap file is off');
+  await assert.rejects(access(LOCAL_SWAP), 'and removed');
   if (!parentExisted) await assert.rejects(access('/run/rswap'), 'the /run/rswap folder the test created is gone');
 });
 
