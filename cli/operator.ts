@@ -4,10 +4,11 @@ import { Kvm } from '@nats-io/kv';
 import { listParsed } from '../shared/kv.js';
 import { publishJson, requestJson } from '../shared/messaging.js';
 import { buckets, subjects } from '../shared/subjects.js';
-import { HostRecord, LeaseRecord, PressureEvent, ReliefEvent, SurplusEvent, replySchema } from '../shared/schemas.js';
+import { HostRecord, LeaseId, LeaseRecord, PressureEvent, ReliefEvent, SurplusEvent, replySchema } from '../shared/schemas.js';
 import { formatBytes, parseBytes } from '../shared/units.js';
 import { reservedBytes } from '../services/broker/policy.js';
 import { RswapError, ErrorCodes } from '../shared/errors.js';
+import { traceIdOf } from '../shared/tracing.js';
 
 export async function withNats<T>(url: string, task: (nc: NatsConnection) => Promise<T>): Promise<T> {
   let nc: NatsConnection;
@@ -83,10 +84,40 @@ export function table(rows: string[][]): string {
 const ago = (at: number | undefined, now: number) => (at ? `${Math.round((now - at) / 1000)}s ago` : '-');
 
 export function leasesTable(leases: LeaseRecord[]): string {
-  const rows = [['LEASE', 'STATE', 'BORROWER', 'LENDER', 'SIZE', 'DEVICE', 'AGE', 'REASON']];
+  const rows = [['LEASE', 'STATE', 'BORROWER', 'LENDER', 'SIZE', 'DEVICE', 'AGE', 'TRACE', 'REASON']];
   const now = Date.now();
-  for (const l of leases) rows.push([l.id, l.state, l.borrower, l.lender, formatBytes(l.sizeBytes), l.device ?? '-', ago(l.createdAt, now), l.reason ?? '']);
+  for (const l of leases) {
+    rows.push([l.id, l.state, l.borrower, l.lender, formatBytes(l.sizeBytes), l.device ?? '-', ago(l.createdAt, now), traceIdOf(l.traceparent) ?? '-', l.reason ?? '']);
+  }
   return table(rows);
+}
+
+export const DEFAULT_JAEGER_URL = 'http://localhost:16686';
+
+/** A lease's timeline: each state with its time and the step's duration, then the trace link. */
+export function leaseTimeline(lease: LeaseRecord, jaegerUrl = process.env.RSWAP_JAEGER_URL ?? DEFAULT_JAEGER_URL): string {
+  const lines = [
+    `lease ${lease.id}: ${formatBytes(lease.sizeBytes)} of ${lease.lender}'s RAM for ${lease.borrower}, now ${lease.state}${lease.replaces ? ` (replaces ${lease.replaces})` : ''}`,
+  ];
+  const start = lease.history[0]?.at ?? lease.createdAt;
+  let previous = start;
+  for (const step of lease.history) {
+    const offset = `+${((step.at - start) / 1000).toFixed(3)}s`.padStart(10);
+    const took = step.at === start ? '' : ` (${step.at - previous} ms)`;
+    lines.push(`  ${new Date(step.at).toISOString()} ${offset}  ${step.state.padEnd(9)}${took}${step.reason ? `  ${step.reason}` : ''}`);
+    previous = step.at;
+  }
+  const traceId = traceIdOf(lease.traceparent);
+  lines.push(traceId ? `trace ${traceId}: ${jaegerUrl.replace(/\/$/, '')}/trace/${traceId}` : 'no trace recorded for this lease');
+  return lines.join('\n');
+}
+
+export async function getLease(url: string, leaseId: string): Promise<LeaseRecord> {
+  const parsed = LeaseId.safeParse(leaseId);
+  if (!parsed.success) throw new RswapError(ErrorCodes.BAD_MESSAGE, `'${leaseId}' is not a lease id (like l-0123456789ab)`);
+  const lease = (await listLeases(url)).find((l) => l.id === leaseId);
+  if (!lease) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+  return lease;
 }
 
 export function hostsTable(hosts: HostRecord[]): string {

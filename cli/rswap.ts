@@ -9,9 +9,10 @@ import { BrokerConfig, startBroker } from '../services/broker/index.js';
 import { ExporterConfig, startExporter } from '../services/exporter/index.js';
 import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
 import { MonitorConfig, startMonitor } from '../services/monitor/index.js';
-import { hostsTable, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
+import { getLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
+import { startTracing } from '../shared/tracing.js';
 
 const program = new Command('rswap')
   .description('Lend idle RAM across Linux hosts as swap, automatically.')
@@ -26,9 +27,11 @@ function serviceCommand(name: string, description: string, keys: string[], start
     .description(description)
     .addOption(natsOption())
     .addOption(hostOption())
+    .option('--metrics-port <port>', 'serve Prometheus metrics on this port at /metrics (default off)')
     .action(async (options: Record<string, unknown>) => {
       const raw = fromEnv(keys, options);
       raw.nats = natsUrl(options.nats as string | undefined);
+      startTracing(name, typeof raw.host === 'string' ? raw.host : undefined);
       await start(raw);
     });
 }
@@ -112,6 +115,16 @@ program
   .action(async (o: { nats?: string; json?: boolean }) => {
     const leases = await listLeases(natsUrl(o.nats));
     console.log(o.json ? JSON.stringify(leases, null, 2) : leasesTable(leases));
+  });
+
+program
+  .command('trace')
+  .description("a lease's timeline (each state, when, how long each step took) and its trace in Jaeger")
+  .argument('<lease>', 'lease id, e.g. l-0123456789ab')
+  .addOption(natsOption())
+  .option('--jaeger <url>', 'Jaeger UI (env RSWAP_JAEGER_URL, default http://localhost:16686)')
+  .action(async (leaseId: string, o: { nats?: string; jaeger?: string }) => {
+    console.log(leaseTimeline(await getLease(natsUrl(o.nats), leaseId), o.jaeger));
   });
 
 program

@@ -10,6 +10,7 @@ import type { z } from 'zod';
 import type { Logger } from './log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage, type ErrorCode } from './errors.js';
 import { hostOfSubject } from './subjects.js';
+import { metrics } from './metrics.js';
 
 const tracer = trace.getTracer('rswap.messaging');
 
@@ -34,6 +35,7 @@ export class RejectCounter {
   readonly byReason = new Map<string, number>();
   add(reason: string): void {
     this.byReason.set(reason, (this.byReason.get(reason) ?? 0) + 1);
+    metrics.rejectedMessages.inc({ reason });
   }
   total(): number {
     return [...this.byReason.values()].reduce((a, b) => a + b, 0);

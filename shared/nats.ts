@@ -2,6 +2,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Logger } from './log.js';
 import { buckets } from './subjects.js';
+import { stopTracing } from './tracing.js';
 
 export type { NatsConnection, KV };
 
@@ -57,6 +58,7 @@ export function stopOnSignals(nc: NatsConnection, log: Logger, onStop: () => Pro
     } catch (error) {
       log.warn({ err: error }, 'error while stopping');
     }
+    await stopTracing();
     process.exit(0);
   };
   process.once('SIGINT', () => void stop('SIGINT'));

@@ -7,6 +7,7 @@ import { execa } from 'execa';
 import { SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Logger } from './log.js';
 import { ErrorCodes, RswapError } from './errors.js';
+import { metrics } from './metrics.js';
 
 export interface RunOptions {
   timeoutMs?: number;
@@ -51,7 +52,9 @@ export function createRunner(log: Logger): Runner {
   return async function run(file, args, options = {}) {
     const secrets = options.secrets ?? [];
     const shown = redact([file, ...args].join(' '), secrets);
-    return tracer.startActiveSpan(`exec ${file.split('/').pop()}`, async (span) => {
+    const command = file.split('/').pop()!;
+    metrics.commands.inc({ command });
+    return tracer.startActiveSpan(`exec ${command}`, async (span) => {
       span.setAttribute('process.command_line', shown);
       const started = performance.now();
       try {
@@ -74,6 +77,7 @@ export function createRunner(log: Logger): Runner {
         log.debug({ cmd: shown, exitCode, durationMs }, 'command ok');
         return { stdout: String(result.stdout ?? ''), stderr, exitCode: exitCode ?? 0 };
       } catch (error) {
+        metrics.commandFailures.inc({ command });
         span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
         span.setAttribute('error.type', error instanceof CommandError ? 'command_failed' : 'spawn_failed');
         throw error;

@@ -43,6 +43,8 @@ export interface TestbedOptions {
   monitors?: boolean;
   /** Size of the shared local-disk swap file at priority 5 (default none). */
   localSwapBytes?: number;
+  /** Environment for every rswap process (e.g. OTEL_EXPORTER_OTLP_ENDPOINT). */
+  env?: Record<string, string>;
   /** Extra flags for the broker and for every monitor/exporter/attacher. */
   brokerArgs?: string[];
   monitorArgs?: string[];
@@ -80,9 +82,9 @@ export function hostsFor(count: number, cgroupRoot: string, memoryBytes: number[
 /** The shared local swap file of a testbed in `dir`: on disk, since /run is tmpfs. */
 export const localSwapPath = (dir: string) => `/var/tmp/rswap-${basename(dir)}-local.swap`;
 
-function startDetached(command: string[], logFile: string): number {
+function startDetached(command: string[], logFile: string, env: Record<string, string> = {}): number {
   const fd = openSync(logFile, 'a');
-  const child = spawn(command[0]!, command.slice(1), { detached: true, stdio: ['ignore', fd, fd] });
+  const child = spawn(command[0]!, command.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
   closeSync(fd);
   child.unref();
   return child.pid!;
@@ -127,7 +129,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
 
   const node = process.execPath;
-  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'));
+  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env);
   await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
   for (const [i, host] of hosts.entries()) {
     const inNs = ['nsenter', `--net=/run/netns/${host.netns}`, node, CLI];
@@ -137,16 +139,19 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     startDetached(
       [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, ...(options.exporterArgs ?? [])],
       join(dir, host.name, 'exporter.log'),
+      options.env,
     );
     if (options.monitors !== false) {
       startDetached(
         [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? [])],
         join(dir, host.name, 'monitor.log'),
+        options.env,
       );
     }
     startDetached(
       [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? [])],
       join(dir, host.name, 'attacher.log'),
+      options.env,
     );
   }
   const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}) };

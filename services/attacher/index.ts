@@ -10,6 +10,7 @@ import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
 import { announceLoop, every } from '../../shared/agent.js';
 import { subjects } from '../../shared/subjects.js';
+import { serveMetrics } from '../../shared/metrics.js';
 import { AttachRequest, DetachRequest, HostId, Ipv4, Iqn, LeaseRecord } from '../../shared/schemas.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { Attacher } from './attacher.js';
@@ -31,6 +32,7 @@ export const AttacherConfig = z.strictObject({
   replacementTimeoutS: z.coerce.number().int().min(1).default(120), // kernel initiator only
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
   reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
+  metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
 });
 export type AttacherConfig = z.infer<typeof AttacherConfig>;
 
@@ -85,7 +87,11 @@ export async function startAttacher(raw: Record<string, unknown>) {
     stopAnnounce();
     stopReconcile();
   };
-  stopOnSignals(nc, log, stop);
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'attacher', host: config.host }, log);
+  stopOnSignals(nc, log, async () => {
+    metricsServer?.close();
+    await stop();
+  });
   log.info({ initiator: kind, iqn, address: config.address }, 'attacher started');
-  return { nc, attacher, rejects, stop: async () => { await stop(); await nc.drain(); } };
+  return { nc, attacher, rejects, stop: async () => { metricsServer?.close(); await stop(); await nc.drain(); } };
 }

@@ -10,6 +10,7 @@ import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
 import { isTerminal } from './states.js';
+import { scrapeGauge, serveMetrics } from '../../shared/metrics.js';
 
 export const BrokerConfig = z.strictObject({
   nats: z.string().min(1),
@@ -24,6 +25,7 @@ export const BrokerConfig = z.strictObject({
   unexportTimeoutMs: z.coerce.number().int().positive().default(30_000),
   sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
   releaseCooldownMs: z.coerce.number().int().nonnegative().default(60_000), // clear this long before leases go back
+  metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
 });
 export type BrokerConfig = z.infer<typeof BrokerConfig>;
 
@@ -101,8 +103,26 @@ export async function startBroker(raw: Record<string, unknown>) {
   const timer = setInterval(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), config.sweepIntervalMs);
   timer.unref();
 
+  // Gauges read from KV at scrape time, so every broker reports the same truth.
+  scrapeGauge('rswap_leases', 'Leases by state', ['state'], async () => {
+    const counts = new Map<string, number>();
+    for (const lease of await leases.list()) counts.set(lease.state, (counts.get(lease.state) ?? 0) + 1);
+    return [...counts].map(([state, value]) => ({ labels: { state }, value }));
+  });
+  const liveBytes = async (role: 'lender' | 'borrower') => {
+    const bytes = new Map<string, number>();
+    for (const lease of await leases.list()) {
+      if (!isTerminal(lease.state)) bytes.set(lease[role], (bytes.get(lease[role]) ?? 0) + lease.sizeBytes);
+    }
+    return [...bytes].map(([host, value]) => ({ labels: { host }, value }));
+  };
+  scrapeGauge('rswap_lent_bytes', 'Bytes of live leases per lender', ['host'], () => liveBytes('lender'));
+  scrapeGauge('rswap_borrowed_bytes', 'Bytes of live leases per borrower', ['host'], () => liveBytes('borrower'));
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'broker', host: config.host }, log);
+
   nc.publish(subjects.brokerHello, JSON.stringify({ at: Date.now() }));
   const stopTimers = () => {
+    metricsServer?.close();
     clearInterval(timer);
     for (const t of coolTimers.values()) clearTimeout(t);
   };

@@ -4,7 +4,9 @@
  * failed with the reason, return the capacity and ask both sides to clean up.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { propagation, context } from '@opentelemetry/api';
+import { propagation, context, trace, SpanStatusCode } from '@opentelemetry/api';
+import { contextOf } from '../../shared/tracing.js';
+import { metrics } from '../../shared/metrics.js';
 import type { Logger } from '../../shared/log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
 import { requestJson } from '../../shared/messaging.js';
@@ -25,6 +27,8 @@ export interface LifecycleOptions extends PolicyOptions {
   /** How long a borrower must stay clear of pressure before its leases go back. */
   releaseCooldownMs: number;
 }
+
+const tracer = trace.getTracer('rswap.broker');
 
 export class Lifecycle {
   private readonly perBorrower = new KeyedQueue();
@@ -56,6 +60,7 @@ export class Lifecycle {
         return undefined;
       }
       const lease = await this.lend(borrower, event.neededBytes - coveredBytes);
+      if (lease) metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
       return lease && this.bringUp(lease);
     });
   }
@@ -117,7 +122,9 @@ export class Lifecycle {
         AttachReply,
         this.options.attachTimeoutMs,
       );
-      return await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator });
+      const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator });
+      metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
+      return active;
     } catch (error) {
       return this.fail(lease.id, `${step} failed: ${errorMessage(error)}`, true);
     }
@@ -125,6 +132,7 @@ export class Lifecycle {
 
   /** Marks a lease failed, returns its capacity and (if anything may exist) asks both hosts to clean up. */
   private async fail(leaseId: string, reason: string, cleanUp: boolean): Promise<LeaseRecord | undefined> {
+    trace.getActiveSpan()?.setStatus({ code: SpanStatusCode.ERROR, message: `lease ${leaseId} failed: ${reason}` });
     let lease: LeaseRecord | undefined;
     try {
       lease = await this.leases.move(leaseId, 'failed', { reason });
@@ -158,10 +166,32 @@ export class Lifecycle {
     return this.perBorrower.run(lease.borrower, () => this.drain(leaseId, reason));
   }
 
+  /**
+   * Runs `task` in a span of the lease's own trace (from its traceparent), so a release or reclaim
+   * that starts from a timer, an operator or another host's event still shows in the lease's trace.
+   */
+  private inLeaseTrace<T>(lease: LeaseRecord, name: string, task: () => Promise<T>): Promise<T> {
+    return tracer.startActiveSpan(name, { attributes: { 'rswap.lease.id': lease.id } }, contextOf(lease.traceparent), async (span) => {
+      try {
+        return await task();
+      } catch (error) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) });
+        throw error;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
   /** `release` for a caller that already holds the borrower's queue. */
   private async drain(leaseId: string, reason?: string): Promise<LeaseRecord> {
     const current = await this.leases.require(leaseId);
     if (isTerminal(current.state)) return current;
+    return this.inLeaseTrace(current, `release ${leaseId}`, () => this.drainTraced(current, reason));
+  }
+
+  private async drainTraced(current: LeaseRecord, reason?: string): Promise<LeaseRecord> {
+    const leaseId = current.id;
     if (current.state !== 'active' && current.state !== 'exported') {
       throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; release it once it is active`);
     }

@@ -10,6 +10,7 @@ import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
 import { announceLoop, every } from '../../shared/agent.js';
 import { subjects } from '../../shared/subjects.js';
+import { serveMetrics } from '../../shared/metrics.js';
 import { ExportRequest, HostId, Ipv4, LeaseRecord, UnexportRequest } from '../../shared/schemas.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { Exporter } from './exporter.js';
@@ -26,6 +27,7 @@ export const ExporterConfig = z.strictObject({
   maxLendBytes: SizeSetting.default(64 * 1024 ** 3), // 64 GiB
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
   reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
+  metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
   /** A memory cgroup for tgtd: lease pages it writes are charged there (the testbed's host cgroup). */
   memoryCgroup: z.string().regex(/^\/[^']*$/, 'an absolute path without quotes').optional(),
 });
@@ -72,7 +74,11 @@ export async function startExporter(raw: Record<string, unknown>) {
     stopAnnounce();
     stopReconcile();
   };
-  stopOnSignals(nc, log, stop);
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'exporter', host: config.host }, log);
+  stopOnSignals(nc, log, async () => {
+    metricsServer?.close();
+    await stop();
+  });
   log.info({ portal }, 'exporter started');
-  return { nc, exporter, rejects, stop: async () => { await stop(); await nc.drain(); } };
+  return { nc, exporter, rejects, stop: async () => { metricsServer?.close(); await stop(); await nc.drain(); } };
 }

@@ -9,6 +9,7 @@ import { DEFAULT_DETECTOR as D } from './detector.js';
 import { Monitor } from './monitor.js';
 import { openSource } from './sources.js';
 import { openWaker } from './notify.js';
+import { serveMetrics } from '../../shared/metrics.js';
 
 const ms = () => z.coerce.number().int().positive();
 const pct = () => z.coerce.number().min(0).max(100);
@@ -36,6 +37,7 @@ export const MonitorConfig = z
     exporterStateDir: z.string().startsWith('/').default('/var/lib/rswap/exporter'),
     /** PSI trigger: wake when tasks stalled this long within 2 s. */
     triggerStallMs: z.coerce.number().int().min(1).max(2_000).default(100),
+    metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
   })
   .refine((c) => c.exitStallPct <= c.enterStallPct, { message: 'exitStallPct must not exceed enterStallPct', path: ['exitStallPct'] })
   .refine((c) => c.exitSwapPagesPerS <= c.enterSwapPagesPerS, { message: 'exitSwapPagesPerS must not exceed enterSwapPagesPerS', path: ['exitSwapPagesPerS'] });
@@ -51,7 +53,11 @@ export async function startMonitor(raw: Record<string, unknown>) {
   const nc = await connectNats(config.nats, `rswap-monitor-${config.host}`, log);
   const monitor = new Monitor(nc, source, waker, config, log);
   monitor.start();
-  stopOnSignals(nc, log, () => monitor.stop());
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'monitor', host: config.host }, log);
+  stopOnSignals(nc, log, async () => {
+    metricsServer?.close();
+    await monitor.stop();
+  });
   log.info({ scope: config.scope, reserveBytes: config.reserveBytes }, 'monitor started');
-  return { nc, monitor, config, stop: async () => { await monitor.stop(); await nc.drain(); } };
+  return { nc, monitor, config, stop: async () => { metricsServer?.close(); await monitor.stop(); await nc.drain(); } };
 }

@@ -21,6 +21,8 @@ import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent 
 import { Detector, neededBytes, signalsBetween, surplus, type DetectorOptions } from './detector.js';
 import type { Reading, Source } from './sources.js';
 import type { Waker } from './notify.js';
+import { Gauge } from 'prom-client';
+import { registry } from '../../shared/metrics.js';
 
 export interface MonitorOptions extends DetectorOptions {
   host: string;
@@ -56,6 +58,13 @@ export async function lending(exporterStateDir: string): Promise<{ lentBytes: nu
 }
 
 const MIN_SPACING_MS = 100;
+
+const gauges = {
+  pressure: new Gauge({ name: 'rswap_monitor_pressure', help: '1 while the scope is under pressure', registers: [registry] }),
+  available: new Gauge({ name: 'rswap_monitor_available_bytes', help: 'Memory the scope can still use without swapping', registers: [registry] }),
+  swapPages: new Gauge({ name: 'rswap_monitor_swap_pages_per_second', help: 'Major faults + swap-outs + refaults per second', registers: [registry] }),
+  lendable: new Gauge({ name: 'rswap_monitor_lendable_bytes', help: 'What the host offers', registers: [registry] }),
+};
 
 export class Monitor {
   readonly detector: Detector;
@@ -111,6 +120,9 @@ export class Monitor {
     const signals = signalsBetween(previous, reading);
     const change = this.detector.update(signals, reading.at);
     this.log.debug({ at: reading.at, state: this.detector.state, signals }, 'sample');
+    gauges.pressure.set(this.detector.state === 'pressure' ? 1 : 0);
+    gauges.available.set(reading.availableBytes);
+    gauges.swapPages.set(signals.swapPagesPerS + signals.refaultsPerS);
     const me = this.options.host;
     const swapOutBytesPerS = (Math.max(0, reading.swapUsedBytes - previous.swapUsedBytes) / Math.max(0.001, (reading.at - previous.at) / 1000));
 
@@ -169,6 +181,7 @@ export class Monitor {
       lent !== last.lentBytes ||
       (offer.deficitBytes > 0) !== (last.deficitBytes > 0) ||
       at - last.at >= this.options.surplusRefreshMs;
+    gauges.lendable.set(offer.lendableBytes);
     if (!changed) return;
     const event = { host: this.options.host, ...offer, lentBytes: lent, at, source: 'monitor' as const };
     publishJson(this.nc, subjects.surplus(this.options.host), event);

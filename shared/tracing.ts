@@ -1,0 +1,56 @@
+/**
+ * OpenTelemetry for one rswap process. Trace ids always exist (a tracer provider is registered, so
+ * log lines and lease records carry them), but spans leave the process only when
+ * OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set: then the Node SDK
+ * exports them over OTLP/HTTP, e.g. to Jaeger on :4318. Otherwise recording costs an allocation per
+ * span and nothing else.
+ */
+import { NodeSDK, tracing } from '@opentelemetry/sdk-node';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
+import { ROOT_CONTEXT, propagation, type Context } from '@opentelemetry/api';
+
+let shutdown: (() => Promise<void>) | undefined;
+
+export function otlpEndpoint(): string | undefined {
+  return process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || process.env.OTEL_EXPORTER_OTLP_ENDPOINT || undefined;
+}
+
+/** Starts tracing for this process, once; `service` becomes service.name `rswap-<service>`. */
+export function startTracing(service: string, host?: string): { exporting: boolean } {
+  if (shutdown) return { exporting: otlpEndpoint() !== undefined };
+  const resource = resourceFromAttributes({ [ATTR_SERVICE_NAME]: `rswap-${service}`, ...(host ? { 'rswap.host': host } : {}) });
+  if (otlpEndpoint()) {
+    const sdk = new NodeSDK({
+      resource,
+      autoDetectResources: false,
+      instrumentations: [],
+      // Spans leave every half second, so a lease's trace is complete in Jaeger soon after it is.
+      spanProcessors: [new tracing.BatchSpanProcessor(new OTLPTraceExporter(), { scheduledDelayMillis: 500 })],
+    });
+    sdk.start();
+    shutdown = () => sdk.shutdown();
+    return { exporting: true };
+  }
+  const provider = new NodeTracerProvider({ resource });
+  provider.register();
+  shutdown = () => provider.shutdown();
+  return { exporting: false };
+}
+
+/** Sends what is still buffered; called on the way out. */
+export async function stopTracing(): Promise<void> {
+  await shutdown?.().catch(() => undefined);
+}
+
+/** The context of a W3C traceparent (a lease's), to continue its trace later. */
+export function contextOf(traceparent: string | undefined): Context {
+  return traceparent ? propagation.extract(ROOT_CONTEXT, { traceparent }) : ROOT_CONTEXT;
+}
+
+/** The trace id inside a W3C traceparent, or undefined. */
+export function traceIdOf(traceparent: string | undefined): string | undefined {
+  return /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent ?? '')?.[1];
+}
