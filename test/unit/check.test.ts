@@ -1,0 +1,60 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, readdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse, stringify } from 'yaml';
+import { checkCompose, checkUnit, interpolate } from '../../cli/check.js';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
+const compose = () => readFile(resolve(ROOT, 'compose.yaml'), 'utf8');
+
+/** The repo's compose.yaml, changed by `edit` (anchors and merges already resolved). */
+async function broken(edit: (doc: Record<string, any>) => void): Promise<string[]> {
+  const doc = parse(await compose(), { merge: true }) as Record<string, any>;
+  edit(doc);
+  return checkCompose(stringify(doc));
+}
+
+test('check - the shipped compose.yaml and systemd units pass', async () => {
+  assert.deepEqual(checkCompose(await compose()), []);
+  const units = (await readdir(resolve(ROOT, 'deploy/systemd'))).filter((f) => f.endsWith('.service'));
+  assert.equal(units.length, 4);
+  for (const unit of units) assert.deepEqual(checkUnit(unit, await readFile(resolve(ROOT, 'deploy/systemd', unit), 'utf8')), []);
+});
+
+test('check - a broken compose.yaml fails, each way with its reason', async () => {
+  const cases: Array<[string, (doc: Record<string, any>) => void, RegExp]> = [
+    ['typo in a top-level key', (d) => { d.servics = d.services; }, /schema: \/ must NOT have additional properties 'servics'/],
+    ['typo in a service key', (d) => { d.services.broker.enviroment = {}; }, /schema: \/services\/broker must NOT have additional properties 'enviroment'/],
+    ['nats without a health check', (d) => { delete d.services.nats.healthcheck; }, /nats: no health check/],
+    ['nats without JetStream', (d) => { d.services.nats.command = ['--store_dir', '/data']; }, /nats: JetStream is off/],
+    ['Jaeger v1', (d) => { d.services.jaeger.image = 'jaegertracing/all-in-one:1.57'; }, /not Jaeger v2/],
+    ['Jaeger without OTLP/HTTP', (d) => { d.services.jaeger.ports = ['16686:16686']; }, /jaeger: port 4318 is not published/],
+    ['an agent not privileged', (d) => { d.services.exporter.privileged = false; }, /exporter: host agents must be privileged/],
+    ['an agent off the host network', (d) => { delete d.services.attacher.network_mode; }, /attacher: host agents must use network_mode: host/],
+    ['a flag rswap does not have', (d) => { d.services.attacher.command = ['attacher', '--metric-port', '9466']; }, /'rswap attacher' has no flag --metric-port/],
+    ['a variable rswap does not read', (d) => { d.services.broker.environment.RSWAP_COOLDOWN = '5'; }, /'rswap broker' reads no RSWAP_COOLDOWN/],
+    ['broker pointed at localhost', (d) => { d.services.broker.environment.RSWAP_NATS_URL = 'nats://127.0.0.1:4222'; }, /broker: in its own network namespace, 127\.0\.0\.1 is not NATS/],
+    ['not waiting for NATS to be healthy', (d) => { d.services.monitor.depends_on = ['nats']; }, /monitor: must depend on nats with condition service_healthy/],
+    ['traces sent elsewhere', (d) => { d.services.broker.environment.OTEL_EXPORTER_OTLP_ENDPOINT = 'http://jaeger:4317'; }, /broker: OTEL_EXPORTER_OTLP_ENDPOINT 'http:\/\/jaeger:4317' is not Jaeger's OTLP\/HTTP port 4318/],
+    ['a missing service', (d) => { delete d.services.monitor; }, /service 'monitor' is missing/],
+  ];
+  for (const [what, edit, expected] of cases) {
+    const problems = await broken(edit);
+    assert.ok(problems.some((p) => expected.test(p)), `${what}: ${JSON.stringify(problems)}`);
+  }
+  assert.match(checkCompose('services: [unclosed')[0]!, /not YAML/);
+});
+
+test('check - a unit that would kill the initiator with the agent, or has a wrong flag, fails', async () => {
+  const exporter = await readFile(resolve(ROOT, 'deploy/systemd/rswap-exporter.service'), 'utf8');
+  assert.match(checkUnit('x', exporter.replace('KillMode=process\n', ''))[0]!, /KillMode=process is needed/);
+  assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics 9465'))[0]!, /'rswap exporter' has no flag --metrics/);
+  assert.match(checkUnit('x', '[Service]\nExecStart=/bin/true\n')[0]!, /no ExecStart running rswap/);
+});
+
+test('check - compose variables resolve to their defaults', () => {
+  assert.equal(interpolate('${RSWAP_NATS_URL:-nats://127.0.0.1:4222}'), 'nats://127.0.0.1:4222');
+  assert.equal(interpolate('${RSWAP_HOST:?set it}'), 'SET-BY-OPERATOR');
+});
