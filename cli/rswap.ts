@@ -23,8 +23,10 @@ const program = new Command('rswap')
 const natsOption = () => new Option('--nats <url>', 'NATS server URL (env RSWAP_NATS_URL, default nats://127.0.0.1:4222)');
 const hostOption = () => new Option('--host <id>', 'this host id: [a-z0-9-] (env RSWAP_HOST)');
 
+const services: Array<{ command: Command; keys: string[] }> = [];
+
 function serviceCommand(name: string, description: string, keys: string[], start: (raw: Record<string, unknown>) => Promise<unknown>) {
-  return program
+  const command = program
     .command(name)
     .description(description)
     .addOption(natsOption())
@@ -36,6 +38,18 @@ function serviceCommand(name: string, description: string, keys: string[], start
       startTracing(name, typeof raw.host === 'string' ? raw.host : undefined);
       await start(raw);
     });
+  services.push({ command, keys });
+  return command;
+}
+
+/** Every setting is a flag: those not described above get one that points to the reference. */
+function addRemainingSettings(): void {
+  for (const { command, keys } of services) {
+    const declared = new Set(command.options.map((o) => o.attributeName()));
+    for (const key of keys.filter((k) => !declared.has(k))) {
+      command.option(`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} <value>`, 'see docs/operations.md (env RSWAP_' + key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase() + ')');
+    }
+  }
 }
 
 const keysOf = (schema: { shape: Record<string, unknown> }) => Object.keys(schema.shape);
@@ -75,6 +89,8 @@ serviceCommand('monitor', 'watch this host\'s memory (or one cgroup\'s) and publ
   .option('--exit-hold-ms <ms>', 'how long signals must stay low (default 5000)')
   .option('--min-needed-bytes <size>', 'smallest need reported (default 64MiB)')
   .option('--exporter-state-dir <path>', 'this host\'s exporter state dir, to count what it lends (default /var/lib/rswap/exporter)');
+
+addRemainingSettings();
 
 const inject = program.command('inject').description('publish an event by hand, as a monitor would');
 inject
