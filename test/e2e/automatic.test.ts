@@ -11,7 +11,7 @@ import { access, rm, writeFile } from 'node:fs/promises';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
-import { startWorkload } from '../../bench/run-workload.js';
+import { startWorkload, type RunningWorkload } from '../../bench/run-workload.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import { loopDevicesUnder, testbedDown, testbedUp, type Testbed, type TestbedHost } from '../../cli/testbed/testbed.js';
@@ -98,33 +98,39 @@ test('automatic - a lender that needs its memory back gets it make-before-break,
   const before = new Set((await leasesOf('host-b')).map((l) => l.id));
   // host-b keeps reading 256 MiB through swap until told to stop.
   const borrower = startWorkload(host('host-b').cgroup, ['--bytes', '256MiB', '--until-file', stopBorrower], (p) => phases.push(p.phase));
-  const onA = await waitFor('host-b swapping on host-a', async () => {
-    const mine = (await leasesOf('host-b')).filter((l) => !before.has(l.id));
-    return phases.some((p) => p.startsWith('verify')) ? mine.filter((l) => l.lender === 'host-a' && l.state === 'active') : undefined;
-  }, { timeoutMs: 120_000, intervalMs: 250 }).then((found) => (found.length > 0 ? found : assert.fail('no lease on host-a')));
+  borrower.result.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+  let hog: RunningWorkload | undefined;
+  try {
+    const onA = await waitFor('host-b reading its data back while it swaps on host-a', async () => {
+      const mine = (await leasesOf('host-b')).filter((l) => !before.has(l.id) && l.lender === 'host-a' && l.state === 'active');
+      return phases.some((p) => p.startsWith('verify')) && mine.length > 0 ? mine : undefined;
+    }, { timeoutMs: 120_000, intervalMs: 250 });
 
-  // host-a's own workload takes 560 MiB of its 1 GiB: under its 384 MiB reserve with what it lends.
-  const hog = startWorkload(host('host-a').cgroup, ['--bytes', '560MiB', '--pause-file', stopHog]);
-  const moved = await waitFor('host-a leases reclaimed', async () => {
-    const now = await leasesOf('host-b');
-    const old = onA.map((l) => now.find((n) => n.id === l.id)!);
-    return old.every((l) => l.state === 'released') ? now : undefined;
-  }, { timeoutMs: 180_000, intervalMs: 250 });
-  for (const old of onA) {
-    const record = moved.find((l) => l.id === old.id)!;
-    const replacement = moved.find((l) => l.replaces === old.id);
-    assert.ok(replacement, `a replacement for ${old.id}`);
-    assert.equal(replacement.lender, 'host-c');
-    assert.ok(replacement.history.some((h) => h.state === 'active'));
-    const activeAt = replacement.history.find((h) => h.state === 'active')!.at;
-    const drainingAt = record.history.find((h) => h.state === 'draining')!.at;
-    assert.ok(activeAt <= drainingAt, 'the replacement was active before the old lease started to drain');
-    assert.match(record.history.find((h) => h.state === 'draining')!.reason!, new RegExp(`reclaimed by host-a, replaced by ${replacement.id}`));
+    // host-a's own workload takes 560 MiB of its 1 GiB: under its 384 MiB reserve with what it lends.
+    hog = startWorkload(host('host-a').cgroup, ['--bytes', '560MiB', '--pause-file', stopHog]);
+    hog.result.catch(() => undefined);
+    const moved = await waitFor('host-a leases reclaimed', async () => {
+      const now = await leasesOf('host-b');
+      const old = onA.map((l) => now.find((n) => n.id === l.id)!);
+      return old.every((l) => l.state === 'released') ? now : undefined;
+    }, { timeoutMs: 180_000, intervalMs: 250 });
+    for (const old of onA) {
+      const record = moved.find((l) => l.id === old.id)!;
+      const replacement = moved.find((l) => l.replaces === old.id);
+      assert.ok(replacement, `a replacement for ${old.id}`);
+      assert.equal(replacement.lender, 'host-c');
+      assert.ok(replacement.history.some((h) => h.state === 'active'));
+      const activeAt = replacement.history.find((h) => h.state === 'active')!.at;
+      const drainingAt = record.history.find((h) => h.state === 'draining')!.at;
+      assert.ok(activeAt <= drainingAt, 'the replacement was active before the old lease started to drain');
+      assert.match(record.history.find((h) => h.state === 'draining')!.reason!, new RegExp(`reclaimed by host-a, replaced by ${replacement.id}`));
+    }
+  } finally {
+    // Whatever happened, the workloads finish (and stop swapping) before the next test.
+    await writeFile(stopBorrower, '');
+    await writeFile(stopHog, '');
   }
-
-  await writeFile(stopBorrower, '');
-  await writeFile(stopHog, '');
-  const [b, a] = await Promise.all([borrower.result, hog.result]);
+  const [b, a] = await Promise.all([borrower.result, hog!.result]);
   assert.equal(b.corruptedChunks, 0, 'the borrower read back every byte');
   assert.ok(b.passes >= 1);
   assert.equal(a.corruptedChunks, 0, 'the lender workload was never killed and verified too');
@@ -143,6 +149,7 @@ test('automatic - a workload that flaps between busy and idle faster than the co
   // outlasts the monitor's exit hold (2 s), so it reports relief, but the next busy spell comes
   // before the broker's cool-down (3 s from that relief) has run out.
   const flapper = startWorkload(host('host-b').cgroup, ['--bytes', '256MiB', '--until-file', stop, '--idle-ms', '3500'], (p) => phases.push(p.phase));
+  flapper.result.catch(() => undefined); // awaited below
   const reliefs: number[] = [];
   const sub = nc.subscribe(subjects.relief('host-b'), { callback: () => void reliefs.push(Date.now()) });
   try {
