@@ -122,7 +122,12 @@ export const ExportRequest = z.strictObject({
 });
 export type ExportRequest = z.infer<typeof ExportRequest>;
 
-export const UnexportRequest = z.strictObject({ leaseId: LeaseId, lender: HostId });
+export const UnexportRequest = z.strictObject({
+  leaseId: LeaseId,
+  lender: HostId,
+  /** Tear down even while the borrower still has a session (only when the broker knows it is gone). */
+  force: z.boolean().default(false),
+});
 export type UnexportRequest = z.infer<typeof UnexportRequest>;
 
 export const AttachRequest = z.strictObject({
@@ -169,6 +174,8 @@ export const LeaseRecord = z.object({
   target: Target.optional(),
   device: z.string().optional(),
   initiator: InitiatorKind.optional(),
+  /** The broker that drives the lease now, when one took it over after another stopped. */
+  driver: z.string().optional(),
   /** The lease this one replaces (make-before-break, when a lender reclaims its memory). */
   replaces: LeaseId.optional(),
   /** W3C traceparent of the span that created the lease: every later step joins this trace. */
@@ -182,6 +189,8 @@ export const HostRecord = z.object({
   attacher: z.object({ iqn: Iqn, address: Ipv4, initiator: InitiatorKind, at: Timestamp }).optional(),
   offer: z.object({ lendableBytes: Bytes, lentBytes: Bytes, deficitBytes: Bytes.default(0), at: Timestamp }).optional(),
   pressure: z.object({ neededBytes: Bytes, at: Timestamp }).optional(),
+  /** A broker bringing up a lease for this borrower: no other broker starts one meanwhile. */
+  lending: z.object({ leaseId: LeaseId, by: z.string(), at: Timestamp }).optional(),
   /** Set by a relief event newer than the last pressure: the host has been clear since then. */
   clearSince: Timestamp.optional(),
   /** Bytes the broker has promised to leases on this lender, by lease id. */

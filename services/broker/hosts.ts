@@ -37,7 +37,8 @@ export class HostStore {
   async recordPressure(host: string, neededBytes: number, at: number): Promise<HostRecord> {
     const { value } = await casUpdate(this.kv, host, HostRecord, (current) => {
       const record = current ?? empty(host);
-      if (record.pressure && record.pressure.at > at) return record;
+      // An older event arriving late, or a copy of the newest one, changes nothing.
+      if (record.pressure && record.pressure.at >= at) return record;
       const { clearSince: _cleared, ...rest } = record;
       return { ...rest, pressure: { neededBytes, at } };
     });
@@ -56,6 +57,34 @@ export class HostStore {
       return { ...record, clearSince: at };
     });
     return value;
+  }
+
+  /**
+   * Marks `borrower` as having a lease on the way, by CAS: of several brokers handling its pressure
+   * at once, one wins and the others stand back. A mark older than `staleMs` (its broker died) is
+   * taken over. Returns false when another broker holds a fresh mark.
+   */
+  async claimBorrower(borrower: string, leaseId: string, by: string, now: number, staleMs: number): Promise<boolean> {
+    try {
+      await casUpdate(this.kv, borrower, HostRecord, (current) => {
+        const record = current ?? empty(borrower);
+        if (record.lending && now - record.lending.at < staleMs) throw new RswapError(ErrorCodes.ILLEGAL_STATE, 'lending in progress');
+        return { ...record, lending: { leaseId, by, at: now } };
+      });
+      return true;
+    } catch (error) {
+      if (error instanceof RswapError && error.code === ErrorCodes.ILLEGAL_STATE) return false;
+      throw error;
+    }
+  }
+
+  /** Clears the borrower's mark if it is still `leaseId`'s. */
+  async releaseBorrower(borrower: string, leaseId: string): Promise<void> {
+    await casUpdate(this.kv, borrower, HostRecord, (current) => {
+      if (!current?.lending || current.lending.leaseId !== leaseId) return current ?? empty(borrower);
+      const { lending: _done, ...rest } = current;
+      return rest;
+    });
   }
 
   async get(host: string): Promise<HostRecord | undefined> {

@@ -1,4 +1,5 @@
 /** The broker: matches demand to offers, records leases in KV and drives them through their states. */
+import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { createLogger } from '../../shared/log.js';
 import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
@@ -25,6 +26,7 @@ export const BrokerConfig = z.strictObject({
   unexportTimeoutMs: z.coerce.number().int().positive().default(30_000),
   sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
   releaseCooldownMs: z.coerce.number().int().nonnegative().default(60_000), // clear this long before leases go back
+  borrowerTimeoutMs: z.coerce.number().int().positive().default(120_000), // a borrower silent this long is gone
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
 });
 export type BrokerConfig = z.infer<typeof BrokerConfig>;
@@ -36,7 +38,9 @@ export async function startBroker(raw: Record<string, unknown>) {
   const stores = await openStores(nc);
   const hosts = new HostStore(stores.hosts);
   const leases = new LeaseStore(stores.leases, nc, log);
-  const lifecycle = new Lifecycle(nc, hosts, leases, config, log);
+  // Unique per process: two brokers named alike must still tell their marks apart.
+  const brokerId = `${config.host}-${process.pid}-${randomBytes(2).toString('hex')}`;
+  const lifecycle = new Lifecycle(nc, hosts, leases, config, log, brokerId);
   const rejects = new RejectCounter();
   const queue = 'rswap-broker';
   const base = { log, rejects, queue };
@@ -94,14 +98,19 @@ export async function startBroker(raw: Record<string, unknown>) {
     const now = Date.now();
     for (const host of await hosts.list()) {
       for (const leaseId of Object.keys(host.reservations)) {
-        const lease = all.get(leaseId);
+        // A lease created after the bulk read is not an orphan: look it up again before acting.
+        const lease = all.get(leaseId) ?? (await leases.get(leaseId));
         if (!lease || isTerminal(lease.state)) await hosts.unreserve(host.host, leaseId);
       }
       if (host.clearSince !== undefined && now - host.clearSince >= config.releaseCooldownMs && !coolTimers.has(host.host)) await checkCool(host.host);
     }
+    await lifecycle.resumeStuck(now);
+    await lifecycle.expireGoneBorrowers(now);
   };
   const timer = setInterval(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), config.sweepIntervalMs);
   timer.unref();
+  // At start: take over what a broker that died left mid-step (after a moment for agents to announce).
+  setTimeout(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), 1_000).unref();
 
   // Gauges read from KV at scrape time, so every broker reports the same truth.
   scrapeGauge('rswap_leases', 'Leases by state', ['state'], async () => {

@@ -55,6 +55,21 @@ export class LeaseStore {
     return value;
   }
 
+  /**
+   * Takes over a lease whose driver stopped: succeeds for exactly one broker, the one whose CAS
+   * finds the record unchanged since `seenUpdatedAt`. The step is kept in the history.
+   */
+  async claim(leaseId: string, seenUpdatedAt: number, by: string): Promise<LeaseRecord> {
+    const { value } = await casUpdate(this.kv, leaseId, LeaseRecord, (current) => {
+      if (!current) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+      if (current.updatedAt !== seenUpdatedAt) throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} moved on; not taking it over`);
+      const now = Date.now();
+      return { ...current, driver: by, updatedAt: now, history: [...current.history, { state: current.state, at: now, reason: `taken over by broker ${by}` }] };
+    });
+    this.announce(value);
+    return value;
+  }
+
   private announce(lease: LeaseRecord): void {
     this.log.info({ leaseId: lease.id, state: lease.state, borrower: lease.borrower, lender: lease.lender, reason: lease.reason }, `lease ${lease.state}`);
     publishJson(this.nc, subjects.leaseState(lease.id), { lease });

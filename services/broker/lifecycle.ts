@@ -18,6 +18,7 @@ import { LeaseStore, newLeaseId } from './lease-store.js';
 import { chooseLender, type PolicyOptions } from './policy.js';
 import { isTerminal } from './states.js';
 import { KeyedQueue } from '../../shared/serial.js';
+import { waitFor } from '../../shared/wait.js';
 
 export interface LifecycleOptions extends PolicyOptions {
   exportTimeoutMs: number;
@@ -26,6 +27,17 @@ export interface LifecycleOptions extends PolicyOptions {
   unexportTimeoutMs: number;
   /** How long a borrower must stay clear of pressure before its leases go back. */
   releaseCooldownMs: number;
+  /** A borrower whose attacher has not announced itself for this long is gone: its leases end. */
+  borrowerTimeoutMs: number;
+}
+
+/** How long a lease may sit in a state before another broker takes it over (its driver died). */
+export function stuckAfterMs(state: LeaseRecord['state'], o: LifecycleOptions): number {
+  const grace = 5_000;
+  if (state === 'requested' || state === 'exporting') return o.exportTimeoutMs + grace;
+  if (state === 'exported' || state === 'attaching') return o.exportTimeoutMs + o.attachTimeoutMs + grace;
+  if (state === 'draining') return o.detachTimeoutMs + o.unexportTimeoutMs + grace;
+  return Infinity;
 }
 
 const tracer = trace.getTracer('rswap.broker');
@@ -40,6 +52,8 @@ export class Lifecycle {
     private readonly leases: LeaseStore,
     private readonly options: LifecycleOptions,
     private readonly log: Logger,
+    /** This broker's name in lease records and borrower marks. */
+    private readonly brokerId = 'broker',
   ) {}
 
   /** Demand from a borrower: lend unless its existing leases already cover it. */
@@ -49,19 +63,30 @@ export class Lifecycle {
       if (!borrower.attacher) {
         throw new RswapError(ErrorCodes.BAD_MESSAGE, `host '${event.host}' has no attacher announced; it cannot borrow`);
       }
-      const open = (await this.leases.list()).filter((l) => l.borrower === event.host && !isTerminal(l.state));
-      if (open.some((l) => l.state !== 'active')) {
-        this.log.info({ borrower: event.host }, 'pressure ignored: a lease for this host is in progress');
+      // Another broker may handle this borrower's pressure at the same moment: the mark on its
+      // record (by CAS) lets one of them lend; the leases are read only after winning it.
+      const leaseId = newLeaseId();
+      if (!(await this.hosts.claimBorrower(event.host, leaseId, this.brokerId, Date.now(), stuckAfterMs('attaching', this.options)))) {
+        this.log.info({ borrower: event.host }, 'pressure ignored: another broker is lending to this host');
         return undefined;
       }
-      const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
-      if (coveredBytes >= event.neededBytes) {
-        this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
-        return undefined;
+      try {
+        const open = (await this.leases.list()).filter((l) => l.borrower === event.host && !isTerminal(l.state));
+        if (open.some((l) => l.state !== 'active')) {
+          this.log.info({ borrower: event.host }, 'pressure ignored: a lease for this host is in progress');
+          return undefined;
+        }
+        const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
+        if (coveredBytes >= event.neededBytes) {
+          this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
+          return undefined;
+        }
+        const lease = await this.lend(borrower, event.neededBytes - coveredBytes, new Set(), undefined, leaseId);
+        if (lease) metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
+        return lease && (await this.bringUp(lease));
+      } finally {
+        await this.hosts.releaseBorrower(event.host, leaseId);
       }
-      const lease = await this.lend(borrower, event.neededBytes - coveredBytes);
-      if (lease) metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
-      return lease && this.bringUp(lease);
     });
   }
 
@@ -69,7 +94,7 @@ export class Lifecycle {
    * Creates a lease for `bytes` on the best lender (other than those excluded) and reserves its
    * capacity; undefined when no lender can serve it. The caller brings it up.
    */
-  private async lend(borrower: HostRecord, bytes: number, exclude: ReadonlySet<string> = new Set(), replaces?: string): Promise<LeaseRecord | undefined> {
+  private async lend(borrower: HostRecord, bytes: number, exclude: ReadonlySet<string> = new Set(), replaces?: string, id = newLeaseId()): Promise<LeaseRecord | undefined> {
     const now = Date.now();
     const placement = chooseLender(await this.hosts.list(), borrower.host, bytes, now, this.options, exclude);
     if ('reason' in placement) {
@@ -79,7 +104,7 @@ export class Lifecycle {
     const carrier: Record<string, string> = {};
     propagation.inject(context.active(), carrier);
     const lease = await this.leases.create({
-      id: newLeaseId(),
+      id,
       borrower: borrower.host,
       lender: placement.lender,
       sizeBytes: placement.sizeBytes,
@@ -101,10 +126,16 @@ export class Lifecycle {
     return lease;
   }
 
+  /**
+   * Export, then attach, from whatever state the lease is in before active: a lease taken over
+   * from a broker that died resumes here. Both commands are idempotent on the agents, so repeating
+   * one that had already run only returns its result again.
+   */
   private async bringUp(lease: LeaseRecord): Promise<LeaseRecord | undefined> {
     let step = 'export';
+    let current = lease;
     try {
-      await this.leases.move(lease.id, 'exporting');
+      if (current.state === 'requested') current = await this.leases.move(lease.id, 'exporting');
       const exported = await requestJson(
         this.nc,
         subjects.exportCmd(lease.lender),
@@ -112,9 +143,9 @@ export class Lifecycle {
         ExportReply,
         this.options.exportTimeoutMs,
       );
-      await this.leases.move(lease.id, 'exported', { target: exported.target });
+      if (current.state === 'exporting') current = await this.leases.move(lease.id, 'exported', { target: exported.target });
       step = 'attach';
-      await this.leases.move(lease.id, 'attaching');
+      if (current.state === 'exported') current = await this.leases.move(lease.id, 'attaching');
       const attached = await requestJson(
         this.nc,
         subjects.attachCmd(lease.borrower),
@@ -130,28 +161,99 @@ export class Lifecycle {
     }
   }
 
+  /**
+   * Takes over leases whose broker stopped mid-step (stuck in a state longer than that step may
+   * take) and drives them on: a bring-up resumes, a release completes. Exactly one broker wins each
+   * lease (CAS on its record). Returns the ids taken over.
+   */
+  async resumeStuck(now: number): Promise<string[]> {
+    const taken: string[] = [];
+    for (const lease of await this.leases.list()) {
+      if (isTerminal(lease.state) || lease.state === 'active' || now - lease.updatedAt < stuckAfterMs(lease.state, this.options)) continue;
+      let claimed: LeaseRecord;
+      try {
+        claimed = await this.leases.claim(lease.id, lease.updatedAt, this.brokerId);
+      } catch {
+        continue; // another broker took it, or it moved on
+      }
+      taken.push(lease.id);
+      this.log.warn({ leaseId: lease.id, state: lease.state }, 'taking over a lease whose broker stopped');
+      void this.perBorrower
+        .run(lease.borrower, () =>
+          this.inLeaseTrace(claimed, `resume ${lease.id} from ${lease.state}`, async () => {
+            if (claimed.state === 'draining') return this.finishRelease(claimed, true);
+            if (claimed.state === 'requested') {
+              try {
+                await this.hosts.reserve(claimed.lender, claimed.id, claimed.sizeBytes, Date.now(), this.options);
+              } catch (error) {
+                return this.fail(claimed.id, `reserving ${formatBytes(claimed.sizeBytes)} on ${claimed.lender}: ${errorMessage(error)}`, false);
+              }
+            }
+            return this.bringUp(claimed);
+          }),
+        )
+        .catch((error: unknown) => this.log.error({ leaseId: lease.id, err: errorMessage(error) }, 'resume failed'));
+    }
+    return taken;
+  }
+
+  /**
+   * Ends the active leases of borrowers whose attacher has been silent for `borrowerTimeoutMs`
+   * (host down, or cut off): the lender gets its memory back. Their pages are gone with the host.
+   */
+  async expireGoneBorrowers(now: number): Promise<string[]> {
+    const hosts = new Map((await this.hosts.list()).map((h) => [h.host, h]));
+    const expired: string[] = [];
+    for (const lease of (await this.leases.list()).filter((l) => l.state === 'active')) {
+      const seen = hosts.get(lease.borrower)?.attacher?.at ?? 0;
+      if (now - seen < this.options.borrowerTimeoutMs) continue;
+      await this.perBorrower.run(lease.borrower, async () => {
+        const reason = `borrower ${lease.borrower} silent for ${Math.round((now - seen) / 1000)}s`;
+        this.log.warn({ leaseId: lease.id, borrower: lease.borrower }, `${reason}: ending the lease`);
+        await this.inLeaseTrace(lease, `expire ${lease.id}`, () => this.fail(lease.id, reason, true, true));
+        expired.push(lease.id);
+      });
+    }
+    return expired;
+  }
+
   /** Marks a lease failed, returns its capacity and (if anything may exist) asks both hosts to clean up. */
-  private async fail(leaseId: string, reason: string, cleanUp: boolean): Promise<LeaseRecord | undefined> {
+  private async fail(leaseId: string, reason: string, cleanUp: boolean, borrowerGone = false): Promise<LeaseRecord | undefined> {
     trace.getActiveSpan()?.setStatus({ code: SpanStatusCode.ERROR, message: `lease ${leaseId} failed: ${reason}` });
     let lease: LeaseRecord | undefined;
     try {
       lease = await this.leases.move(leaseId, 'failed', { reason });
     } catch (error) {
-      this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
       lease = await this.leases.get(leaseId);
+      if (lease && isTerminal(lease.state)) {
+        // Another broker ended it first (and cleans up): nothing more to do here.
+        this.log.info({ leaseId, state: lease.state }, 'lease already ended elsewhere');
+        return lease;
+      }
+      this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
     }
     if (!lease) return undefined;
-    if (cleanUp) await this.tearDown(lease);
+    if (cleanUp) await this.tearDown(lease, borrowerGone);
     await this.hosts.unreserve(lease.lender, lease.id);
     return lease;
   }
 
-  /** Swap-off and logout on the borrower, then target removal on the lender. */
-  private async tearDown(lease: LeaseRecord): Promise<void> {
-    await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs).catch(
-      (error: unknown) => this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: detach failed'),
-    );
-    await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs).catch(
+  /**
+   * Swap-off and logout on the borrower, then target removal on the lender. If the borrower refuses
+   * the swap-off (its pages would not fit), the target stays: the lender keeps serving those pages
+   * (its exporter does not remove a target the borrower still uses) until the borrower's own
+   * reconciler manages the swap-off. Only a borrower known to be gone is torn down regardless.
+   */
+  private async tearDown(lease: LeaseRecord, borrowerGone = false): Promise<void> {
+    if (!borrowerGone) {
+      try {
+        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+      } catch (error) {
+        this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: detach failed');
+        if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) return;
+      }
+    }
+    await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender, force: borrowerGone }, OkReply, this.options.unexportTimeoutMs).catch(
       (error: unknown) => this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: unexport failed'),
     );
   }
@@ -185,7 +287,14 @@ export class Lifecycle {
 
   /** `release` for a caller that already holds the borrower's queue. */
   private async drain(leaseId: string, reason?: string): Promise<LeaseRecord> {
-    const current = await this.leases.require(leaseId);
+    let current = await this.leases.require(leaseId);
+    if (current.state === 'draining') {
+      // Another broker is releasing it (a duplicated request): answer with how that ends.
+      current = await waitFor(`lease ${leaseId} to finish draining`, async () => {
+        const now = await this.leases.require(leaseId);
+        return now.state === 'draining' ? undefined : now;
+      }, { timeoutMs: this.options.detachTimeoutMs + this.options.unexportTimeoutMs, intervalMs: 100 });
+    }
     if (isTerminal(current.state)) return current;
     return this.inLeaseTrace(current, `release ${leaseId}`, () => this.drainTraced(current, reason));
   }
@@ -195,7 +304,13 @@ export class Lifecycle {
     if (current.state !== 'active' && current.state !== 'exported') {
       throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; release it once it is active`);
     }
-    await this.leases.move(leaseId, 'draining', reason ? { reason } : {});
+    try {
+      await this.leases.move(leaseId, 'draining', reason ? { reason } : {});
+    } catch (error) {
+      // Another broker started the same release a moment earlier: answer with how it ends.
+      if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) return this.drain(leaseId, reason);
+      throw error;
+    }
     try {
       await requestJson(this.nc, subjects.detachCmd(current.borrower), { leaseId, borrower: current.borrower }, OkReply, this.options.detachTimeoutMs);
     } catch (error) {
@@ -206,15 +321,25 @@ export class Lifecycle {
       await this.fail(leaseId, `detach failed: ${errorMessage(error)}`, true);
       throw error;
     }
+    return this.finishRelease(current, false);
+  }
+
+  /**
+   * The end of a release: unexport, then released. A release taken over from a broker that died
+   * detaches first (again, maybe: a no-op on a borrower that already let go).
+   */
+  private async finishRelease(lease: LeaseRecord, detachFirst: boolean): Promise<LeaseRecord> {
+    const leaseId = lease.id;
+    if (detachFirst) await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
     try {
-      await requestJson(this.nc, subjects.unexportCmd(current.lender), { leaseId, lender: current.lender }, OkReply, this.options.unexportTimeoutMs);
+      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
     } catch (error) {
       // The borrower no longer uses the target, so no page is at risk; the lender's reconciler
       // removes the target of a released lease when it next runs.
       this.log.warn({ leaseId, err: errorMessage(error) }, 'unexport failed; the lender will reconcile it');
     }
     const released = await this.leases.move(leaseId, 'released');
-    await this.hosts.unreserve(current.lender, leaseId);
+    await this.hosts.unreserve(lease.lender, leaseId);
     return released;
   }
 

@@ -97,6 +97,12 @@ export class Exporter {
     });
   }
 
+  /** Whether the borrower at `address` has a session (I_T nexus) on the lease's target. */
+  async inUseBy(leaseId: string, address: string): Promise<boolean> {
+    const target = (await this.tgt.list()).find((t) => t.iqn === this.iqnFor(leaseId));
+    return target?.sessions.includes(address) ?? false;
+  }
+
   /** The lease ids this host holds anything for: targets and ramfs mounts. */
   async held(targets?: TargetInfo[]): Promise<Set<string>> {
     const ids = new Set<string>();
@@ -119,7 +125,10 @@ export class Exporter {
     // Each lease is looked up right before acting: a lease created after a bulk read is not an orphan.
     const isLive = async (leaseId: string) => {
       const lease = await lookup(leaseId);
-      return lease !== undefined && lease.lender === this.options.host && lease.state !== 'released' && lease.state !== 'failed';
+      if (lease === undefined || lease.lender !== this.options.host || lease.state === 'released') return false;
+      // A failed lease stays while its borrower still has a session: it may still hold pages there.
+      if (lease.state === 'failed') return this.inUseBy(leaseId, lease.borrowerAddress);
+      return true;
     };
     const removed: string[] = [];
     for (const leaseId of await this.held()) {

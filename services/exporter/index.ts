@@ -50,7 +50,8 @@ export async function startExporter(raw: Record<string, unknown>) {
   const me = config.host;
 
   handle(nc, subjects.exportCmd(me), { schema: ExportRequest, log, rejects }, async (request) => {
-    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['exporting', 'exported'] });
+    // 'attaching' too: a broker that takes over a lease mid-attach asks again for the target and CHAP.
+    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['exporting', 'exported', 'attaching'] });
     if (lease.sizeBytes !== request.sizeBytes || lease.borrowerAddress !== request.borrower.address) {
       throw new RswapError(ErrorCodes.BAD_MESSAGE, `export request for ${request.leaseId} does not match the lease record`);
     }
@@ -58,7 +59,12 @@ export async function startExporter(raw: Record<string, unknown>) {
   });
   handle(nc, subjects.unexportCmd(me), { schema: UnexportRequest, log, rejects }, async (request) => {
     // Never tear down while the borrower may still swap on it: only once it drains, or ended.
-    await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['draining', 'released', 'failed'] });
+    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['draining', 'released', 'failed'] });
+    // A failed lease whose borrower still has a session may still hold its pages (it refused a
+    // swap-off): keep serving them, unless the broker says the borrower is gone.
+    if (lease.state === 'failed' && !request.force && (await exporter.inUseBy(lease.id, lease.borrowerAddress))) {
+      throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${lease.id} failed but ${lease.borrower} still has a session on its target; it stays until the borrower lets go`);
+    }
     await exporter.unexport(request.leaseId);
     return {};
   });

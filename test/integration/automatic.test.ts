@@ -1,7 +1,7 @@
 /**
  * The broker's automatic decisions on a real nats-server: growth of a lease set, the cool-down
  * (flapping causes no churn), and make-before-break reclaim. The hosts here are scripted agents
- * that answer the broker's commands on NATS and record them, so the order of the commands can be
+ * that answer the broker's commands on NATS and record them (test/helpers/agents.ts), so the order of the commands can be
  * asserted; the real agents doing the same on the testbed are in test/e2e/automatic.test.ts.
  */
 import { after, before, beforeEach, test } from 'node:test';
@@ -14,39 +14,14 @@ import { listParsed } from '../../shared/kv.js';
 import { LeaseRecord } from '../../shared/schemas.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
+import { scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
 
 const MiB = 1024 ** 2;
 const COOLDOWN_MS = 1_500;
 let server: NatsServer;
 let broker: Awaited<ReturnType<typeof startBroker>>;
 let nc: NatsConnection;
-/** Every command the scripted agents received, in order: "export host-a l-..." */
-let commands: string[] = [];
-/** Lease ids whose swap-off the scripted attacher refuses (its pages "would not fit"). */
-const refuseDetach = new Set<string>();
-
-function agent(host: string, index: number): void {
-  const address = `198.18.0.${20 + index}`;
-  nc.subscribe(`rswap.v1.cmd.${host}.*`, {
-    callback: (_e, msg) => {
-      const verb = msg.subject.split('.').pop()!;
-      const body = msg.json<{ leaseId: string }>();
-      commands.push(`${verb} ${host} ${body.leaseId}`);
-      if (verb === 'export') {
-        msg.respond(JSON.stringify({ ok: true, target: { portal: `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } }));
-      } else if (verb === 'attach') {
-        msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
-      } else if (verb === 'detach' && refuseDetach.has(body.leaseId)) {
-        msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_SWAPOFF_UNSAFE', message: 'swap-off would not fit' } }));
-      } else {
-        msg.respond(JSON.stringify({ ok: true }));
-      }
-    },
-  });
-  const at = Date.now();
-  nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at }));
-  nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address, initiator: 'userspace', at }));
-}
+let agents: ScriptedAgents;
 
 const offer = (host: string, lendableBytes: number, deficitBytes = 0, at = Date.now()) =>
   nc.request(subjects.surplus(host), JSON.stringify({ host, lendableBytes, lentBytes: 0, deficitBytes, at, source: 'inject' }), { timeout: 120_000 });
@@ -64,13 +39,13 @@ before(async () => {
   server = await startNatsServer();
   broker = await startBroker({ nats: server.url, host: 'broker-auto', releaseCooldownMs: COOLDOWN_MS, sweepIntervalMs: 500 });
   nc = await connect({ servers: server.url });
-  ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e'].forEach(agent);
+  agents = scriptedAgents(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
   await nc.flush();
   await waitFor('hosts announced', async () => (await listParsed((await openStores(nc)).hosts, (await import('../../shared/schemas.js')).HostRecord)).length === 5, { timeoutMs: 5_000 });
 });
 
 beforeEach(() => {
-  commands = [];
+  agents.commands.length = 0;
 });
 
 after(async () => {
@@ -100,14 +75,14 @@ test('automatic - flapping faster than the cool-down causes no churn; steady rel
   const [lease] = await leases('borrow-d');
   assert.equal((await leases('borrow-d')).length, 1, 'exactly one lease for all that flapping');
   assert.deepEqual(lease!.history.map((h) => h.state), ['requested', 'exporting', 'exported', 'attaching', 'active'], 'never drained');
-  assert.deepEqual(commands.filter((c) => c.includes('borrow-d') && c.startsWith('detach')), []);
+  assert.deepEqual(agents.commands.filter((c) => c.includes('borrow-d') && c.startsWith('detach')), []);
 
   await pressure('borrow-d', 64 * MiB);
   await relief('borrow-d');
   const released = await waitFor('released after the cool-down', async () => (await leases('borrow-d')).find((l) => l.state === 'released'), { timeoutMs: 10_000 });
   assert.match(released.history.find((h) => h.state === 'draining')!.reason!, /pressure clear for \ds/);
   assert.deepEqual(
-    commands.filter((c) => c.includes(released.id)),
+    agents.commands.filter((c) => c.includes(released.id)),
     [`export lender-a ${released.id}`, `attach borrow-d ${released.id}`, `detach borrow-d ${released.id}`, `unexport lender-a ${released.id}`],
     'one bring-up, and swap-off before teardown',
   );
@@ -119,7 +94,7 @@ test('automatic - a lender under its reserve is reclaimed make-before-break; a s
   await pressure('borrow-e', 200 * MiB);
   const [old] = await leases('borrow-e');
   assert.equal(old!.lender, 'lender-a');
-  commands = [];
+  agents.commands.length = 0;
 
   await offer('lender-a', 0, 50 * MiB); // lender-a's own workload grew into its reserve
   const now = await leases('borrow-e');
@@ -128,7 +103,7 @@ test('automatic - a lender under its reserve is reclaimed make-before-break; a s
   assert.match(now.find((l) => l.id === old!.id)!.history.find((h) => h.state === 'draining')!.reason!, new RegExp(`reclaimed by lender-a, replaced by ${replacement.id}`));
   assert.equal(replacement.state, 'active');
   assert.equal(replacement.lender, 'lender-c');
-  assert.deepEqual(commands, [
+  assert.deepEqual(agents.commands, [
     `export lender-c ${replacement.id}`,
     `attach borrow-e ${replacement.id}`,
     `detach borrow-e ${old!.id}`, // only once the replacement is attached
@@ -136,20 +111,20 @@ test('automatic - a lender under its reserve is reclaimed make-before-break; a s
   ]);
 
   // lender-a still serves borrow-b; a deficit it measured before that reclaim finished is stale.
-  commands = [];
+  agents.commands.length = 0;
   await offer('lender-a', 0, 50 * MiB, old!.updatedAt - 1);
   assert.deepEqual((await leases('borrow-b')).map((l) => [l.lender, l.state]), [['lender-a', 'active'], ['lender-a', 'active']]);
-  assert.deepEqual(commands, []);
+  assert.deepEqual(agents.commands, []);
 });
 
 test('automatic - with no replacement and a swap-off that would not fit, the lease stays active', async () => {
   await offer('lender-a', 0);
   const [lease] = (await leases('borrow-e')).filter((l) => l.state === 'active');
-  refuseDetach.add(lease!.id);
-  commands = [];
+  agents.refuseDetach.add(lease!.id);
+  agents.commands.length = 0;
   await offer(lease!.lender, 0, 64 * MiB);
   const after = (await leases('borrow-e')).find((l) => l.id === lease!.id)!;
   assert.equal(after.state, 'active', 'no page is dropped to protect the lender');
   assert.match(after.reason!, /would not fit/);
-  assert.deepEqual(commands, [`detach borrow-e ${lease!.id}`]);
+  assert.deepEqual(agents.commands, [`detach borrow-e ${lease!.id}`]);
 });

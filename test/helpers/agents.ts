@@ -1,0 +1,52 @@
+/**
+ * Scripted host agents for broker tests: they answer the broker's commands on NATS like a real
+ * exporter and attacher would (same subjects and reply shapes) and record every command, so a test
+ * can assert which commands were sent and in what order. The real agents are in the e2e tests.
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import { subjects } from '../../shared/subjects.js';
+
+export interface ScriptedAgents {
+  /** Every command received, in order: "export host-a l-...", with `force` marked on unexport. */
+  commands: string[];
+  /** Lease ids whose swap-off the attacher refuses (its pages "would not fit"). */
+  refuseDetach: Set<string>;
+  announce(host: string, at?: number): void;
+}
+
+export function addressOf(index: number): string {
+  return `198.18.0.${20 + index}`;
+}
+
+export function scriptedAgents(nc: NatsConnection, hosts: string[]): ScriptedAgents {
+  const agents: ScriptedAgents = {
+    commands: [],
+    refuseDetach: new Set(),
+    announce: (host, at = Date.now()) => {
+      const address = addressOf(hosts.indexOf(host));
+      nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at }));
+      nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address, initiator: 'userspace', at }));
+    },
+  };
+  for (const [index, host] of hosts.entries()) {
+    const address = addressOf(index);
+    nc.subscribe(`rswap.v1.cmd.${host}.*`, {
+      callback: (_e, msg) => {
+        const verb = msg.subject.split('.').pop()!;
+        const body = msg.json<{ leaseId: string; force?: boolean }>();
+        agents.commands.push(`${verb} ${host} ${body.leaseId}${body.force ? ' force' : ''}`);
+        if (verb === 'export') {
+          msg.respond(JSON.stringify({ ok: true, target: { portal: `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } }));
+        } else if (verb === 'attach') {
+          msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
+        } else if (verb === 'detach' && agents.refuseDetach.has(body.leaseId)) {
+          msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_SWAPOFF_UNSAFE', message: 'swap-off would not fit' } }));
+        } else {
+          msg.respond(JSON.stringify({ ok: true }));
+        }
+      },
+    });
+    agents.announce(host);
+  }
+  return agents;
+}

@@ -1,0 +1,187 @@
+/**
+ * The broker under faults, on a real nats-server with scripted agents (test/helpers/agents.ts):
+ * two brokers at once, replayed and out-of-order events, leases left mid-step by a broker that died
+ * (taken over by exactly one other), and a borrower that disappeared.
+ */
+import { after, before, beforeEach, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { startNatsServer, type NatsServer } from '../helpers/nats.js';
+import { scriptedAgents, addressOf, type ScriptedAgents } from '../helpers/agents.js';
+import { startBroker } from '../../services/broker/index.js';
+import { openStores } from '../../shared/nats.js';
+import { getParsed, listParsed } from '../../shared/kv.js';
+import { HostRecord, LeaseRecord } from '../../shared/schemas.js';
+import { subjects } from '../../shared/subjects.js';
+import { waitFor } from '../../shared/wait.js';
+import { reservedBytes } from '../../services/broker/policy.js';
+
+const MiB = 1024 ** 2;
+const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g'];
+let server: NatsServer;
+let brokers: Array<Awaited<ReturnType<typeof startBroker>>>;
+let nc: NatsConnection;
+let agents: ScriptedAgents;
+
+before(async () => {
+  process.env.RSWAP_LOG_LEVEL = 'silent';
+  server = await startNatsServer();
+  const settings = { nats: server.url, releaseCooldownMs: 60_000, sweepIntervalMs: 300, borrowerTimeoutMs: 60_000 };
+  // Two brokers sharing the work, as two processes would.
+  brokers = [await startBroker({ ...settings, host: 'broker-1' }), await startBroker({ ...settings, host: 'broker-2' })];
+  nc = await connect({ servers: server.url });
+  agents = scriptedAgents(nc, HOSTS);
+  await nc.flush();
+  await waitFor('hosts announced', async () => (await hostRecords()).length === HOSTS.length, { timeoutMs: 5_000 });
+});
+
+beforeEach(() => {
+  agents.commands.length = 0;
+});
+
+after(async () => {
+  await nc.drain();
+  for (const broker of brokers) await broker.stop();
+  await server.stop();
+});
+
+async function hostRecords(): Promise<HostRecord[]> {
+  return (await listParsed((await openStores(nc)).hosts, HostRecord)).map((e) => e.value);
+}
+async function leases(borrower?: string): Promise<LeaseRecord[]> {
+  const all = (await listParsed((await openStores(nc)).leases, LeaseRecord)).map((e) => e.value);
+  return all.filter((l) => !borrower || l.borrower === borrower).sort((a, b) => a.createdAt - b.createdAt);
+}
+const publish = (subject: string, body: object) => nc.publish(subject, JSON.stringify(body));
+const offer = (host: string, lendableBytes: number, at = Date.now()) => publish(subjects.surplus(host), { host, lendableBytes, lentBytes: 0, at, source: 'inject' });
+
+/** Capacity promised on each lender equals the sizes of its live leases: nothing counted twice. */
+async function assertCapacityConsistent(): Promise<void> {
+  const all = await leases();
+  for (const host of await hostRecords()) {
+    const live = all.filter((l) => l.lender === host.host && l.state !== 'released' && l.state !== 'failed').reduce((s, l) => s + l.sizeBytes, 0);
+    assert.equal(reservedBytes(host), live, `reservations on ${host.host} match its live leases`);
+  }
+}
+
+test('faults - two brokers, the same pressure many times at once: one lease, capacity counted once', async () => {
+  offer('lender-a', 1024 * MiB);
+  offer('lender-c', 1024 * MiB);
+  await nc.flush();
+  await new Promise((r) => setTimeout(r, 200));
+  // 12 copies of the event, spread by the queue group over both brokers.
+  const at = Date.now();
+  await Promise.all(Array.from({ length: 12 }, () => nc.request(subjects.pressure('borrow-x'), JSON.stringify({ host: 'borrow-x', neededBytes: 200 * MiB, at, source: 'inject' }), { timeout: 10_000 })));
+  await waitFor('the lease active', async () => (await leases('borrow-x')).some((l) => l.state === 'active'), { timeoutMs: 5_000 });
+  const mine = await leases('borrow-x');
+  assert.deepEqual(mine.map((l) => [l.state, l.sizeBytes / MiB]), [['active', 200]], 'exactly one lease');
+  assert.equal(agents.commands.filter((c) => c.startsWith('export')).length, 1);
+  await assertCapacityConsistent();
+});
+
+test('faults - replayed and out-of-order events change nothing twice', async () => {
+  offer('lender-a', 1024 * MiB);
+  const t0 = Date.now();
+  const pressure = { host: 'borrow-r', neededBytes: 100 * MiB, at: t0, source: 'inject' };
+  const answers = [];
+  for (let i = 0; i < 3; i += 1) answers.push((await nc.request(subjects.pressure('borrow-r'), JSON.stringify(pressure), { timeout: 10_000 })).json());
+  assert.equal((await leases('borrow-r')).length, 1, `a replayed pressure event lends once: ${JSON.stringify(answers)}`);
+
+  // Relief, then the old pressure event arrives again late: the host stays clear.
+  await nc.request(subjects.relief('borrow-r'), JSON.stringify({ host: 'borrow-r', at: t0 + 1_000, source: 'inject' }), { timeout: 5_000 });
+  await nc.request(subjects.pressure('borrow-r'), JSON.stringify(pressure), { timeout: 10_000 });
+  const record = (await getParsed((await openStores(nc)).hosts, 'borrow-r', HostRecord))!.value;
+  assert.equal(record.clearSince, t0 + 1_000, 'a late copy of an older pressure does not undo the relief');
+
+  // An old offer arriving after a newer one is ignored.
+  offer('lender-o', 64 * MiB, t0 - 2_000);
+  offer('lender-o', 900 * MiB, t0 - 3_000);
+  await nc.flush();
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal((await getParsed((await openStores(nc)).hosts, 'lender-o', HostRecord))!.value.offer?.lendableBytes, 64 * MiB);
+
+  // Releasing twice answers twice with the same result and tears down once.
+  const [lease] = await leases('borrow-r');
+  const replies = await Promise.all([0, 1].map(() => nc.request(subjects.release, JSON.stringify({ leaseId: lease!.id }), { timeout: 10_000 })));
+  for (const reply of replies) assert.equal((reply.json() as { lease?: { state: string } }).lease?.state, 'released');
+  assert.equal(agents.commands.filter((c) => c === `unexport ${lease!.lender} ${lease!.id}`).length, 1);
+  await assertCapacityConsistent();
+});
+
+/** A lease record as a broker that died mid-step leaves it, ten minutes old. */
+async function orphan(state: LeaseRecord['state'], borrower: string, lender: string): Promise<LeaseRecord> {
+  const stores = await openStores(nc);
+  const at = Date.now() - 600_000;
+  const id = `l-${Math.random().toString(16).slice(2, 14).padEnd(12, '0')}`;
+  const path = ['requested', 'exporting', 'exported', 'attaching', 'active', 'draining'];
+  const lease: LeaseRecord = {
+    id,
+    borrower,
+    lender,
+    sizeBytes: 64 * MiB,
+    state,
+    createdAt: at,
+    updatedAt: at,
+    history: path.slice(0, path.indexOf(state) + 1).map((s) => ({ state: s as LeaseRecord['state'], at })),
+    borrowerIqn: `iqn.2026-11.io.rswap:${borrower}`,
+    borrowerAddress: addressOf(HOSTS.indexOf(borrower)),
+    ...(state !== 'requested' && state !== 'exporting' ? { target: { portal: `${addressOf(HOSTS.indexOf(lender))}:3260`, iqn: `iqn.2026-11.io.rswap:${lender}.${id}`, lun: 1 } } : {}),
+  };
+  await stores.leases.create(id, JSON.stringify(lease));
+  if (state !== 'requested') {
+    const host = (await getParsed(stores.hosts, lender, HostRecord))!;
+    await stores.hosts.update(lender, JSON.stringify({ ...host.value, reservations: { ...host.value.reservations, [id]: 64 * MiB } }), host.revision);
+  }
+  return lease;
+}
+
+test('faults - leases a dead broker left mid-step are taken over by exactly one broker and finished', async () => {
+  offer('lender-a', 1024 * MiB);
+  offer('lender-c', 1024 * MiB);
+  await nc.flush();
+  await new Promise((r) => setTimeout(r, 200));
+  const cases = [
+    ['requested', 'active'],
+    ['exporting', 'active'],
+    ['exported', 'active'],
+    ['attaching', 'active'],
+    ['draining', 'released'],
+  ] as const;
+  const left: LeaseRecord[] = [];
+  for (const [state] of cases) left.push(await orphan(state, 'borrow-b', 'lender-c'));
+  const done = await waitFor('every orphan finished', async () => {
+    const now = await leases('borrow-b');
+    const mine = left.map((l) => now.find((n) => n.id === l.id)!);
+    return mine.every((l) => l.state === 'active' || l.state === 'released') ? mine : undefined;
+  }, { timeoutMs: 15_000, intervalMs: 200 }).catch(async (error: Error) => {
+    const now = await leases('borrow-b');
+    throw new Error(`${error.message}: ${JSON.stringify(left.map((l) => now.find((n) => n.id === l.id)).map((l) => [l?.state, l?.history.at(-1)]))}`);
+  });
+  for (const [i, [from, to]] of cases.entries()) {
+    const lease = done[i]!;
+    assert.equal(lease.state, to, `a lease left ${from} ends ${to}`);
+    const takeovers = lease.history.filter((h) => /taken over by broker/.test(h.reason ?? ''));
+    assert.equal(takeovers.length, 1, `${from}: taken over once, by one of the two brokers`);
+    const sent = agents.commands.filter((c) => c.endsWith(lease.id));
+    if (to === 'active') {
+      assert.deepEqual(sent, [`export lender-c ${lease.id}`, `attach borrow-b ${lease.id}`], `${from}: export (again) and attach, once`);
+    } else {
+      assert.deepEqual(sent, [`detach borrow-b ${lease.id}`, `unexport lender-c ${lease.id}`], 'the release finishes: swap-off first');
+    }
+  }
+  await assertCapacityConsistent();
+});
+
+test('faults - a borrower that disappears: its leases end and the lender gets its memory back', async () => {
+  offer('lender-a', 1024 * MiB);
+  await nc.request(subjects.pressure('borrow-g'), JSON.stringify({ host: 'borrow-g', neededBytes: 64 * MiB, at: Date.now(), source: 'inject' }), { timeout: 10_000 });
+  const [lease] = await leases('borrow-g');
+  assert.equal(lease!.state, 'active');
+  agents.commands.length = 0;
+  // Its attacher's last word was ten minutes ago (the host is gone).
+  agents.announce('borrow-g', Date.now() - 600_000);
+  const failed = await waitFor('the lease ended', async () => (await leases('borrow-g')).find((l) => l.state === 'failed'), { timeoutMs: 10_000, intervalMs: 200 });
+  assert.match(failed.reason!, /borrower borrow-g silent for \d+s/);
+  assert.deepEqual(agents.commands, [`unexport ${lease!.lender} ${lease!.id} force`], 'no swap-off asked of a dead host; the target goes regardless of its stale session');
+  await assertCapacityConsistent();
+});
