@@ -62,11 +62,20 @@ export interface TestbedHost {
   memoryBytes: number;
 }
 
+/** A process the testbed started, by name ('nats', 'broker', 'host-a/exporter', ...), to restart it. */
+export interface TestbedProcess {
+  name: string;
+  command: string[];
+  logFile: string;
+  env: Record<string, string>;
+}
+
 export interface Testbed {
   dir: string;
   natsUrl: string;
   hosts: TestbedHost[];
   localSwap?: string;
+  processes: TestbedProcess[];
 }
 
 const CLI = resolve(fileURLToPath(import.meta.url), '../../rswap.js');
@@ -82,7 +91,10 @@ export function hostsFor(count: number, cgroupRoot: string, memoryBytes: number[
 /** The shared local swap file of a testbed in `dir`: on disk, since /run is tmpfs. */
 export const localSwapPath = (dir: string) => `/var/tmp/rswap-${basename(dir)}-local.swap`;
 
-function startDetached(command: string[], logFile: string, env: Record<string, string> = {}): number {
+const started: TestbedProcess[] = [];
+
+function startDetached(command: string[], logFile: string, env: Record<string, string> = {}, name?: string): number {
+  if (name) started.push({ name, command, logFile, env });
   const fd = openSync(logFile, 'a');
   const child = spawn(command[0]!, command.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
   closeSync(fd);
@@ -124,12 +136,12 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
 
   const natsDir = join(dir, 'nats');
   await mkdir(natsDir, { recursive: true });
-  const natsPid = startDetached(['nats-server', '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'));
+  const natsPid = startDetached(['nats-server', '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'), {}, 'nats');
   await writeFile(join(dir, 'nats.pid'), `${natsPid}\n`);
   await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
 
   const node = process.execPath;
-  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env);
+  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
   await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
   for (const [i, host] of hosts.entries()) {
     const inNs = ['nsenter', `--net=/run/netns/${host.netns}`, node, CLI];
@@ -140,21 +152,24 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, ...(options.exporterArgs ?? [])],
       join(dir, host.name, 'exporter.log'),
       options.env,
+      `${host.name}/exporter`,
     );
     if (options.monitors !== false) {
       startDetached(
         [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? [])],
         join(dir, host.name, 'monitor.log'),
         options.env,
+        `${host.name}/monitor`,
       );
     }
     startDetached(
       [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? [])],
       join(dir, host.name, 'attacher.log'),
       options.env,
+      `${host.name}/attacher`,
     );
   }
-  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}) };
+  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0) };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
   // Ready when the broker has recorded every host's exporter and attacher.
   await waitFor('testbed: agents announced to the broker', async () => {
@@ -164,6 +179,29 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   }, { timeoutMs: 30_000 });
   log.info({ dir, natsUrl, hosts: hosts.map((h) => `${h.name}=${h.address}`) }, 'testbed up');
   return testbed;
+}
+
+/** The pids of a testbed process now: found by its command line, as `down` finds them. */
+async function pidsOf(p: TestbedProcess): Promise<number[]> {
+  // nsenter execs the agent, so the agent's command line is what follows nsenter's own arguments.
+  const wanted = (p.command[0] === 'nsenter' ? p.command.slice(2) : p.command).join(' ');
+  return pidsWhere((cmd) => cmd.trim() === wanted);
+}
+
+/** kill -9 of one testbed process (fault injection); returns how many processes it hit. */
+export async function killTestbedProcess(tb: Testbed, name: string): Promise<number> {
+  const p = tb.processes.find((x) => x.name === name);
+  if (!p) throw new Error(`no testbed process '${name}' (have: ${tb.processes.map((x) => x.name).join(', ')})`);
+  const pids = await pidsOf(p);
+  await killAll(pids);
+  return pids.length;
+}
+
+/** Starts a testbed process again, exactly as `up` did. */
+export function startTestbedProcess(tb: Testbed, name: string): void {
+  const p = tb.processes.find((x) => x.name === name);
+  if (!p) throw new Error(`no testbed process '${name}'`);
+  startDetached(p.command, p.logFile, p.env);
 }
 
 export async function readTestbed(dir: string): Promise<Testbed> {

@@ -1,0 +1,160 @@
+/**
+ * Faults on the testbed, with a workload that verifies its data throughout: kill -9 of every rswap
+ * service while a lease serves swap under load, a broker killed in the middle of a bring-up, and a
+ * nats-server restart. Afterwards nothing is left behind and no capacity is counted twice.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm, writeFile } from 'node:fs/promises';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import pino from 'pino';
+import { createRunner } from '../../shared/runner.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
+import { subjects } from '../../shared/subjects.js';
+import { killTestbedProcess, loopDevicesUnder, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { injectPressure, listHosts, listLeases, releaseLease } from '../../cli/operator.js';
+import { freePort } from '../helpers/nats.js';
+import { waitFor } from '../../shared/wait.js';
+import { startWorkload } from '../../bench/run-workload.js';
+import { LeaseStateEvent, type LeaseRecord } from '../../shared/schemas.js';
+import { reservedBytes } from '../../services/broker/policy.js';
+
+const MiB = 1024 ** 2;
+const DIR = '/run/rswap/test-faults';
+const log = pino({ level: 'silent' });
+const run = createRunner(log);
+let tb: Testbed;
+const stopFile = `${DIR}-workload.stop`;
+
+before(async () => {
+  tb = await testbedUp(run, log, {
+    dir: DIR,
+    hosts: 2,
+    natsPort: await freePort(),
+    memoryBytes: [1024 * MiB, 128 * MiB],
+    reserveBytes: [256 * MiB, 32 * MiB],
+    localSwapBytes: 512 * MiB,
+    // Short step timeouts, so a lease whose broker died is taken over within seconds.
+    brokerArgs: ['--release-cooldown-ms', '3000', '--sweep-interval-ms', '1000', '--export-timeout-ms', '3000', '--attach-timeout-ms', '8000'],
+    monitorArgs: ['--exit-hold-ms', '2000'],
+  });
+});
+
+after(async () => {
+  await writeFile(stopFile, '').catch(() => undefined);
+  const problems = await testbedDown(run, log, DIR);
+  await rm(stopFile, { force: true });
+  assert.deepEqual(problems, []);
+});
+
+const leasesOf = async (borrower: string) => (await listLeases(tb.natsUrl)).filter((l) => l.borrower === borrower);
+
+async function allReleased(): Promise<LeaseRecord[]> {
+  return waitFor('every lease ended', async () => {
+    const all = await listLeases(tb.natsUrl);
+    return all.every((l) => l.state === 'released' || l.state === 'failed') ? all : undefined;
+  }, { timeoutMs: 90_000, intervalMs: 250 });
+}
+
+async function assertNothingLeft(): Promise<void> {
+  assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
+  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith(DIR + '/host-')), [], 'no ramfs or FUSE mount');
+  assert.deepEqual((await readSwaps()).filter((a) => a.path.startsWith('/dev/loop')), [], 'no remote swap area');
+  for (const h of tb.hosts) {
+    const targets = await run('tgtadm', ['-C', String(h.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+    assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
+  }
+  const hosts = await listHosts(tb.natsUrl);
+  for (const h of hosts) assert.equal(reservedBytes(h), 0, `no capacity still promised on ${h.host}`);
+}
+
+test('faults - kill -9 of every rswap service while a lease serves swap under load: no byte lost, all converges', async () => {
+  await rm(stopFile, { force: true });
+  const phases: string[] = [];
+  const workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB', '--until-file', stopFile], (p) => phases.push(p.phase));
+  workload.result.catch(() => undefined);
+  let lease: LeaseRecord;
+  try {
+    lease = await waitFor('host-b reading back through remote swap', async () => {
+      const active = (await leasesOf('host-b')).find((l) => l.state === 'active');
+      return active && phases.some((p) => p.startsWith('verify')) ? active : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 250 });
+    for (const name of ['broker', 'host-a/exporter', 'host-b/attacher', 'host-b/monitor', 'host-a/monitor']) {
+      assert.equal(await killTestbedProcess(tb, name), 1, `${name} was running and is killed`);
+      await new Promise((r) => setTimeout(r, 1_500)); // the workload keeps swapping meanwhile
+      startTestbedProcess(tb, name);
+      await new Promise((r) => setTimeout(r, 1_500));
+    }
+    // Every agent is back: the broker has fresh announcements from both hosts.
+    await waitFor('agents announced again', async () => (await listHosts(tb.natsUrl)).every((h) => h.exporter && h.attacher && Date.now() - h.attacher.at < 15_000), { timeoutMs: 30_000 });
+    const now = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
+    assert.equal(now.state, 'active', 'the lease served throughout and is still active');
+    assert.ok((await readSwaps()).some((a) => a.path === now.device), 'its swap area is still on');
+    assert.deepEqual((await leasesOf('host-b')).filter((l) => l.state === 'failed'), [], 'no lease failed');
+  } finally {
+    await writeFile(stopFile, '');
+  }
+  const report = await workload.result;
+  assert.equal(report.corruptedChunks, 0, 'every byte read back intact across the kills');
+  assert.ok(report.passes >= 1);
+  await allReleased();
+  await assertNothingLeft();
+});
+
+test('faults - a broker killed in the middle of a bring-up: another start takes the lease over and finishes it', async () => {
+  const nc: NatsConnection = await connect({ servers: tb.natsUrl });
+  let killed: Promise<number> | undefined;
+  let killedIn: string | undefined;
+  nc.subscribe(subjects.allLeaseStates, {
+    callback: (_e, msg) => {
+      const { lease } = LeaseStateEvent.parse(msg.json());
+      if (!killed && lease.state === 'attaching') {
+        killedIn = lease.id;
+        killed = killTestbedProcess(tb, 'broker');
+      }
+    },
+  });
+  await nc.flush();
+  const workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB']);
+  workload.result.catch(() => undefined);
+  try {
+    await waitFor('the broker killed mid-attach', async () => killed !== undefined, { timeoutMs: 60_000, intervalMs: 50 });
+    assert.equal(await killed, 1);
+    startTestbedProcess(tb, 'broker');
+    const done = await waitFor('the lease taken over and active', async () => {
+      const l = (await leasesOf('host-b')).find((x) => x.id === killedIn);
+      return l && l.state !== 'attaching' ? l : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 250 });
+    assert.equal(done.state, 'active', JSON.stringify(done.history));
+    assert.ok(done.history.some((h) => /taken over by broker/.test(h.reason ?? '')), 'the restarted broker took it over');
+    assert.equal((await readSwaps()).filter((a) => a.path === done.device).length, 1, 'one swap area: the repeated attach did not add a second');
+  } finally {
+    await nc.drain();
+  }
+  assert.equal((await workload.result).corruptedChunks, 0);
+  await allReleased();
+  await assertNothingLeft();
+});
+
+test('faults - nats-server restarts: services reconnect, lease state survives, no lease is made twice', async () => {
+  // host-b's monitor is stopped for this test: its relief would give the injected lease back.
+  assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1);
+  await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+  const lease = await waitFor('an active lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
+  assert.equal(await killTestbedProcess(tb, 'nats'), 1);
+  await new Promise((r) => setTimeout(r, 1_000));
+  startTestbedProcess(tb, 'nats');
+  await waitFor('agents reconnected and announcing', async () => {
+    const hosts = await listHosts(tb.natsUrl).catch(() => []);
+    return hosts.length === 2 && hosts.every((h) => h.attacher && Date.now() - h.attacher.at < 12_000);
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  const after = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
+  assert.equal(after.state, 'active', 'the lease record survived the restart (file-backed JetStream)');
+  await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+  await new Promise((r) => setTimeout(r, 1_000));
+  assert.equal((await leasesOf('host-b')).filter((l) => l.state !== 'released' && l.state !== 'failed').length, 1, 'the same demand again makes no second lease');
+  assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
+  startTestbedProcess(tb, 'host-b/monitor');
+  await allReleased();
+  await assertNothingLeft();
+});
