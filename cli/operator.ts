@@ -76,6 +76,10 @@ export async function releaseLease(url: string, leaseId: string, timeoutMs = 330
   return reply.lease;
 }
 
+export async function revokeLease(url: string, leaseId: string, timeoutMs = 420_000): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
+  return withNats(url, (nc) => requestJson(nc, subjects.revoke, { leaseId }, replySchema({ released: LeaseRecord, replacement: LeaseRecord.optional() }), timeoutMs));
+}
+
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');

@@ -9,7 +9,7 @@ import { BrokerConfig, startBroker } from '../services/broker/index.js';
 import { ExporterConfig, startExporter } from '../services/exporter/index.js';
 import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
 import { MonitorConfig, startMonitor } from '../services/monitor/index.js';
-import { getLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
+import { getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 import { startTracing } from '../shared/tracing.js';
@@ -163,6 +163,16 @@ program
   .action(async (leaseId: string, o: { nats?: string }) => {
     const lease = await releaseLease(natsUrl(o.nats), leaseId);
     console.log(`lease ${lease.id} is ${lease.state}`);
+  });
+
+program
+  .command('revoke')
+  .description('move a lease off its lender, make-before-break: a replacement first, then swap-off and teardown')
+  .argument('<lease>', 'lease id, e.g. l-0123456789ab')
+  .addOption(natsOption())
+  .action(async (leaseId: string, o: { nats?: string }) => {
+    const { released, replacement } = await revokeLease(natsUrl(o.nats), leaseId);
+    console.log(`lease ${released.id} is ${released.state}${replacement ? `; replaced by ${replacement.id} from ${replacement.lender}` : '; no replacement was needed or possible'}`);
   });
 
 const testbed = program.command('testbed').description('several hosts on this machine, as network namespaces (root only)');

@@ -29,6 +29,8 @@ export const subjects = {
   brokerHello: `${PREFIX}.broker.hello`,
   /** Operator requests to the broker. */
   release: `${PREFIX}.broker.release`,
+  /** Move a lease to another lender, make-before-break. */
+  revoke: `${PREFIX}.broker.revoke`,
 
   /** Lease state changes published by the broker; observers subscribe to `rswap.v1.lease.>`. */
   leaseState: (leaseId: string) => `${PREFIX}.lease.${leaseId}.state`,

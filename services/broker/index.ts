@@ -87,6 +87,7 @@ export async function startBroker(raw: Record<string, unknown>) {
     const lease = await lifecycle.onPressure(event, event.at ?? Date.now());
     return lease ? { leaseId: lease.id, state: lease.state } : {};
   });
+  handle(nc, subjects.revoke, { ...base, schema: ReleaseRequest }, async (request) => lifecycle.revoke(request.leaseId));
   handle(nc, subjects.release, { ...base, schema: ReleaseRequest }, async (request) => {
     const lease = await lifecycle.release(request.leaseId);
     return { lease };

@@ -374,6 +374,38 @@ export class Lifecycle {
    * checks, and refuses otherwise). A deficit reported before a reclaim of this lender finished is
    * stale and ignored.
    */
+  /**
+   * Make-before-break, for a caller holding the borrower's queue: a replacement lease from another
+   * lender comes up first, then the old lease is released (swap-off, then teardown). Without a
+   * replacement the swap-off still goes ahead if the borrower's pages fit elsewhere; if not, the
+   * attacher refuses, this throws RSWAP_E_SWAPOFF_UNSAFE and the old lease stays active.
+   */
+  private async replaceThenRelease(old: LeaseRecord, why: string): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
+    const borrower = await this.hosts.get(old.borrower);
+    let replacement: LeaseRecord | undefined;
+    if (borrower?.attacher) {
+      const lease = await this.lend(borrower, old.sizeBytes, new Set([old.lender]), old.id);
+      replacement = lease && (await this.bringUp(lease));
+    }
+    const replaced = replacement?.state === 'active';
+    if (!replaced) this.log.warn({ leaseId: old.id }, 'no replacement lease; swapping off only if the pages fit');
+    const released = await this.drain(old.id, `${why}${replaced ? `, replaced by ${replacement!.id}` : ''}`);
+    return { released, ...(replaced ? { replacement } : {}) };
+  }
+
+  /**
+   * An operator takes a lease back from its lender (maintenance, rebalancing): make-before-break,
+   * as a reclaim. Answers with the old lease (released) and its replacement.
+   */
+  async revoke(leaseId: string): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
+    const lease = await this.leases.require(leaseId);
+    return this.perBorrower.run(lease.borrower, async () => {
+      const current = await this.leases.require(leaseId);
+      if (current.state !== 'active') throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; only an active lease can be revoked`);
+      return this.inLeaseTrace(current, `revoke ${leaseId}`, () => this.replaceThenRelease(current, 'revoked'));
+    });
+  }
+
   async reclaim(lender: string, deficitBytes: number, reportedAt: number): Promise<LeaseRecord[]> {
     return this.perLender.run(lender, async () => {
       const leases = await this.leases.list();
@@ -385,23 +417,14 @@ export class Lifecycle {
       for (const old of victims) {
         if (covered >= deficitBytes) break;
         this.log.warn({ leaseId: old.id, lender, borrower: old.borrower, deficitBytes }, 'lender under its reserve: reclaiming');
-        const done = await this.perBorrower.run(old.borrower, async () => {
-          const borrower = await this.hosts.get(old.borrower);
-          let replacement: LeaseRecord | undefined;
-          if (borrower?.attacher) {
-            const lease = await this.lend(borrower, old.sizeBytes, new Set([lender]), old.id);
-            replacement = lease && (await this.bringUp(lease));
-          }
-          if (replacement?.state !== 'active') this.log.warn({ leaseId: old.id }, 'no replacement lease; swapping off only if the pages fit');
-          try {
-            return await this.drain(old.id, `reclaimed by ${lender}${replacement?.state === 'active' ? `, replaced by ${replacement.id}` : ''}`);
-          } catch (error) {
+        const done = await this.perBorrower
+          .run(old.borrower, () => this.replaceThenRelease(old, `reclaimed by ${lender}`))
+          .catch((error: unknown) => {
             this.log.error({ leaseId: old.id, err: errorMessage(error) }, 'reclaim: swap-off refused; the lender stays under its reserve');
             return undefined;
-          }
-        });
+          });
         if (done) {
-          reclaimed.push(done);
+          reclaimed.push(done.released);
           covered += old.sizeBytes;
         }
       }

@@ -91,8 +91,8 @@ test('automatic - a thrashing workload gets remote memory with no event injected
 });
 
 test('automatic - a lender that needs its memory back gets it make-before-break, and the borrower loses no byte', async () => {
-  const stopBorrower = `${DIR}-borrower.stop`;
-  const stopHog = `${DIR}-hog.stop`;
+  const stopBorrower = `${DIR}/borrower.stop`;
+  const stopHog = `${DIR}/hog.stop`;
   controlFiles.push(stopBorrower, stopHog);
   const phases: string[] = [];
   const before = new Set((await leasesOf('host-b')).map((l) => l.id));
@@ -141,7 +141,7 @@ test('automatic - a lender that needs its memory back gets it make-before-break,
 });
 
 test('automatic - a workload that flaps between busy and idle faster than the cool-down causes no lease churn', async () => {
-  const stop = `${DIR}-flapper.stop`;
+  const stop = `${DIR}/flapper.stop`;
   controlFiles.push(stop);
   const phases: string[] = [];
   const before = new Set((await leasesOf('host-b')).map((l) => l.id));

@@ -12,7 +12,7 @@ import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import { killTestbedProcess, loopDevicesUnder, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
-import { injectPressure, listHosts, listLeases, releaseLease } from '../../cli/operator.js';
+import { injectPressure, listHosts, listLeases, releaseLease, revokeLease } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
 import { startWorkload } from '../../bench/run-workload.js';
@@ -24,15 +24,16 @@ const DIR = '/run/rswap/test-faults';
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
-const stopFile = `${DIR}-workload.stop`;
+const stopFile = `${DIR}/workload.stop`; // inside the testbed folder: removed with it
 
 before(async () => {
   tb = await testbedUp(run, log, {
     dir: DIR,
-    hosts: 2,
+    hosts: 3,
     natsPort: await freePort(),
-    memoryBytes: [1024 * MiB, 128 * MiB],
-    reserveBytes: [256 * MiB, 32 * MiB],
+    // host-a and host-c lend; host-b is small and borrows.
+    memoryBytes: [1024 * MiB, 128 * MiB, 1024 * MiB],
+    reserveBytes: [256 * MiB, 32 * MiB, 256 * MiB],
     localSwapBytes: 512 * MiB,
     // Short step timeouts, so a lease whose broker died is taken over within seconds.
     brokerArgs: ['--release-cooldown-ms', '3000', '--sweep-interval-ms', '1000', '--export-timeout-ms', '3000', '--attach-timeout-ms', '8000'],
@@ -146,7 +147,7 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
   startTestbedProcess(tb, 'nats');
   await waitFor('agents reconnected and announcing', async () => {
     const hosts = await listHosts(tb.natsUrl).catch(() => []);
-    return hosts.length === 2 && hosts.every((h) => h.attacher && Date.now() - h.attacher.at < 12_000);
+    return hosts.length === 3 && hosts.every((h) => h.attacher && Date.now() - h.attacher.at < 12_000);
   }, { timeoutMs: 60_000, intervalMs: 500 });
   const after = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
   assert.equal(after.state, 'active', 'the lease record survived the restart (file-backed JetStream)');
@@ -155,6 +156,36 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
   assert.equal((await leasesOf('host-b')).filter((l) => l.state !== 'released' && l.state !== 'failed').length, 1, 'the same demand again makes no second lease');
   assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
   startTestbedProcess(tb, 'host-b/monitor');
+  await allReleased();
+  await assertNothingLeft();
+});
+
+test('faults - 20 revoke/replace cycles while the workload runs: zero corrupted bytes, zero killed processes', async () => {
+  await rm(stopFile, { force: true });
+  const phases: string[] = [];
+  const workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB', '--until-file', stopFile], (p) => phases.push(p.phase));
+  workload.result.catch(() => undefined);
+  const cycles: Array<{ from: string; to: string; ms: number }> = [];
+  try {
+    await waitFor('host-b reading back through remote swap', async () => phases.some((p) => p.startsWith('verify')) && (await leasesOf('host-b')).some((l) => l.state === 'active'), { timeoutMs: 60_000, intervalMs: 250 });
+    for (let i = 0; i < 20; i += 1) {
+      const current = (await leasesOf('host-b')).find((l) => l.state === 'active')!;
+      const started = Date.now();
+      const { released, replacement } = await revokeLease(tb.natsUrl, current.id);
+      assert.equal(released.state, 'released', `cycle ${i + 1}`);
+      assert.ok(replacement && replacement.state === 'active', `cycle ${i + 1}: a replacement came up first`);
+      assert.notEqual(replacement.lender, current.lender);
+      assert.equal(replacement.replaces, current.id);
+      assert.match(released.history.find((h) => h.state === 'draining')!.reason!, new RegExp(`revoked, replaced by ${replacement.id}`));
+      cycles.push({ from: current.lender, to: replacement.lender, ms: Date.now() - started });
+    }
+  } finally {
+    await writeFile(stopFile, '');
+  }
+  const report = await workload.result; // rejects if the workload was killed
+  assert.equal(report.corruptedChunks, 0, `zero corrupted chunks over ${report.passes} passes and ${cycles.length} cycles`);
+  assert.equal(cycles.length, 20);
+  console.log(`revocation: ${cycles.length} cycles, ${report.passes} verify passes of ${report.chunks} MiB, median cycle ${cycles.map((c) => c.ms).sort((a, b) => a - b)[10]} ms`);
   await allReleased();
   await assertNothingLeft();
 });
