@@ -286,16 +286,22 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   // 2. Swap areas and loop devices backed by files under the folder.
   const ours = await loopDevicesUnder(run, dir).catch(() => []);
   const swaps = await readSwaps();
+  // A swap-off on a lease whose lender is dead blocks (the initiator retries forever). The
+  // workloads are gone, so nothing of value is on those areas: after a minute, stop the initiators
+  // so the I/O fails and the swap-off returns.
+  const stopInitiators = async () => killAll(await pidsWhere((cmd) => cmd.includes('qemu-storage-daemon') && cmd.includes(dir + '/')));
+  const watchdog = setTimeout(() => void stopInitiators(), 60_000);
   for (const device of ours) {
     if (swaps.some((a) => a.path === device)) await attempt(`swapoff ${device}`, () => run('swapoff', [device], { timeoutMs: 600_000 }));
     await attempt(`losetup -d ${device}`, () => run('losetup', ['-d', device]));
   }
+  clearTimeout(watchdog);
   // The shared local swap file last among swap areas: pages on the remote areas may move to it.
   const localSwap = localSwapPath(dir);
   if (swaps.some((a) => a.path === localSwap)) await attempt(`swapoff ${localSwap}`, () => run('swapoff', [localSwap], { timeoutMs: 600_000 }));
   await attempt(`rm ${localSwap}`, () => rm(localSwap, { force: true }));
   // 3. Initiators (qemu-storage-daemon names the folder), then everything in our namespaces (tgtd).
-  await attempt('stop initiators', async () => killAll(await pidsWhere((cmd) => cmd.includes('qemu-storage-daemon') && cmd.includes(dir + '/'))));
+  await attempt('stop initiators', stopInitiators);
   const namespaces = (await run('ip', ['netns', 'list']).then((r) => r.stdout, () => ''))
     .split('\n')
     .map((line) => line.split(' ')[0]!)

@@ -98,6 +98,7 @@ test('faults - kill -9 of every rswap service while a lease serves swap under lo
   const report = await workload.result;
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact across the kills');
   assert.ok(report.passes >= 1);
+  console.log(`kill -9 x5 under load: ${report.passes} verify passes of ${report.chunks} MiB, ${report.corruptedChunks} corrupted`);
   await allReleased();
   await assertNothingLeft();
 });
@@ -132,7 +133,9 @@ test('faults - a broker killed in the middle of a bring-up: another start takes 
   } finally {
     await nc.drain();
   }
-  assert.equal((await workload.result).corruptedChunks, 0);
+  const report = await workload.result;
+  assert.equal(report.corruptedChunks, 0);
+  console.log(`broker killed mid-attach: ${report.passes} verify pass of ${report.chunks} MiB, ${report.corruptedChunks} corrupted`);
   await allReleased();
   await assertNothingLeft();
 });
