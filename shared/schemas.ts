@@ -78,6 +78,15 @@ export const SurplusEvent = z.strictObject({
 });
 export type SurplusEvent = z.infer<typeof SurplusEvent>;
 
+/** A borrower's attacher lost the lender of a lease (its reads fail, or never come back). */
+export const LostEvent = z.strictObject({
+  host: HostId,
+  leaseId: LeaseId,
+  reason: z.string().max(500),
+  at: Timestamp,
+});
+export type LostEvent = z.infer<typeof LostEvent>;
+
 /** A monitor's heartbeat, for observers (the demo, dashboards); the broker does not need it. */
 export const TelemetryEvent = z.strictObject({
   host: HostId,

@@ -12,12 +12,14 @@ export const subjects = {
   announce: (host: string) => `${PREFIX}.host.${host}.announce`,
   relief: (host: string) => `${PREFIX}.host.${host}.relief`,
   telemetry: (host: string) => `${PREFIX}.host.${host}.telemetry`,
+  lost: (host: string) => `${PREFIX}.host.${host}.lost`,
   /** Wildcards the broker subscribes to; the host token is the second-to-last one. */
   allPressure: `${PREFIX}.host.*.pressure`,
   allSurplus: `${PREFIX}.host.*.surplus`,
   allAnnounce: `${PREFIX}.host.*.announce`,
   allRelief: `${PREFIX}.host.*.relief`,
   allTelemetry: `${PREFIX}.host.*.telemetry`,
+  allLost: `${PREFIX}.host.*.lost`,
 
   /** Commands (request/reply) to the exporter and attacher of one host. */
   exportCmd: (host: string) => `${PREFIX}.cmd.${host}.export`,

@@ -13,6 +13,7 @@ import { Target, type AttachRequest, type LeaseRecord } from '../../shared/schem
 import type { Initiator } from './initiator.js';
 import { KeyedQueue } from '../../shared/serial.js';
 import { chooseSwapPriority, selfTest, swapoffSafety } from './swap.js';
+import { judge, startProbe, type HealthVerdict, type Probe } from './health.js';
 
 export interface AttacherOptions {
   host: string;
@@ -105,6 +106,35 @@ export class Attacher {
   }
 
   /** Lease ids with anything on this host (a state folder). */
+  private readonly probes = new Map<string, Probe>();
+
+  /**
+   * One health round: for every lease swapped on, judge the last probe and start the next. Returns
+   * the leases whose lender is lost; their initiator has been told to fail its I/O.
+   */
+  async checkHealth(now: number, replacementTimeoutMs: number): Promise<HealthVerdict[]> {
+    const lost: HealthVerdict[] = [];
+    const swaps = await readSwaps();
+    for (const leaseId of await this.held()) {
+      const rec = await this.record(leaseId);
+      const area = rec && swaps.find((a) => a.path === rec.device);
+      if (!rec || !area) {
+        this.probes.delete(leaseId);
+        continue;
+      }
+      const probe = this.probes.get(leaseId);
+      const verdict = probe && judge(probe, now, replacementTimeoutMs);
+      if (verdict) {
+        this.probes.delete(leaseId);
+        await this.initiator.failIo(leaseId).catch((e: unknown) => this.log.error({ leaseId, err: errorMessage(e) }, 'could not fail the initiator'));
+        lost.push({ leaseId, reason: verdict });
+        continue;
+      }
+      if (!probe || probe.done) this.probes.set(leaseId, startProbe(this.initiator.probePath(leaseId, rec.device), area.sizeBytes, now));
+    }
+    return lost;
+  }
+
   async held(): Promise<string[]> {
     return readdir(join(this.options.stateDir, 'leases')).catch(() => []);
   }

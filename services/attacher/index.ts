@@ -29,7 +29,8 @@ export const AttacherConfig = z.strictObject({
   swapPriority: z.coerce.number().int().min(0).max(32767).optional(), // default: local max + 100
   swapoffMarginBytes: SizeSetting.default(256 * 1024 * 1024), // 256 MiB
   swapoffTimeoutMs: z.coerce.number().int().positive().default(300_000),
-  replacementTimeoutS: z.coerce.number().int().min(1).default(120), // kernel initiator only
+  replacementTimeoutS: z.coerce.number().int().min(1).default(120), // how long I/O waits for a lender that went away
+  healthIntervalMs: z.coerce.number().int().positive().default(5_000), // a probe read per lease this often
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
   reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
@@ -83,9 +84,16 @@ export async function startAttacher(raw: Record<string, unknown>) {
   const stopReconcile = every(config.reconcileIntervalMs, 'reconcile', log, async () => {
     await attacher.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
   });
+  const stopHealth = every(config.healthIntervalMs, 'health', log, async () => {
+    for (const { leaseId, reason } of await attacher.checkHealth(Date.now(), config.replacementTimeoutS * 1000)) {
+      log.error({ leaseId, reason }, 'lender lost');
+      publishJson(nc, subjects.lost(me), { host: me, leaseId, reason, at: Date.now() });
+    }
+  });
   const stop = async () => {
     stopAnnounce();
     stopReconcile();
+    stopHealth();
   };
   const metricsServer = await serveMetrics(config.metricsPort, { service: 'attacher', host: config.host }, log);
   stopOnSignals(nc, log, async () => {

@@ -12,4 +12,8 @@ export interface Initiator {
    * stack (used by the self-test).
    */
   dropCaches(leaseId: string, device: string): Promise<void>;
+  /** The path a health probe reads to reach the target without caches on the way. */
+  probePath(leaseId: string, device: string): string;
+  /** Makes the lease's I/O fail now instead of waiting for a lender that is gone. */
+  failIo(leaseId: string): Promise<void>;
 }

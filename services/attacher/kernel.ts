@@ -89,4 +89,11 @@ export class KernelInitiator implements Initiator {
   async dropCaches(_leaseId: string, device: string): Promise<void> {
     await this.run('blockdev', ['--flushbufs', device]);
   }
+
+  probePath(_leaseId: string, device: string): string {
+    return device;
+  }
+
+  /** The SCSI layer fails the I/O itself once replacement_timeout runs out: nothing to do. */
+  async failIo(): Promise<void> {}
 }

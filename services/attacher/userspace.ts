@@ -97,6 +97,21 @@ export class UserspaceInitiator implements Initiator {
     await this.run('dd', [`if=${this.paths(leaseId).exportFile}`, 'iflag=nocache', 'count=0', 'status=none']);
   }
 
+  probePath(leaseId: string): string {
+    return this.paths(leaseId).exportFile;
+  }
+
+  /**
+   * Stops qemu-storage-daemon without logging out: reads and writes on the FUSE file then fail
+   * (the kernel initiator does the same once replacement_timeout runs out). Pages on the lost
+   * lender are gone either way.
+   */
+  async failIo(leaseId: string): Promise<void> {
+    const pid = await readFile(this.paths(leaseId).pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
+    if (pid && isAlive(pid)) process.kill(pid, 'SIGKILL');
+    this.log.warn({ leaseId, pid }, 'initiator stopped: I/O on the lost lease now fails');
+  }
+
   private async loopOf(file: string): Promise<string | undefined> {
     try {
       await access(file);

@@ -87,6 +87,14 @@ export class HostStore {
     });
   }
 
+  /** Forgets a lender's exporter until it announces itself again (it just lost a lease). */
+  async forgetExporter(host: string): Promise<void> {
+    await casUpdate(this.kv, host, HostRecord, (current) => {
+      const { exporter: _gone, ...rest } = current ?? empty(host);
+      return { ...rest, reservations: rest.reservations ?? {} };
+    });
+  }
+
   async get(host: string): Promise<HostRecord | undefined> {
     return (await getParsed(this.kv, host, HostRecord))?.value;
   }

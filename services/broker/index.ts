@@ -6,7 +6,7 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
@@ -86,6 +86,11 @@ export async function startBroker(raw: Record<string, unknown>) {
     log.info({ borrower: event.host, neededBytes: event.neededBytes, source: event.source }, 'pressure received');
     const lease = await lifecycle.onPressure(event, event.at ?? Date.now());
     return lease ? { leaseId: lease.id, state: lease.state } : {};
+  });
+  handle(nc, subjects.allLost, { ...base, schema: LostEvent, checkHostToken: true }, async (event) => {
+    log.error({ leaseId: event.leaseId, borrower: event.host, reason: event.reason }, 'a borrower lost its lender');
+    const lease = await lifecycle.onLost(event);
+    return lease ? { state: lease.state } : {};
   });
   handle(nc, subjects.revoke, { ...base, schema: ReleaseRequest }, async (request) => lifecycle.revoke(request.leaseId));
   handle(nc, subjects.release, { ...base, schema: ReleaseRequest }, async (request) => {

@@ -11,7 +11,7 @@ import type { Logger } from '../../shared/log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
 import { requestJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
-import { AttachReply, ExportReply, OkReply, type HostRecord, type LeaseRecord, type PressureEvent } from '../../shared/schemas.js';
+import { AttachReply, ExportReply, OkReply, type HostRecord, type LeaseRecord, type LostEvent, type PressureEvent } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
 import type { HostStore } from './hosts.js';
 import { LeaseStore, newLeaseId } from './lease-store.js';
@@ -255,6 +255,23 @@ export class Lifecycle {
     }
     await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender, force: borrowerGone }, OkReply, this.options.unexportTimeoutMs).catch(
       (error: unknown) => this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: unexport failed'),
+    );
+  }
+
+  /**
+   * A borrower lost the lender of a lease: the lease fails (its pages on that lender are gone), the
+   * lender is not chosen again until its exporter announces itself, and the borrower's next
+   * pressure is served by another lender.
+   */
+  async onLost(event: LostEvent): Promise<LeaseRecord | undefined> {
+    const lease = await this.leases.require(event.leaseId);
+    if (lease.borrower !== event.host) throw new RswapError(ErrorCodes.WRONG_HOST, `lease ${lease.id} is not borrowed by '${event.host}'`);
+    if (isTerminal(lease.state)) return lease;
+    return this.perBorrower.run(lease.borrower, () =>
+      this.inLeaseTrace(lease, `lost ${lease.id}`, async () => {
+        await this.hosts.forgetExporter(lease.lender);
+        return this.fail(lease.id, `lender ${lease.lender} lost: ${event.reason}`, true);
+      }),
     );
   }
 

@@ -38,6 +38,8 @@ before(async () => {
     // Short step timeouts, so a lease whose broker died is taken over within seconds.
     brokerArgs: ['--release-cooldown-ms', '3000', '--sweep-interval-ms', '1000', '--export-timeout-ms', '3000', '--attach-timeout-ms', '8000'],
     monitorArgs: ['--exit-hold-ms', '2000'],
+    // A lender that stops answering is declared lost after 5 s (default 120 s).
+    attacherArgs: ['--replacement-timeout-s', '5', '--health-interval-ms', '1000'],
   });
 });
 
@@ -189,6 +191,36 @@ test('faults - 20 revoke/replace cycles while the workload runs: zero corrupted 
   assert.equal(report.corruptedChunks, 0, `zero corrupted chunks over ${report.passes} passes and ${cycles.length} cycles`);
   assert.equal(cycles.length, 20);
   console.log(`revocation: ${cycles.length} cycles, ${report.passes} verify passes of ${report.chunks} MiB, median cycle ${cycles.map((c) => c.ms).sort((a, b) => a - b)[10]} ms`);
+  await allReleased();
+  await assertNothingLeft();
+});
+
+test('faults - a lender that disappears: the borrower reports the lease lost, and its next pressure is served elsewhere', async () => {
+  assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
+  try {
+    await waitFor('both lenders offering', async () => (await listHosts(tb.natsUrl)).filter((h) => (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
+    await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+    const lease = await waitFor('an active lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
+    const lender = tb.hosts.find((h) => h.name === lease.lender)!;
+    // The lender's agents and its tgtd vanish at once.
+    for (const role of ['exporter', 'monitor']) await killTestbedProcess(tb, `${lender.name}/${role}`);
+    const { stdout } = await run('ip', ['netns', 'pids', lender.netns]);
+    for (const pid of stdout.split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
+    const lost = await waitFor('the lease reported lost', async () => (await leasesOf('host-b')).find((l) => l.id === lease.id && l.state === 'failed'), { timeoutMs: 60_000, intervalMs: 250 });
+    assert.match(lost.reason!, new RegExp(`lender ${lender.name} lost: (no answer from the lender for \\d+s|read from the lender failed)`));
+    await waitFor('its swap area gone from the borrower', async () => !(await readSwaps()).some((a) => a.path === lease.device), { timeoutMs: 30_000, intervalMs: 250 });
+    // The same need again: served by the other lender.
+    await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+    const next = await waitFor('a new lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
+    assert.notEqual(next.lender, lender.name, 'not from the lender that vanished');
+    assert.equal((await releaseLease(tb.natsUrl, next.id)).state, 'released');
+    // The lender comes back: its exporter removes what the lost lease left there.
+    startTestbedProcess(tb, `${lender.name}/exporter`);
+    startTestbedProcess(tb, `${lender.name}/monitor`);
+    await waitFor('the lost lease cleaned up on the lender', async () => !(await readMounts()).some((m) => m.target.includes(lease.id)), { timeoutMs: 30_000, intervalMs: 250 });
+  } finally {
+    startTestbedProcess(tb, 'host-b/monitor');
+  }
   await allReleased();
   await assertNothingLeft();
 });
