@@ -224,3 +224,46 @@ test('faults - a lender that disappears: the borrower reports the lease lost, an
   await allReleased();
   await assertNothingLeft();
 });
+
+test('faults - an exporter or attacher killed in the middle of a bring-up: the lease ends one way or the other, nothing leaks', async () => {
+  assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
+  const nc: NatsConnection = await connect({ servers: tb.natsUrl });
+  try {
+    for (const [state, role] of [['exporting', 'exporter'], ['attaching', 'attacher']] as const) {
+      await waitFor('lenders offering', async () => (await listHosts(tb.natsUrl)).filter((h) => h.exporter && (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
+      let victim: string | undefined;
+      let leaseId: string | undefined;
+      const sub = nc.subscribe(subjects.allLeaseStates, {
+        callback: (_e, msg) => {
+          const { lease } = LeaseStateEvent.parse(msg.json());
+          if (!victim && lease.state === state) {
+            leaseId = lease.id;
+            victim = `${role === 'exporter' ? lease.lender : lease.borrower}/${role}`;
+            void killTestbedProcess(tb, victim);
+          }
+        },
+      });
+      await nc.flush();
+      await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+      await waitFor(`the ${role} killed while ${state}`, async () => victim !== undefined, { timeoutMs: 30_000, intervalMs: 50 });
+      sub.unsubscribe();
+      await new Promise((r) => setTimeout(r, 1_000));
+      startTestbedProcess(tb, victim!);
+      const ended = await waitFor('the lease settled', async () => {
+        const l = (await leasesOf('host-b')).find((x) => x.id === leaseId);
+        return l && (l.state === 'active' || l.state === 'failed') ? l : undefined;
+      }, { timeoutMs: 60_000, intervalMs: 250 });
+      if (ended.state === 'active') await releaseLease(tb.natsUrl, ended.id);
+      // Whatever the outcome, the restarted agents' reconcilers leave nothing of it behind.
+      await waitFor(`nothing left of ${ended.id} (${ended.state}: ${ended.reason ?? ''})`, async () => {
+        const mounts = (await readMounts()).filter((m) => m.target.includes(ended.id));
+        return mounts.length === 0 && !(await readSwaps()).some((a) => a.path === ended.device);
+      }, { timeoutMs: 60_000, intervalMs: 500 });
+    }
+  } finally {
+    await nc.drain();
+    startTestbedProcess(tb, 'host-b/monitor');
+  }
+  await allReleased();
+  await assertNothingLeft();
+});
