@@ -125,13 +125,15 @@ test('faults - a broker killed in the middle of a bring-up: another start takes 
     await waitFor('the broker killed mid-attach', async () => killed !== undefined, { timeoutMs: 60_000, intervalMs: 50 });
     assert.equal(await killed, 1);
     startTestbedProcess(tb, 'broker');
-    const done = await waitFor('the lease taken over and active', async () => {
+    // It may go on to be released at once (the workload can be done by then): judge by its history.
+    const done = await waitFor('the lease taken over and finished', async () => {
       const l = (await leasesOf('host-b')).find((x) => x.id === killedIn);
       return l && l.state !== 'attaching' ? l : undefined;
     }, { timeoutMs: 60_000, intervalMs: 250 });
-    assert.equal(done.state, 'active', JSON.stringify(done.history));
-    assert.ok(done.history.some((h) => /taken over by broker/.test(h.reason ?? '')), 'the restarted broker took it over');
-    assert.equal((await readSwaps()).filter((a) => a.path === done.device).length, 1, 'one swap area: the repeated attach did not add a second');
+    const states = done.history.map((h) => h.state);
+    assert.ok(done.history.some((h) => /taken over by broker/.test(h.reason ?? '')), `the restarted broker took it over: ${JSON.stringify(done.history)}`);
+    assert.equal(states[states.lastIndexOf('attaching') + 1], 'active', `the takeover finished the bring-up: ${states}`);
+    assert.ok((await readSwaps()).filter((a) => a.path === done.device).length <= 1, 'the repeated attach did not add a second swap area');
   } finally {
     await nc.drain();
   }
