@@ -26,6 +26,7 @@ import { waitFor } from '../../shared/wait.js';
 import { listHosts } from '../operator.js';
 import { createMemoryCgroup, memoryCgroupPath, removeCgroup } from '../../shared/cgroup.js';
 import { GiB, MiB } from '../../shared/units.js';
+import { recordedLoops } from '../../services/attacher/userspace.js';
 
 export const BRIDGE = 'rswap-br0';
 export const BRIDGE_ADDRESS = '198.18.0.1';
@@ -241,14 +242,23 @@ async function killAll(pids: number[]): Promise<void> {
   }
 }
 
-/** Loop devices whose backing file lies under `dir`: the ones a testbed's initiators made. */
+/**
+ * Loop devices the testbed's initiators made: backed by a file under `dir`, or recorded by an
+ * attacher under `dir` and backed by a FUSE export that is gone (its path then reads as "/").
+ */
 export async function loopDevicesUnder(run: Runner, dir: string): Promise<string[]> {
   const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
-  return stdout
-    .split('\n')
-    .map((line) => line.trim().split(/\s+/))
-    .filter(([name, file]) => name && file && file.startsWith(dir + '/'))
-    .map(([name]) => name!);
+  const found = new Set(
+    stdout
+      .split('\n')
+      .map((line) => line.trim().split(/\s+/))
+      .filter(([name, file]) => name && file && file.startsWith(dir + '/'))
+      .map(([name]) => name!),
+  );
+  for (const host of (await readdir(dir).catch(() => [] as string[])).filter((name) => name.startsWith('host-'))) {
+    for (const device of await recordedLoops(join(dir, host, 'attacher', 'leases'))) found.add(device);
+  }
+  return [...found];
 }
 
 /**

@@ -4,8 +4,8 @@
  * iscsi_tcp (containers, these test machines). Slower and less safe than the kernel path: its
  * sockets get no memory reserves, so it must stay out of memory-limited cgroups.
  */
-import { readFile, writeFile, mkdir, rm, access } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, readdir, writeFile, mkdir, rm, access } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { errorMessage } from '../../shared/errors.js';
@@ -26,7 +26,7 @@ export class UserspaceInitiator implements Initiator {
 
   private paths(leaseId: string) {
     const dir = join(this.stateDir, 'leases', leaseId);
-    return { dir, secret: join(dir, 'chap.secret'), exportFile: join(dir, 'export'), pidfile: join(dir, 'qsd.pid') };
+    return { dir, secret: join(dir, 'chap.secret'), exportFile: join(dir, 'export'), pidfile: join(dir, 'qsd.pid'), loopFile: join(dir, LOOP_FILE) };
   }
 
   /** The qemu-storage-daemon arguments; the secret travels in a file, never on the command line. */
@@ -71,7 +71,10 @@ export class UserspaceInitiator implements Initiator {
     }
     // No --direct-io: with qemu 7.2's FUSE export it corrupts data past 8 KiB (DESIGN.md).
     const { stdout } = await this.run('losetup', ['--find', '--show', p.exportFile]);
-    return stdout.trim();
+    const device = stdout.trim();
+    // Recorded, because a loop device can no longer be found by its file once the FUSE export died.
+    await writeFile(p.loopFile, `${device}\n`, { mode: 0o600 });
+    return device;
   }
 
   async logout(leaseId: string): Promise<void> {
@@ -79,6 +82,9 @@ export class UserspaceInitiator implements Initiator {
     for (let device = await this.loopOf(p.exportFile); device; device = await this.loopOf(p.exportFile)) {
       await this.run('losetup', ['-d', device]);
     }
+    // With qemu-storage-daemon gone (a lost lender) the file lookup above finds nothing: the
+    // device login recorded is detached by name, if it is still the one backed by our export.
+    for (const device of await recordedLoops(join(this.stateDir, 'leases'), leaseId)) await this.run('losetup', ['-d', device]);
     const pid = await readFile(p.pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
     if (pid && isAlive(pid)) {
       process.kill(pid, 'SIGTERM');
@@ -125,6 +131,25 @@ export class UserspaceInitiator implements Initiator {
   private async exportMounted(file: string): Promise<boolean> {
     return (await readMounts()).some((m) => m.target === file && m.fstype.startsWith('fuse'));
   }
+}
+
+const LOOP_FILE = 'loop';
+
+/**
+ * Loop devices recorded by login under `leasesDir/<lease>/loop` (all leases, or one) that are still
+ * attached to that lease's export file, or to a file whose FUSE mount is already gone (the kernel
+ * then shows the backing file as "/"). A device number reused by someone else shows their file.
+ */
+export async function recordedLoops(leasesDir: string, leaseId?: string): Promise<string[]> {
+  const leases = leaseId ? [leaseId] : await readdir(leasesDir).catch(() => [] as string[]);
+  const found: string[] = [];
+  for (const lease of leases) {
+    const device = (await readFile(join(leasesDir, lease, LOOP_FILE), 'utf8').catch(() => '')).trim();
+    if (!/^\/dev\/loop\d+$/.test(device)) continue;
+    const backing = (await readFile(`/sys/block/${basename(device)}/loop/backing_file`, 'utf8').catch(() => '')).trim();
+    if (backing === join(leasesDir, lease, 'export') || backing === '/') found.push(device);
+  }
+  return found;
 }
 
 function isAlive(pid: number): boolean {

@@ -12,11 +12,11 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { startWorkload, type RunningWorkload } from '../../bench/run-workload.js';
-import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { loopDevicesUnder, testbedDown, testbedUp, type Testbed, type TestbedHost } from '../../cli/testbed/testbed.js';
+import { testbedDown, testbedUp, type Testbed, type TestbedHost } from '../../cli/testbed/testbed.js';
 import { listLeases } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
+import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
 import { waitFor } from '../../shared/wait.js';
 import { PressureEvent, type LeaseRecord } from '../../shared/schemas.js';
 
@@ -25,11 +25,13 @@ const DIR = '/run/rswap/test-auto';
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
+let loopsBefore: string[] = [];
 let nc: NatsConnection;
 const pressureSources: string[] = [];
 const controlFiles: string[] = [];
 
 before(async () => {
+  loopsBefore = await attachedLoops(run);
   tb = await testbedUp(run, log, {
     dir: DIR,
     hosts: 3,
@@ -61,16 +63,6 @@ async function leasesOf(borrower: string): Promise<LeaseRecord[]> {
   return (await listLeases(tb.natsUrl)).filter((l) => l.borrower === borrower);
 }
 
-async function assertNothingLeft(): Promise<void> {
-  assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
-  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith(DIR + '/host-')), [], 'no ramfs or FUSE mount');
-  assert.deepEqual((await readSwaps()).filter((a) => a.path.startsWith('/dev/loop')), [], 'no remote swap area');
-  for (const h of tb.hosts) {
-    const targets = await run('tgtadm', ['-C', String(h.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
-    assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
-  }
-}
-
 test('automatic - a thrashing workload gets remote memory with no event injected, verifies every byte, and gives it back after the cool-down', async () => {
   const r = await startWorkload(host('host-b').cgroup, ['--bytes', '256MiB']).result;
   assert.equal(r.corruptedChunks, 0);
@@ -87,7 +79,7 @@ test('automatic - a thrashing workload gets remote memory with no event injected
     return now.every((l) => l.state === 'released') ? now : undefined;
   }, { timeoutMs: 60_000, intervalMs: 250 });
   for (const lease of settled) assert.match(lease.history.find((h) => h.state === 'draining')!.reason!, /pressure clear for/);
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore);
 });
 
 test('automatic - a lender that needs its memory back gets it make-before-break, and the borrower loses no byte', async () => {
@@ -136,7 +128,7 @@ test('automatic - a lender that needs its memory back gets it make-before-break,
   assert.equal(a.corruptedChunks, 0, 'the lender workload was never killed and verified too');
 
   await waitFor('every lease of host-b released', async () => (await leasesOf('host-b')).every((l) => l.state === 'released'), { timeoutMs: 60_000, intervalMs: 250 });
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore);
   await access(DIR); // the testbed itself is still up for after()
 });
 
@@ -168,5 +160,5 @@ test('automatic - a workload that flaps between busy and idle faster than the co
   }
   assert.equal((await flapper.result).corruptedChunks, 0);
   await waitFor('every lease of host-b released', async () => (await leasesOf('host-b')).every((l) => l.state === 'released'), { timeoutMs: 60_000, intervalMs: 250 });
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore);
 });

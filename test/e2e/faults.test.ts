@@ -11,22 +11,24 @@ import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { killTestbedProcess, loopDevicesUnder, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { injectPressure, listHosts, listLeases, releaseLease, revokeLease } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
+import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
 import { waitFor } from '../../shared/wait.js';
 import { startWorkload } from '../../bench/run-workload.js';
 import { LeaseStateEvent, type LeaseRecord } from '../../shared/schemas.js';
-import { reservedBytes } from '../../services/broker/policy.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-faults';
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
+let loopsBefore: string[] = [];
 const stopFile = `${DIR}/workload.stop`; // inside the testbed folder: removed with it
 
 before(async () => {
+  loopsBefore = await attachedLoops(run);
   tb = await testbedUp(run, log, {
     dir: DIR,
     hosts: 3,
@@ -57,18 +59,6 @@ async function allReleased(): Promise<LeaseRecord[]> {
     const all = await listLeases(tb.natsUrl);
     return all.every((l) => l.state === 'released' || l.state === 'failed') ? all : undefined;
   }, { timeoutMs: 90_000, intervalMs: 250 });
-}
-
-async function assertNothingLeft(): Promise<void> {
-  assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
-  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith(DIR + '/host-')), [], 'no ramfs or FUSE mount');
-  assert.deepEqual((await readSwaps()).filter((a) => a.path.startsWith('/dev/loop')), [], 'no remote swap area');
-  for (const h of tb.hosts) {
-    const targets = await run('tgtadm', ['-C', String(h.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
-    assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
-  }
-  const hosts = await listHosts(tb.natsUrl);
-  for (const h of hosts) assert.equal(reservedBytes(h), 0, `no capacity still promised on ${h.host}`);
 }
 
 test('faults - kill -9 of every rswap service while a lease serves swap under load: no byte lost, all converges', async () => {
@@ -102,7 +92,7 @@ test('faults - kill -9 of every rswap service while a lease serves swap under lo
   assert.ok(report.passes >= 1);
   console.log(`kill -9 x5 under load: ${report.passes} verify passes of ${report.chunks} MiB, ${report.corruptedChunks} corrupted`);
   await allReleased();
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });
 
 test('faults - a broker killed in the middle of a bring-up: another start takes the lease over and finishes it', async () => {
@@ -141,7 +131,7 @@ test('faults - a broker killed in the middle of a bring-up: another start takes 
   assert.equal(report.corruptedChunks, 0);
   console.log(`broker killed mid-attach: ${report.passes} verify pass of ${report.chunks} MiB, ${report.corruptedChunks} corrupted`);
   await allReleased();
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });
 
 test('faults - nats-server restarts: services reconnect, lease state survives, no lease is made twice', async () => {
@@ -164,7 +154,7 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
   assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
   startTestbedProcess(tb, 'host-b/monitor');
   await allReleased();
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });
 
 test('faults - 20 revoke/replace cycles while the workload runs: zero corrupted bytes, zero killed processes', async () => {
@@ -194,7 +184,7 @@ test('faults - 20 revoke/replace cycles while the workload runs: zero corrupted 
   assert.equal(cycles.length, 20);
   console.log(`revocation: ${cycles.length} cycles, ${report.passes} verify passes of ${report.chunks} MiB, median cycle ${cycles.map((c) => c.ms).sort((a, b) => a - b)[10]} ms`);
   await allReleased();
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });
 
 test('faults - a lender that disappears: the borrower reports the lease lost, and its next pressure is served elsewhere', async () => {
@@ -224,7 +214,7 @@ test('faults - a lender that disappears: the borrower reports the lease lost, an
     startTestbedProcess(tb, 'host-b/monitor');
   }
   await allReleased();
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });
 
 test('faults - an exporter or attacher killed in the middle of a bring-up: the lease ends one way or the other, nothing leaks', async () => {
@@ -267,5 +257,5 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
     startTestbedProcess(tb, 'host-b/monitor');
   }
   await allReleased();
-  await assertNothingLeft();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });

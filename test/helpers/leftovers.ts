@@ -1,0 +1,32 @@
+/** What an e2e test checks is gone from the machine once its leases have ended. */
+import assert from 'node:assert/strict';
+import type { Runner } from '../../shared/runner.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
+import { loopDevicesUnder, type Testbed } from '../../cli/testbed/testbed.js';
+import { listHosts } from '../../cli/operator.js';
+import { reservedBytes } from '../../services/broker/policy.js';
+
+/** Every attached loop device on the machine, whoever made it. */
+export async function attachedLoops(run: Runner): Promise<string[]> {
+  const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME']);
+  return stdout.split('\n').map((l) => l.trim()).filter(Boolean).sort();
+}
+
+/**
+ * No loop device (ours by name, or any beyond those attached before the test: one whose FUSE
+ * export died no longer names its file), no mount under the testbed, no remote swap area, no
+ * target on any host; with `reservations`, no capacity still promised on any host.
+ */
+export async function assertNothingLeft(tb: Testbed, run: Runner, loopsBefore: string[], options: { reservations?: boolean } = {}): Promise<void> {
+  assert.deepEqual(await loopDevicesUnder(run, tb.dir), [], 'no loop device');
+  assert.deepEqual((await attachedLoops(run)).filter((d) => !loopsBefore.includes(d)), [], 'no loop device beyond those attached before the test');
+  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith(tb.dir + '/host-')), [], 'no ramfs or FUSE mount');
+  assert.deepEqual((await readSwaps()).filter((a) => a.path.startsWith('/dev/loop')), [], 'no remote swap area');
+  for (const h of tb.hosts) {
+    const targets = await run('tgtadm', ['-C', String(h.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+    assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
+  }
+  if (options.reservations) {
+    for (const h of await listHosts(tb.natsUrl)) assert.equal(reservedBytes(h), 0, `no capacity still promised on ${h.host}`);
+  }
+}
