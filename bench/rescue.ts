@@ -13,8 +13,8 @@
  * starts. Usage: node dist/bench/rescue.js [--runs 20] [--out bench/results/rescue.json]
  *                                       [--dir /run/rswap/bench-rescue] [--nats-port 14224]
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import pino from 'pino';
 import { createRunner } from '../shared/runner.js';
@@ -24,6 +24,7 @@ import { MiB } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
 import { testbedDown, testbedUp } from '../cli/testbed/testbed.js';
 import { startWorkload } from './run-workload.js';
+import { openSource } from '../services/monitor/sources.js';
 
 const PHASES = ['detect', 'match', 'export', 'attach', 'total'] as const;
 type Phase = (typeof PHASES)[number];
@@ -37,13 +38,6 @@ export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   const rank = Math.ceil((p / 100) * sorted.length) - 1;
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank))]!;
-}
-
-/** Bytes host-b has in swap: memory.stat total_swap (v1) or memory.swap.current (v2). */
-async function swapOf(cgroup: string): Promise<number> {
-  const v1 = await readFile(join(cgroup, 'memory.stat'), 'utf8').then((t) => /^total_swap (\d+)$/m.exec(t)?.[1], () => undefined);
-  if (v1 !== undefined) return Number(v1);
-  return Number((await readFile(join(cgroup, 'memory.swap.current'), 'utf8').catch(() => '0')).trim());
 }
 
 async function main(): Promise<void> {
@@ -69,6 +63,9 @@ async function main(): Promise<void> {
       monitorArgs: ['--exit-hold-ms', '1000'],
     });
     const borrower = tb.hosts[1]!;
+    // The monitor's own reader of a cgroup: swap in use is total_swap (v1) or memory.swap.current (v2).
+    const cgroup = await openSource(`cgroup:${borrower.cgroup}`);
+    const swapUsed = async () => (await cgroup.read()).swapUsedBytes;
     const nc = await connect({ servers: tb.natsUrl });
     const pressures: PressureEvent[] = [];
     const leases = new Map<string, LeaseRecord>();
@@ -83,12 +80,12 @@ async function main(): Promise<void> {
       pressures.length = 0;
       leases.clear();
       // Swap slots of the previous run may still be charged for a moment: onset is growth past them.
-      const swapBefore = await swapOf(borrower.cgroup);
+      const swapBefore = await swapUsed();
       const started = Date.now();
       const workload = startWorkload(borrower.cgroup, ['--bytes', '256MiB']);
       let onset: number | undefined;
       while (onset === undefined && Date.now() - started < 60_000) {
-        if ((await swapOf(borrower.cgroup)) > swapBefore) onset = Date.now();
+        if ((await swapUsed()) > swapBefore) onset = Date.now();
         else await new Promise((r) => setTimeout(r, 2));
       }
       const first = await waitFor('a lease active', async () => [...leases.values()].sort((a, b) => a.createdAt - b.createdAt).find((l) => l.state === 'active'), {

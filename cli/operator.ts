@@ -1,7 +1,7 @@
 /** The operator's commands: inject events, list leases and hosts, release a lease. */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { Kvm } from '@nats-io/kv';
-import { listParsed } from '../shared/kv.js';
+import { Kvm, type KV } from '@nats-io/kv';
+import { getParsed, listParsed } from '../shared/kv.js';
 import { publishJson, requestJson } from '../shared/messaging.js';
 import { buckets, subjects } from '../shared/subjects.js';
 import { HostRecord, LeaseId, LeaseRecord, PressureEvent, ReliefEvent, SurplusEvent, replySchema } from '../shared/schemas.js';
@@ -51,14 +51,18 @@ export async function injectRelief(url: string, host: string): Promise<ReliefEve
   return event;
 }
 
-async function readBucket<T>(nc: NatsConnection, bucket: string, schema: Parameters<typeof listParsed<T>>[1]): Promise<T[]> {
+/** Runs `task` on a KV bucket; undefined while no broker has created the bucket yet. */
+async function withBucket<T>(nc: NatsConnection, bucket: string, task: (kv: KV) => Promise<T>): Promise<T | undefined> {
   try {
-    const kv = await new Kvm(nc).open(bucket);
-    return (await listParsed(kv, schema)).map((e) => e.value);
+    return await task(await new Kvm(nc).open(bucket));
   } catch (error) {
-    if (/stream not found|no responders|bucket not found/i.test(String(error))) return [];
+    if (/stream not found|no responders|bucket not found/i.test(String(error))) return undefined;
     throw error;
   }
+}
+
+async function readBucket<T>(nc: NatsConnection, bucket: string, schema: Parameters<typeof listParsed<T>>[1]): Promise<T[]> {
+  return (await withBucket(nc, bucket, async (kv) => (await listParsed(kv, schema)).map((e) => e.value))) ?? [];
 }
 
 export async function listLeases(url: string): Promise<LeaseRecord[]> {
@@ -119,7 +123,7 @@ export function leaseTimeline(lease: LeaseRecord, jaegerUrl = process.env.RSWAP_
 export async function getLease(url: string, leaseId: string): Promise<LeaseRecord> {
   const parsed = LeaseId.safeParse(leaseId);
   if (!parsed.success) throw new RswapError(ErrorCodes.BAD_MESSAGE, `'${leaseId}' is not a lease id (like l-0123456789ab)`);
-  const lease = (await listLeases(url)).find((l) => l.id === leaseId);
+  const lease = await withNats(url, (nc) => withBucket(nc, buckets.leases, async (kv) => (await getParsed(kv, leaseId, LeaseRecord))?.value));
   if (!lease) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
   return lease;
 }

@@ -36,6 +36,11 @@ export const DEFAULT_DETECTOR: DetectorOptions = {
   horizonS: 1,
 };
 
+/** How fast the scope's swap usage grew between two readings, bytes/s (shrinking counts as 0). */
+export function swapGrowthBytesPerS(previous: Reading, current: Reading): number {
+  return Math.max(0, current.swapUsedBytes - previous.swapUsedBytes) / Math.max(0.001, (current.at - previous.at) / 1000);
+}
+
 /** Rates between two readings of the same scope (counters that went backwards count as 0). */
 export function signalsBetween(previous: Reading, current: Reading): Signals {
   const seconds = Math.max(0.001, (current.at - previous.at) / 1000);
@@ -44,7 +49,7 @@ export function signalsBetween(previous: Reading, current: Reading): Signals {
   const swapOutsPerS =
     current.swapOuts !== undefined && previous.swapOuts !== undefined
       ? rate(previous.swapOuts, current.swapOuts)
-      : rate(previous.swapUsedBytes, current.swapUsedBytes) / PAGE;
+      : swapGrowthBytesPerS(previous, current) / PAGE;
   const signals: Signals = {
     swapPagesPerS: round(rate(previous.majorFaults, current.majorFaults) + swapOutsPerS),
     refaultsPerS: round(rate(previous.refaults, current.refaults)),

@@ -18,7 +18,7 @@ import { publishJson } from '../../shared/messaging.js';
 import { readMounts } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
-import { Detector, neededBytes, signalsBetween, surplus, type DetectorOptions } from './detector.js';
+import { Detector, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
 import type { Reading, Source } from './sources.js';
 import type { Waker } from './notify.js';
 import { Gauge } from 'prom-client';
@@ -124,12 +124,11 @@ export class Monitor {
     gauges.available.set(reading.availableBytes);
     gauges.swapPages.set(signals.swapPagesPerS + signals.refaultsPerS);
     const me = this.options.host;
-    const swapOutBytesPerS = (Math.max(0, reading.swapUsedBytes - previous.swapUsedBytes) / Math.max(0.001, (reading.at - previous.at) / 1000));
 
     if (change?.kind === 'enter' || (this.detector.state === 'pressure' && reading.at - this.lastPressureAt >= this.options.pressureRepeatMs)) {
       const event: PressureEvent = {
         host: me,
-        neededBytes: neededBytes(signals, swapOutBytesPerS, this.options),
+        neededBytes: neededBytes(signals, swapGrowthBytesPerS(previous, reading), this.options),
         at: reading.at,
         source: 'monitor',
         signals,

@@ -11,7 +11,7 @@ import { startNatsServer, type NatsServer } from '../helpers/nats.js';
 import { startBroker } from '../../services/broker/index.js';
 import { openStores } from '../../shared/nats.js';
 import { listParsed } from '../../shared/kv.js';
-import { LeaseRecord } from '../../shared/schemas.js';
+import { HostRecord, LeaseRecord } from '../../shared/schemas.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
 import { scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
@@ -41,7 +41,7 @@ before(async () => {
   nc = await connect({ servers: server.url });
   agents = scriptedAgents(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
   await nc.flush();
-  await waitFor('hosts announced', async () => (await listParsed((await openStores(nc)).hosts, (await import('../../shared/schemas.js')).HostRecord)).length === 5, { timeoutMs: 5_000 });
+  await waitFor('hosts announced', async () => (await listParsed((await openStores(nc)).hosts, HostRecord)).length === 5, { timeoutMs: 5_000 });
 });
 
 beforeEach(() => {
