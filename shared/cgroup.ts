@@ -18,10 +18,14 @@ export function wrapInCgroup(path: string, command: string[]): string[] {
   return ['sh', '-c', `echo $$ > '${join(path, 'cgroup.procs')}' && exec "$@"`, 'sh', ...command];
 }
 
-/** The folder a cgroup named `name` has under the memory hierarchy (v1 where mounted, else v2). */
+/** The root of the memory hierarchy: cgroup v1's memory controller where mounted, else v2. */
+export async function memoryCgroupRoot(): Promise<string> {
+  return (await access(join(V1, 'memory.limit_in_bytes')).then(() => true, () => false)) ? V1 : V2;
+}
+
+/** The folder a cgroup named `name` has under the memory hierarchy. */
 export async function memoryCgroupPath(name: string): Promise<string> {
-  const v1 = await access(join(V1, 'memory.limit_in_bytes')).then(() => true, () => false);
-  return join(v1 ? V1 : V2, name);
+  return join(await memoryCgroupRoot(), name);
 }
 
 export async function createMemoryCgroup(name: string, limitBytes: number): Promise<MemoryCgroup> {

@@ -24,7 +24,7 @@ import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { errorMessage } from '../../shared/errors.js';
 import { waitFor } from '../../shared/wait.js';
 import { listHosts } from '../operator.js';
-import { createMemoryCgroup, memoryCgroupPath, removeCgroup } from '../../shared/cgroup.js';
+import { createMemoryCgroup, memoryCgroupRoot, removeCgroup } from '../../shared/cgroup.js';
 import { GiB, MiB } from '../../shared/units.js';
 import { recordedLoops } from '../../services/attacher/userspace.js';
 
@@ -105,7 +105,7 @@ function startDetached(command: string[], logFile: string, env: Record<string, s
 
 export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
   const dir = options.dir;
-  const hosts = hostsFor(options.hosts, dirname(await memoryCgroupPath('x')), options.memoryBytes);
+  const hosts = hostsFor(options.hosts, await memoryCgroupRoot(), options.memoryBytes);
   const natsUrl = `nats://${BRIDGE_ADDRESS}:${options.natsPort}`;
   const links = await run('ip', ['-o', 'link', 'show']);
   if (links.stdout.includes(` ${BRIDGE}:`)) throw new Error(`a testbed is already up (bridge ${BRIDGE} exists); run 'rswap testbed down' first`);
@@ -123,8 +123,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     await run('ip', ['-n', host.netns, 'link', 'set', 'eth0', 'up']);
     await run('ip', ['-n', host.netns, 'link', 'set', 'lo', 'up']);
     await mkdir(join(dir, host.name), { recursive: true });
-    const cgroup = await createMemoryCgroup(host.netns, host.memoryBytes);
-    host.cgroup = cgroup.path;
+    await createMemoryCgroup(host.netns, host.memoryBytes); // at host.cgroup
   }
   let localSwap: string | undefined;
   if (options.localSwapBytes) {
@@ -279,7 +278,7 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   await attempt('stop rswap processes', async () => killAll(await pidsWhere((cmd) => cmd.includes('rswap.js ') && cmd.includes(`nats://${BRIDGE_ADDRESS}:`))));
   // Workloads in the host cgroups: once they are gone, their swapped pages are free and the
   // swap-offs below have nothing to read back. tgtd (also there) serves the lenders until step 3.
-  const cgroupRoot = dirname(await memoryCgroupPath('x'));
+  const cgroupRoot = await memoryCgroupRoot();
   const cgroups = (await readdir(cgroupRoot).catch(() => [] as string[])).filter((name) => name.startsWith(NETNS_PREFIX + 'host-'));
   const pidsIn = async (name: string) =>
     (await readFile(join(cgroupRoot, name, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number);

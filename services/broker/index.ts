@@ -6,7 +6,7 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
@@ -119,14 +119,20 @@ export async function startBroker(raw: Record<string, unknown>) {
   setTimeout(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), 1_000).unref();
 
   // Gauges read from KV at scrape time, so every broker reports the same truth.
+  // The three gauges of one scrape share one read of the leases bucket.
+  let snapshot: { at: number; leases: Promise<LeaseRecord[]> } | undefined;
+  const scrapeLeases = () => {
+    if (!snapshot || Date.now() - snapshot.at > 1_000) snapshot = { at: Date.now(), leases: leases.list() };
+    return snapshot.leases;
+  };
   scrapeGauge('rswap_leases', 'Leases by state', ['state'], async () => {
     const counts = new Map<string, number>();
-    for (const lease of await leases.list()) counts.set(lease.state, (counts.get(lease.state) ?? 0) + 1);
+    for (const lease of await scrapeLeases()) counts.set(lease.state, (counts.get(lease.state) ?? 0) + 1);
     return [...counts].map(([state, value]) => ({ labels: { state }, value }));
   });
   const liveBytes = async (role: 'lender' | 'borrower') => {
     const bytes = new Map<string, number>();
-    for (const lease of await leases.list()) {
+    for (const lease of await scrapeLeases()) {
       if (!isTerminal(lease.state)) bytes.set(lease[role], (bytes.get(lease[role]) ?? 0) + lease.sizeBytes);
     }
     return [...bytes].map(([host, value]) => ({ labels: { host }, value }));
