@@ -8,6 +8,7 @@
  * summary compares the two runs. Everything is removed at the end, also on Ctrl-C.
  */
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { createLogger } from '../shared/log.js';
 import { createRunner } from '../shared/runner.js';
@@ -156,6 +157,7 @@ export async function runDemo(dir: string): Promise<void> {
       const activeAt = [...leases.values()].map((l) => l.history?.find((h) => h.state === 'active')?.at).filter((t): t is number => t !== undefined);
       // Time to rescue: from the first sample over the enter threshold to remote swap on.
       const rescueMs = activeAt.length > 0 && onsets.length > 0 ? Math.min(...activeAt) - onsets[0]! : undefined;
+      if (leases.size === 0) throw new Error('no lease came up while the workload ran (the broker and monitor logs below say why)');
       await waitFor('the leases to go back after the cool-down', async () => {
         const all = [...leases.values()];
         return all.length > 0 && all.every((l) => l.state === 'released' || l.state === 'failed');
@@ -174,6 +176,13 @@ export async function runDemo(dir: string): Promise<void> {
     console.log(`  logs                  ${join(dir, '*.log')} (removed with the testbed)`);
     console.log('');
     if (baseline.corruptedChunks + report.corruptedChunks > 0) process.exitCode = 1;
+  } catch (error) {
+    // The logs go with the testbed: show what the services said before they do.
+    for (const file of ['broker.log', 'host-a/monitor.log', 'host-b/monitor.log', 'host-a/exporter.log', 'host-b/attacher.log']) {
+      const lines = (await readFile(join(dir, file), 'utf8').catch(() => '')).split('\n').filter((l) => /"level":(4|5|6)0/.test(l) || /pressure|cannot serve/.test(l));
+      if (lines.length > 0) console.error(`--- ${file} (warnings, errors, pressure) ---\n${lines.slice(-15).join('\n')}`);
+    }
+    throw error;
   } finally {
     await cleanUp();
   }
