@@ -1,0 +1,145 @@
+/**
+ * The swap bench's workload, after the paper's: fill `--data` bytes of incompressible memory, then
+ * access it in blocks of `--block` bytes, one timed phase per mode, and print one JSON report.
+ * Run it in a memory cgroup smaller than the data, so the accesses go through swap.
+ *
+ *   seq-read      copy block after block out of the data, from the start
+ *   random-read   copy blocks at random offsets (a seeded xorshift), block-aligned
+ *   random-write  overwrite blocks at random offsets with random bytes
+ *
+ * Each phase does data/block accesses (the data once over, on average) or stops after
+ * `--phase-seconds`, whichever comes first; throughput is bytes accessed / time, in MB/s (10^6
+ * bytes, as in the paper). A slow device is thus measured on a sample, not on the whole data.
+ *
+ * usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write]
+ *                    [--phase-seconds 10] [--seed 1]
+ */
+import { randomFillSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { parseBytes } from '../../shared/units.js';
+
+export const MODES = ['seq-read', 'random-read', 'random-write'] as const;
+export type Mode = (typeof MODES)[number];
+
+export interface PhaseResult {
+  bytes: number;
+  ops: number;
+  ms: number;
+  /** 10^6 bytes per second. */
+  mbps: number;
+  /** Pages swapped in and out during the phase (whole machine, /proc/vmstat). */
+  pswpin: number;
+  pswpout: number;
+  /** The phase stopped on --phase-seconds before covering the data once. */
+  timeCapped: boolean;
+}
+
+export interface SwapWorkloadReport {
+  dataBytes: number;
+  blockBytes: number;
+  fill: PhaseResult;
+  phases: Partial<Record<Mode, PhaseResult>>;
+}
+
+/** xorshift32: fast, seeded, good enough to scatter block indexes. */
+export function xorshift32(seed: number): () => number {
+  let x = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+function vmstat(): { pswpin: number; pswpout: number } {
+  const text = readFileSync('/proc/vmstat', 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+  return { pswpin: field('pswpin'), pswpout: field('pswpout') };
+}
+
+/** Runs `step(i)` for i = 0.. until `ops` or the deadline (checked every 64 steps), timed. */
+function timed(ops: number, blockBytes: number, seconds: number, step: (i: number) => void): PhaseResult {
+  const before = vmstat();
+  const started = performance.now();
+  const deadline = started + seconds * 1000;
+  let done = 0;
+  while (done < ops) {
+    step(done);
+    done += 1;
+    if ((done & 63) === 0 && performance.now() > deadline) break;
+  }
+  const ms = performance.now() - started;
+  const after = vmstat();
+  const bytes = done * blockBytes;
+  return {
+    bytes,
+    ops: done,
+    ms: Math.round(ms * 10) / 10,
+    mbps: Math.round((bytes / 1e6 / (ms / 1000)) * 100) / 100,
+    pswpin: after.pswpin - before.pswpin,
+    pswpout: after.pswpout - before.pswpout,
+    timeCapped: done < ops,
+  };
+}
+
+export function runSwapWorkload(dataBytes: number, blockBytes: number, modes: readonly Mode[], phaseSeconds: number, seed: number): SwapWorkloadReport {
+  if (blockBytes <= 0 || dataBytes < blockBytes || dataBytes % blockBytes !== 0) {
+    throw new Error(`--data (${dataBytes}) must be a positive multiple of --block (${blockBytes})`);
+  }
+  const blocks = dataBytes / blockBytes;
+  const data = Buffer.allocUnsafeSlow(dataBytes);
+  const FILL_STEP = 1024 * 1024;
+  const fill = timed(Math.ceil(dataBytes / FILL_STEP), FILL_STEP, Number.POSITIVE_INFINITY, (i) => {
+    randomFillSync(data, i * FILL_STEP, Math.min(FILL_STEP, dataBytes - i * FILL_STEP));
+  });
+  fill.bytes = dataBytes;
+  const scratch = Buffer.allocUnsafeSlow(blockBytes);
+  // Random bytes to write from: twice the block, read at a moving offset, so no two writes repeat.
+  const pool = randomFillSync(Buffer.allocUnsafeSlow(Math.max(2 * blockBytes, 64 * 1024)));
+  const random = xorshift32(seed);
+  const phases: SwapWorkloadReport['phases'] = {};
+  for (const mode of modes) {
+    if (mode === 'seq-read') {
+      phases[mode] = timed(blocks, blockBytes, phaseSeconds, (i) => data.copy(scratch, 0, i * blockBytes, (i + 1) * blockBytes));
+    } else if (mode === 'random-read') {
+      phases[mode] = timed(blocks, blockBytes, phaseSeconds, () => {
+        const at = (random() % blocks) * blockBytes;
+        data.copy(scratch, 0, at, at + blockBytes);
+      });
+    } else {
+      phases[mode] = timed(blocks, blockBytes, phaseSeconds, (i) => {
+        const at = (random() % blocks) * blockBytes;
+        const from = (i * 4099) % (pool.length - blockBytes);
+        pool.copy(data, at, from, from + blockBytes);
+      });
+    }
+  }
+  return { dataBytes, blockBytes, fill, phases };
+}
+
+function main(): void {
+  const args = process.argv.slice(2);
+  const value = (name: string) => {
+    const i = args.indexOf(`--${name}`);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const data = value('data');
+  const block = value('block');
+  if (!data || !block) {
+    console.error('usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write] [--phase-seconds 10] [--seed 1]');
+    process.exit(2);
+  }
+  const modes = (value('modes') ?? MODES.join(',')).split(',');
+  const unknown = modes.filter((m) => !(MODES as readonly string[]).includes(m));
+  if (unknown.length > 0) {
+    console.error(`unknown mode ${unknown.join(', ')}; modes are ${MODES.join(', ')}`);
+    process.exit(2);
+  }
+  const report = runSwapWorkload(parseBytes(data), parseBytes(block), modes as Mode[], Number(value('phase-seconds') ?? 10), Number(value('seed') ?? 1));
+  console.log(JSON.stringify(report));
+}
+
+if (process.argv[1]?.endsWith('swap/workload.js')) main();
