@@ -22,6 +22,8 @@ export const ExporterConfig = z.strictObject({
   address: Ipv4,
   portalPort: z.coerce.number().int().min(1).max(65535).default(3260),
   tgtControlPort: z.coerce.number().int().min(0).max(65535).default(3260), // tgtd's -C: its own control socket
+  /** tgtd's -t: threads that read and write the backing files (tgtd's own default is 16). */
+  tgtIothreads: z.coerce.number().int().min(1).max(128).optional(),
   stateDir: z.string().startsWith('/').default('/var/lib/rswap/exporter'),
   reserveBytes: SizeSetting.default(1024 ** 3), // 1 GiB kept for the lender itself
   maxLendBytes: SizeSetting.default(64 * 1024 ** 3), // 64 GiB
@@ -39,7 +41,7 @@ export async function startExporter(raw: Record<string, unknown>) {
   const run = createRunner(log);
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const portal = `${config.address}:${config.portalPort}`;
-  const tgt = new Tgt(run, log, config.tgtControlPort, portal, config.stateDir);
+  const tgt = new Tgt(run, log, config.tgtControlPort, portal, config.stateDir, config.tgtIothreads);
   const tgtd = await tgt.ensureDaemon(config.memoryCgroup);
   log.info({ tgtd, controlPort: config.tgtControlPort, portal, memoryCgroup: config.memoryCgroup }, 'tgtd ready');
 

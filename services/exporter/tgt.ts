@@ -65,6 +65,7 @@ export class Tgt {
     readonly controlPort: number,
     readonly portal: string,
     private readonly stateDir: string,
+    private readonly iothreads?: number,
     private readonly tgtdPath = 'tgtd',
   ) {}
 
@@ -92,7 +93,7 @@ export class Tgt {
       return 'adopted';
     }
     const logFd = openSync(join(this.stateDir, 'tgtd.log'), 'a');
-    const tgtd = [this.tgtdPath, '-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`];
+    const tgtd = [this.tgtdPath, '-f', '-C', String(this.controlPort), ...(this.iothreads ? ['-t', String(this.iothreads)] : []), '--iscsi', `portal=${this.portal}`];
     const command = memoryCgroup ? wrapInCgroup(memoryCgroup, tgtd) : tgtd;
     const child = spawn(command[0]!, command.slice(1), {
       detached: true,

@@ -1,0 +1,263 @@
+/**
+ * Control-plane bench: a real nats-server with JetStream and a real broker process (`rswap broker`),
+ * driven by N simulated hosts from this process. For each host count:
+ *
+ *   announce   every host announces an exporter and an attacher (2N requests, 64 in flight)
+ *   offers     lenders (half the hosts) send surplus offers as fast as the broker answers them
+ *              (128 in flight) for --seconds: the broker's saturated rate for its most frequent event
+ *   pressure   borrowers send pressure at --pressure-rate per second for --seconds while every lender
+ *              also offers once per 10 s (the monitor's default), as in a fleet at steady state;
+ *              each pressure leads to a lease that a scripted exporter/attacher answers at once.
+ *              match = lease createdAt - pressure at (placement and the KV writes);
+ *              active = the broker's reply, after export and attach
+ *   memory     the broker's peak resident set (VmHWM) and its resident set at the end
+ *
+ * usage: node dist/bench/control.js [--hosts 1000,10000] [--seconds 20] [--pressure-rate 5]
+ *                                   [--out bench/results/control.json] [--smoke]
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { subjects } from '../shared/subjects.js';
+import { LeaseRecord } from '../shared/schemas.js';
+import { GiB, MiB } from '../shared/units.js';
+import { waitFor } from '../shared/wait.js';
+import { listLeases } from '../cli/operator.js';
+import { percentile } from './rescue.js';
+
+const CLI = resolve(fileURLToPath(import.meta.url), '../../cli/rswap.js');
+
+interface Latencies {
+  count: number;
+  perSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+}
+
+export interface ControlResult {
+  hosts: number;
+  announce: Latencies;
+  offers: Latencies;
+  pressure: Latencies & { offeredPerSecond: number; matchP50Ms: number; matchP99Ms: number; leases: number };
+  brokerPeakRssBytes: number;
+  brokerRssBytes: number;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+    server.on('error', fail);
+  });
+}
+
+function summarize(latencies: number[], errors: number, seconds: number): Latencies {
+  const sorted = [...latencies].sort((a, b) => a - b);
+  const round = (n: number) => Math.round(n * 10) / 10;
+  return { count: sorted.length, perSecond: Math.round(sorted.length / seconds), p50Ms: round(percentile(sorted, 50)), p99Ms: round(percentile(sorted, 99)), errors };
+}
+
+/** Runs `make(i)` requests, `inFlight` at a time, until `count` are done or `untilMs` passes. */
+async function closedLoop(inFlight: number, count: number, untilMs: number, make: (i: number) => Promise<unknown>): Promise<{ latencies: number[]; errors: number; seconds: number }> {
+  const latencies: number[] = [];
+  let errors = 0;
+  let next = 0;
+  const started = performance.now();
+  const worker = async () => {
+    while (next < count && Date.now() < untilMs) {
+      const i = next;
+      next += 1;
+      const t = performance.now();
+      try {
+        const reply = (await make(i)) as { ok?: boolean };
+        if (reply?.ok === false) errors += 1;
+        else latencies.push(performance.now() - t);
+      } catch {
+        errors += 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  return { latencies, errors, seconds: (performance.now() - started) / 1000 };
+}
+
+const hostName = (i: number) => `sim-${String(i).padStart(5, '0')}`;
+const addressOf = (i: number) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+
+/** Answers the broker's export/attach/detach/unexport for every simulated host, at once. */
+function scriptedFleet(nc: NatsConnection): void {
+  nc.subscribe('rswap.v1.cmd.*.*', {
+    callback: (_e, msg) => {
+      const [, , , host, verb] = msg.subject.split('.');
+      const { leaseId } = msg.json<{ leaseId: string }>();
+      const index = Number(host!.slice(4));
+      if (verb === 'export') {
+        msg.respond(JSON.stringify({ ok: true, target: { portal: `${addressOf(index)}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${leaseId}`, lun: 1 }, chap: { user: leaseId, secret: 'abcdefghijkl' } }));
+      } else if (verb === 'attach') {
+        msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
+      } else {
+        msg.respond(JSON.stringify({ ok: true }));
+      }
+    },
+  });
+}
+
+async function rssOf(pid: number): Promise<{ rss: number; hwm: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? 0) * 1024;
+  return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
+}
+
+async function benchFleet(hosts: number, seconds: number, pressureRate: number, log: (line: string) => void): Promise<ControlResult> {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-bench-control-'));
+  const children: ChildProcess[] = [];
+  let nc: NatsConnection | undefined;
+  try {
+    const port = await freePort();
+    const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(nats);
+    let natsLog = '';
+    nats.stderr!.on('data', (c: Buffer) => void (natsLog += c.toString()));
+    await waitFor('nats-server', async () => natsLog.includes('Server is ready'), { timeoutMs: 10_000 });
+    const url = `nats://127.0.0.1:${port}`;
+    const brokerLog = join(dir, 'broker.log');
+    const broker = spawn(process.execPath, [CLI, 'broker', '--nats', url], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
+    children.push(broker);
+    let brokerOutput = '';
+    const keep = (c: Buffer) => void (brokerOutput = (brokerOutput + c.toString()).slice(-20_000));
+    broker.stdout!.on('data', keep);
+    broker.stderr!.on('data', keep);
+    nc = await connect({ servers: url });
+    const conn = nc;
+    scriptedFleet(conn);
+    const ask = async (subject: string, body: unknown, timeout = 60_000) => (await conn.request(subject, JSON.stringify(body), { timeout })).json<{ ok: boolean }>();
+    // The broker is up once it answers an announce.
+    await waitFor('the broker', async () => (await ask(subjects.announce(hostName(0)), { host: hostName(0), role: 'exporter', portal: `${addressOf(0)}:3260`, at: Date.now() }, 1_000).catch(() => undefined))?.ok, { timeoutMs: 20_000 });
+
+    const announce = await closedLoop(64, 2 * hosts, Number.POSITIVE_INFINITY, (i) => {
+      const h = i >> 1;
+      const host = hostName(h);
+      const at = Date.now();
+      return ask(subjects.announce(host), i % 2 === 0
+        ? { host, role: 'exporter', portal: `${addressOf(h)}:3260`, at }
+        : { host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address: addressOf(h), initiator: 'userspace', at });
+    });
+    log(`  announce: ${2 * hosts} in ${announce.seconds.toFixed(1)} s`);
+
+    const lenders = Math.max(1, Math.floor(hosts / 2));
+    const offer = (h: number) => ask(subjects.surplus(hostName(h)), { host: hostName(h), lendableBytes: 64 * GiB, lentBytes: 0, deficitBytes: 0, at: Date.now() });
+    const offers = await closedLoop(128, Number.MAX_SAFE_INTEGER, Date.now() + seconds * 1000, (i) => offer(i % lenders));
+    log(`  offers: ${offers.latencies.length} in ${offers.seconds.toFixed(1)} s`);
+
+    // Steady state: every lender offers once per 10 s, spread evenly, while borrowers ask for memory.
+    let stop = false;
+    const background = (async () => {
+      const perTick = Math.max(1, Math.round(lenders / 100)); // 100 ticks of 100 ms = 10 s
+      for (let tick = 0; !stop; tick += 1) {
+        for (let k = 0; k < perTick; k += 1) void offer((tick * perTick + k) % lenders).catch(() => {});
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    const borrowers = hosts - lenders;
+    const pressureCount = Math.min(borrowers, Math.max(1, Math.round(pressureRate * seconds)));
+    const pressureAt = new Map<string, number>();
+    const pressureLatencies: number[] = [];
+    let pressureErrors = 0;
+    const pressureStarted = performance.now();
+    const sends: Array<Promise<void>> = [];
+    for (let k = 0; k < pressureCount; k += 1) {
+      const due = pressureStarted + (k * 1000) / pressureRate;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const host = hostName(lenders + k);
+      const at = Date.now();
+      pressureAt.set(host, at);
+      const t = performance.now();
+      sends.push(
+        ask(subjects.pressure(host), { host, neededBytes: 256 * MiB, at, source: 'inject' }).then(
+          (reply) => (reply.ok ? void pressureLatencies.push(performance.now() - t) : void (pressureErrors += 1)),
+          () => void (pressureErrors += 1),
+        ),
+      );
+    }
+    await Promise.all(sends);
+    const pressureSeconds = (performance.now() - pressureStarted) / 1000;
+    stop = true;
+    await background;
+    const leases = (await listLeases(url)).map((l) => LeaseRecord.parse(l));
+    const matches = leases.filter((l) => pressureAt.has(l.borrower)).map((l) => l.createdAt - pressureAt.get(l.borrower)!).sort((a, b) => a - b);
+    const memory = await rssOf(broker.pid!);
+    if (broker.exitCode !== null) throw new Error(`the broker exited: ${brokerOutput}`);
+    const pressure = summarize(pressureLatencies, pressureErrors, pressureSeconds);
+    return {
+      hosts,
+      announce: summarize(announce.latencies, announce.errors, announce.seconds),
+      offers: summarize(offers.latencies, offers.errors, offers.seconds),
+      pressure: { ...pressure, offeredPerSecond: pressureRate, leases: leases.length, matchP50Ms: percentile(matches, 50), matchP99Ms: percentile(matches, 99) },
+      brokerPeakRssBytes: memory.hwm,
+      brokerRssBytes: memory.rss,
+    };
+  } finally {
+    await nc?.close().catch(() => {});
+    for (const child of children.reverse()) {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL');
+        await new Promise((r) => child.once('exit', r));
+      }
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export function controlTable(results: ControlResult[]): string {
+  const mb = (b: number) => `${Math.round(b / MiB)} MiB`;
+  const lines = [
+    '| hosts | announce/s (p50, p99 ms) | offers/s saturated (p50, p99 ms) | pressure: leases, reply p50/p99 ms | match p50/p99 ms | errors | broker RSS peak / end |',
+    '|---|---|---|---|---|---|---|',
+  ];
+  for (const r of results) {
+    lines.push(
+      `| ${r.hosts.toLocaleString('en')} | ${r.announce.perSecond} (${r.announce.p50Ms}, ${r.announce.p99Ms}) | ${r.offers.perSecond} (${r.offers.p50Ms}, ${r.offers.p99Ms}) | ${r.pressure.count} at ${r.pressure.offeredPerSecond}/s, ${r.pressure.p50Ms} / ${r.pressure.p99Ms} | ${r.pressure.matchP50Ms} / ${r.pressure.matchP99Ms} | ${r.announce.errors + r.offers.errors + r.pressure.errors} | ${mb(r.brokerPeakRssBytes)} / ${mb(r.brokerRssBytes)} |`,
+    );
+  }
+  return lines.join('\n') + '\n';
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const value = (name: string) => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const smoke = argv.includes('--smoke');
+  const fleets = (value('hosts') ?? (smoke ? '40' : '1000,10000')).split(',').map(Number);
+  const seconds = Number(value('seconds') ?? (smoke ? 2 : 20));
+  const pressureRate = Number(value('pressure-rate') ?? 5);
+  const out = value('out') ?? 'bench/results/control.json';
+  const results: ControlResult[] = [];
+  for (const hosts of fleets) {
+    console.log(`${hosts} hosts:`);
+    results.push(await benchFleet(hosts, seconds, pressureRate, console.log));
+  }
+  const table = controlTable(results);
+  console.log(`\n${table}`);
+  await mkdir(dirname(out), { recursive: true });
+  const machine = { cpus: cpus().length, cpu: cpus()[0]?.model, memoryBytes: totalmem() };
+  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), command: `node ${process.argv.slice(1).join(' ')}`, machine, seconds, pressureRate, results }, null, 2) + '\n');
+  await writeFile(out.replace(/\.json$/, '.md'), table);
+}
+
+if (process.argv[1]?.endsWith('bench/control.js')) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,64 @@
+/**
+ * The swap bench in smoke mode, so it cannot rot: every device is set up, measured in every mode
+ * and torn down, the outputs are written, and the machine is left as it was found.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { access, readFile, readdir, rm } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import pino from 'pino';
+import { createRunner } from '../../shared/runner.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
+import { memoryCgroupRoot } from '../../shared/cgroup.js';
+import { freePort } from '../helpers/nats.js';
+import { attachedLoops } from '../helpers/leftovers.js';
+import { fromCsv } from '../../bench/swap/report.js';
+import { DEVICES, RUN, WORK } from '../../bench/swap/devices.js';
+import { MODES } from '../../bench/swap/workload.js';
+
+const SWAP_BENCH = resolve(fileURLToPath(import.meta.url), '../../../bench/swap/run.js');
+const run = createRunner(pino({ level: 'silent' }));
+
+const zramDevices = async () => (await readdir('/sys/block')).filter((d) => d.startsWith('zram')).sort();
+
+test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, nothing left behind', async () => {
+  const out = `/tmp/rswap-swap-smoke-${process.pid}`;
+  const loopsBefore = await attachedLoops(run);
+  const swapsBefore = (await readSwaps()).map((a) => a.path);
+  const zramBefore = await zramDevices();
+  try {
+    const result = await execa(process.execPath, [SWAP_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 600_000 });
+    assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
+    const rows = fromCsv(await readFile(`${out}/swap.csv`, 'utf8'));
+    for (const device of DEVICES) {
+      for (const mode of ['fill', ...MODES]) {
+        const row = rows.find((r) => r.device === device && r.mode === mode);
+        assert.ok(row, `${device} ${mode} measured`);
+        assert.ok(row.mbps > 0 && row.ops > 0, `${device} ${mode}: ${JSON.stringify(row)}`);
+      }
+      // Twice the cgroup's limit: the reads must have come back through the device.
+      const seq = rows.find((r) => r.device === device && r.mode === 'seq-read')!;
+      assert.ok(seq.pswpin > 0, `${device}: pages swapped in during the sequential read`);
+    }
+    const markdown = await readFile(`${out}/swap.md`, 'utf8');
+    assert.match(markdown, /remote\/local/);
+    for (const figure of ['data-size.svg', 'block-size.svg']) {
+      const svg = await readFile(`${out}/${figure}`, 'utf8');
+      assert.match(svg, /^<svg /);
+      assert.ok((svg.match(/<polyline /g) ?? []).length >= 3 * DEVICES.length - 3, `${figure} has a line per device and mode`);
+    }
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+  assert.deepEqual((await attachedLoops(run)).filter((d) => !loopsBefore.includes(d)), [], 'no loop device left');
+  assert.deepEqual((await readSwaps()).map((a) => a.path).filter((p) => !swapsBefore.includes(p)), [], 'no swap area left');
+  assert.deepEqual(await zramDevices(), zramBefore, 'the zram device it added is removed, the others untouched');
+  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith('/run/rswap/bench-swap')), [], 'no ramfs or FUSE mount left');
+  await assert.rejects(access(RUN), 'its run folder is gone');
+  await assert.rejects(access(WORK), 'its disk folder is gone');
+  assert.deepEqual((await readdir(await memoryCgroupRoot())).filter((n) => n.startsWith('rswap-bench-swap')), [], 'no cgroup left');
+  const { stdout } = await execa('pgrep', ['-f', 'qemu-storage-daemon'], { reject: false });
+  assert.equal(stdout.trim(), '', 'no qemu-storage-daemon left');
+});
