@@ -81,7 +81,7 @@ test('swap bench - ratios, CSV round trip, tables with the paper beside ours', (
   assert.equal(ratio(rows, 'zram', 'local', at), undefined, 'not measured');
   assert.deepEqual(fromCsv(toCsv(rows)), rows);
   const md = markdownTables(rows, ['remote', 'local', 'hdd-model', 'ramfs-loop'], ['random-read']);
-  assert.match(md, /\| 2x \(256MiB\) \| 20\.00 \| 40\.00 \| 0\.50\* \| 80\.00 \| 0\.50 \| 40\.0 \| 0\.25 \| 22-27x \|/);
+  assert.match(md, /\| 2x \(256MiB\) \| 20\.00 \| 40\.00 \| 0\.50\* \| 80\.00 \| 0\.50 \| 40\.00 \| 0\.25 \| 22-27x \|/);
   assert.match(md, /\| 64KiB \| 30\.00 \| 25\.00 \| – \| – \| 1\.20 \| – \| – \| 1\.1-1\.2x \|/);
 });
 
