@@ -57,3 +57,71 @@ export async function casUpdate<T>(
   }
   throw new RswapError(ErrorCodes.INTERNAL, `compare-and-set on '${key}' kept conflicting after ${attempts} attempts`);
 }
+
+/**
+ * Every key's current value, kept in memory by one KV watch. `list()` first waits until the watch
+ * has applied everything the bucket held when `list()` was called (one stream-info request), so its
+ * answer is never older than the call: the same as reading every key, for one round trip instead
+ * of one per key (10,000 hosts: milliseconds instead of seconds). Writes still go to KV by CAS;
+ * this is only for reading. Should the watch stop or fall behind, `list()` reads key by key.
+ */
+export class KvMirror<T> {
+  private readonly values = new Map<string, Versioned<T>>();
+  private applied = 0;
+  private waiters: Array<{ revision: number; resolve: () => void }> = [];
+  private following = false;
+
+  constructor(
+    private readonly kv: KV,
+    private readonly schema: z.ZodType<T>,
+    private readonly catchUpMs = 2_000,
+  ) {}
+
+  private async follow(): Promise<void> {
+    this.following = true;
+    try {
+      const watch = await this.kv.watch({ include: '' });
+      for await (const entry of watch) {
+        if (entry.operation === 'PUT') {
+          const parsed = (() => {
+            try {
+              return this.schema.safeParse(entry.json());
+            } catch {
+              return undefined;
+            }
+          })();
+          if (parsed?.success) this.values.set(entry.key, { value: parsed.data, revision: entry.revision });
+          else this.values.delete(entry.key); // a record that no longer parses is skipped, as listParsed does
+        } else {
+          this.values.delete(entry.key);
+        }
+        this.applied = Math.max(this.applied, entry.revision);
+        this.waiters = this.waiters.filter((w) => (w.revision <= this.applied ? (w.resolve(), false) : true));
+      }
+    } catch {
+      // The watch failed (connection closed): list() reads key by key, and starts a new watch.
+    } finally {
+      this.following = false;
+    }
+  }
+
+  /** Waits until the watch has applied revision `revision`; false if it did not within catchUpMs. */
+  private caughtUp(revision: number): Promise<boolean> {
+    if (this.applied >= revision) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter = { revision, resolve: () => (clearTimeout(timer), resolve(true)) };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        resolve(false);
+      }, this.catchUpMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  async list(): Promise<Array<Versioned<T> & { key: string }>> {
+    if (!this.following) void this.follow();
+    const last = (await this.kv.status()).streamInfo.state.last_seq;
+    if (!(await this.caughtUp(last))) return listParsed(this.kv, this.schema);
+    return [...this.values].map(([key, entry]) => ({ key, ...entry }));
+  }
+}

@@ -1,6 +1,6 @@
 /** The broker's view of each host, kept in the hosts KV bucket and changed only by CAS. */
 import type { KV } from '@nats-io/kv';
-import { casUpdate, getParsed, listParsed } from '../../shared/kv.js';
+import { casUpdate, getParsed, KvMirror } from '../../shared/kv.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { HostRecord, type AnnounceEvent, type SurplusEvent } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
@@ -9,10 +9,15 @@ import { freeBytes, type PolicyOptions } from './policy.js';
 const empty = (host: string): HostRecord => ({ host, reservations: {} });
 
 export class HostStore {
-  constructor(private readonly kv: KV) {}
+  private readonly mirror: KvMirror<HostRecord>;
 
+  constructor(private readonly kv: KV) {
+    this.mirror = new KvMirror(kv, HostRecord);
+  }
+
+  /** Every host's record, as of this call (read from a watched copy, see KvMirror). */
   async list(): Promise<HostRecord[]> {
-    return (await listParsed(this.kv, HostRecord)).map((entry) => entry.value);
+    return (await this.mirror.list()).map((entry) => entry.value);
   }
 
   async recordAnnounce(event: AnnounceEvent): Promise<void> {

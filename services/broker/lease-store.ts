@@ -2,7 +2,7 @@
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { randomBytes } from 'node:crypto';
-import { casUpdate, getParsed, listParsed } from '../../shared/kv.js';
+import { casUpdate, getParsed, KvMirror } from '../../shared/kv.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { publishJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
@@ -15,11 +15,15 @@ export function newLeaseId(): string {
 }
 
 export class LeaseStore {
+  private readonly mirror: KvMirror<LeaseRecord>;
+
   constructor(
     private readonly kv: KV,
     private readonly nc: NatsConnection,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.mirror = new KvMirror(kv, LeaseRecord);
+  }
 
   async get(leaseId: string): Promise<LeaseRecord | undefined> {
     return (await getParsed(this.kv, leaseId, LeaseRecord))?.value;
@@ -32,7 +36,7 @@ export class LeaseStore {
   }
 
   async list(): Promise<LeaseRecord[]> {
-    return (await listParsed(this.kv, LeaseRecord)).map((entry) => entry.value);
+    return (await this.mirror.list()).map((entry) => entry.value);
   }
 
   async create(lease: LeaseRecord): Promise<LeaseRecord> {
