@@ -6,7 +6,8 @@
  *   offers     lenders (half the hosts) send surplus offers as fast as the broker answers them
  *              (128 in flight) for --seconds: the broker's saturated rate for its most frequent event
  *   pressure   borrowers send pressure at --pressure-rate per second for --seconds while every lender
- *              also offers once per 10 s (the monitor's default), as in a fleet at steady state;
+ *              also offers once per 10 s and every host sends telemetry once per 10 s (the monitor's
+ *              defaults), as in a fleet at steady state;
  *              each pressure leads to a lease that a scripted exporter/attacher answers at once.
  *              match = lease createdAt - pressure at (placement and the KV writes);
  *              active = the broker's reply, after export and attach
@@ -23,7 +24,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { subjects } from '../shared/subjects.js';
-import { LeaseRecord } from '../shared/schemas.js';
+import { LeaseRecord, TelemetryEvent } from '../shared/schemas.js';
 import { GiB, MiB } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
 import { listLeases } from '../cli/operator.js';
@@ -43,7 +44,7 @@ export interface ControlResult {
   hosts: number;
   announce: Latencies;
   offers: Latencies;
-  pressure: Latencies & { offeredPerSecond: number; matchP50Ms: number; matchP99Ms: number; leases: number };
+  pressure: Latencies & { offeredPerSecond: number; matchP50Ms: number; matchP99Ms: number; leases: number; telemetrySent: number };
   brokerPeakRssBytes: number;
   brokerRssBytes: number;
 }
@@ -157,12 +158,23 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
     const offers = await closedLoop(128, Number.MAX_SAFE_INTEGER, Date.now() + seconds * 1000, (i) => offer(i % lenders));
     log(`  offers: ${offers.latencies.length} in ${offers.seconds.toFixed(1)} s`);
 
-    // Steady state: every lender offers once per 10 s, spread evenly, while borrowers ask for memory.
+    // Steady state: every lender offers once per 10 s and every host sends telemetry once per 10 s
+    // (the monitor's defaults), spread evenly, while borrowers ask for memory.
     let stop = false;
+    let telemetrySent = 0;
+    const telemetry = (h: number) => {
+      const at = Date.now();
+      const event = { host: hostName(h), at, scope: 'machine', state: 'clear', limitBytes: 64 * GiB, usedBytes: 8 * GiB, signals: { swapPagesPerS: 0, refaultsPerS: 0, availableBytes: 56 * GiB, swapUsedBytes: 0 } };
+      if (telemetrySent === 0) TelemetryEvent.parse(event); // what a real monitor sends
+      conn.publish(subjects.telemetry(hostName(h)), JSON.stringify(event));
+      telemetrySent += 1;
+    };
     const background = (async () => {
-      const perTick = Math.max(1, Math.round(lenders / 100)); // 100 ticks of 100 ms = 10 s
+      const offersPerTick = Math.max(1, Math.round(lenders / 100)); // 100 ticks of 100 ms = 10 s
+      const telemetryPerTick = Math.max(1, Math.round(hosts / 100));
       for (let tick = 0; !stop; tick += 1) {
-        for (let k = 0; k < perTick; k += 1) void offer((tick * perTick + k) % lenders).catch(() => {});
+        for (let k = 0; k < offersPerTick; k += 1) void offer((tick * offersPerTick + k) % lenders).catch(() => {});
+        for (let k = 0; k < telemetryPerTick; k += 1) telemetry((tick * telemetryPerTick + k) % hosts);
         await new Promise((r) => setTimeout(r, 100));
       }
     })();
@@ -201,7 +213,7 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
       hosts,
       announce: summarize(announce.latencies, announce.errors, announce.seconds),
       offers: summarize(offers.latencies, offers.errors, offers.seconds),
-      pressure: { ...pressure, offeredPerSecond: pressureRate, leases: leases.length, matchP50Ms: percentile(matches, 50), matchP99Ms: percentile(matches, 99) },
+      pressure: { ...pressure, offeredPerSecond: pressureRate, telemetrySent, leases: leases.length, matchP50Ms: percentile(matches, 50), matchP99Ms: percentile(matches, 99) },
       brokerPeakRssBytes: memory.hwm,
       brokerRssBytes: memory.rss,
     };

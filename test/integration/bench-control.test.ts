@@ -21,6 +21,7 @@ test('bench - control smoke: every announce, offer and pressure answered, one le
     assert.equal(r.announce.errors + r.offers.errors + r.pressure.errors, 0);
     assert.ok(r.offers.count > 0 && r.offers.perSecond > 0);
     assert.equal(r.pressure.leases, r.pressure.count, 'one lease per pressure event');
+    assert.ok(r.pressure.telemetrySent > 0, 'telemetry flowed during the pressure phase');
     assert.ok(r.pressure.matchP50Ms >= 0 && r.pressure.matchP99Ms >= r.pressure.matchP50Ms);
     assert.ok(r.brokerPeakRssBytes >= r.brokerRssBytes && r.brokerRssBytes > 0);
     assert.match(await readFile(out.replace(/\.json$/, '.md'), 'utf8'), /\| hosts \|/);
