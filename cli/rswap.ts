@@ -65,6 +65,7 @@ serviceCommand('exporter', 'lend this host\'s RAM as ramfs-backed iSCSI targets 
   .option('--portal-port <port>', 'iSCSI portal port (default 3260)')
   .option('--tgt-control-port <n>', 'tgtd control port, its -C (default 3260)')
   .option('--tgt-iothreads <n>', 'tgtd I/O threads, its -t (default tgtd\'s own, 16)')
+  .option('--iscsi-params <list>', 'iSCSI parameters for every target, e.g. InitialR2T=No,FirstBurstLength=262144 (default tgt\'s)')
   .option('--state-dir <path>', 'where lease mounts live (default /var/lib/rswap/exporter)')
   .option('--reserve-bytes <size>', 'memory never lent (default 1GiB)')
   .option('--max-lend-bytes <size>', 'most lent in total (default 64GiB)')

@@ -66,6 +66,8 @@ export class Tgt {
     readonly portal: string,
     private readonly stateDir: string,
     private readonly iothreads?: number,
+    /** iSCSI session parameters set on every new target (tgtadm --op update), e.g. InitialR2T=No. */
+    private readonly targetParams: Record<string, string> = {},
     private readonly tgtdPath = 'tgtd',
   ) {}
 
@@ -137,6 +139,9 @@ export class Tgt {
     try {
       await this.adm(['--mode', 'target', '--op', 'new', '--tid', String(tid), '--targetname', iqn]);
       await this.adm(['--mode', 'logicalunit', '--op', 'new', '--tid', String(tid), '--lun', '1', '--backing-store', backingStore, '--bstype', 'rdwr']);
+      for (const [name, value] of Object.entries(this.targetParams)) {
+        await this.adm(['--mode', 'target', '--op', 'update', '--tid', String(tid), '--name', name, '--value', value]);
+      }
       // tgt admits an initiator if its address OR its name is listed, so only the address is bound.
       await this.adm(['--mode', 'target', '--op', 'bind', '--tid', String(tid), '--initiator-address', initiatorAddress]);
       await this.adm(['--mode', 'account', '--op', 'new', '--user', user, '--password', secret], [secret]);
