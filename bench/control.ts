@@ -18,12 +18,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { subjects } from '../shared/subjects.js';
+import { freePort } from '../shared/nats.js';
 import { LeaseRecord, TelemetryEvent } from '../shared/schemas.js';
 import { GiB, MiB } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
@@ -47,17 +47,6 @@ export interface ControlResult {
   pressure: Latencies & { offeredPerSecond: number; matchP50Ms: number; matchP99Ms: number; leases: number; telemetrySent: number };
   brokerPeakRssBytes: number;
   brokerRssBytes: number;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => done(port));
-    });
-    server.on('error', fail);
-  });
 }
 
 function summarize(latencies: number[], errors: number, seconds: number): Latencies {

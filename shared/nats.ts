@@ -3,6 +3,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { Logger } from './log.js';
 import { buckets } from './subjects.js';
 import { stopTracing } from './tracing.js';
+import { createServer } from 'node:net';
 
 export type { NatsConnection, KV };
 
@@ -64,3 +65,16 @@ export function stopOnSignals(nc: NatsConnection, log: Logger, onStop: () => Pro
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
 }
+
+/** A TCP port free on loopback right now (for a nats-server of a test or bench). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
