@@ -19,6 +19,7 @@ import { DEVICES, RUN, WORK } from '../../bench/swap/devices.js';
 import { MODES } from '../../bench/swap/workload.js';
 
 const SWAP_BENCH = resolve(fileURLToPath(import.meta.url), '../../../bench/swap/run.js');
+const KNOBS = resolve(fileURLToPath(import.meta.url), '../../../bench/swap/knobs.js');
 const run = createRunner(pino({ level: 'silent' }));
 
 const zramDevices = async () => (await readdir('/sys/block')).filter((d) => d.startsWith('zram')).sort();
@@ -61,4 +62,24 @@ test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, n
   assert.deepEqual((await readdir(await memoryCgroupRoot())).filter((n) => n.startsWith('rswap-bench-swap')), [], 'no cgroup left');
   const { stdout } = await execa('pgrep', ['-f', 'qemu-storage-daemon'], { reject: false });
   assert.equal(stdout.trim(), '', 'no qemu-storage-daemon left');
+});
+
+test('bench - knobs smoke: a variant that changes a machine-wide setting runs and puts it back', async () => {
+  const out = `/tmp/rswap-knobs-smoke-${process.pid}/knobs.csv`;
+  const pageCluster = (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim();
+  const loopsBefore = await attachedLoops(run);
+  try {
+    const result = await execa(process.execPath, [KNOBS, '--variants', 'page-cluster-0', '--reps', '1', '--phase-seconds', '1', '--out', out], { reject: false, timeout: 300_000 });
+    assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
+    const [header, row] = (await readFile(out, 'utf8')).trim().split('\n');
+    assert.equal(header, 'variant,rep,fill,seqRead,randomRead,randomWrite');
+    const cells = row!.split(',');
+    assert.equal(cells[0], 'page-cluster-0');
+    assert.ok(cells.slice(2).every((c) => Number(c) > 0), row);
+  } finally {
+    await rm(`/tmp/rswap-knobs-smoke-${process.pid}`, { recursive: true, force: true });
+  }
+  assert.equal((await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim(), pageCluster, 'vm.page-cluster is back');
+  assert.deepEqual((await attachedLoops(run)).filter((d) => !loopsBefore.includes(d)), [], 'no loop device left');
+  assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith('/run/rswap/bench-swap')), [], 'no mount left');
 });
