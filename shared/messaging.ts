@@ -51,6 +51,9 @@ export function publishJson(nc: NatsConnection, subject: string, body: unknown, 
   }
 }
 
+/** How long a request waits for a responder to appear (an agent restarting) before it fails. */
+export const NO_RESPONDERS_GRACE_MS = 10_000;
+
 /**
  * Sends a request and parses the reply; a `{ ok: false }` reply becomes an RswapError carrying the
  * remote code and message, so a failure reads the same wherever it happened.
@@ -67,12 +70,27 @@ export async function requestJson<T>(
     { kind: SpanKind.PRODUCER, attributes: messagingAttributes(subject, 'request') },
     async (span) => {
       try {
-        const msg = await nc.request(subject, JSON.stringify(body), { timeout: timeoutMs, headers: headersFor(context.active()) }).catch((error: unknown) => {
-          const text = errorMessage(error);
-          if (/no responders/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (is that host's agent running?)`, { cause: error });
-          if (/timeout/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no reply within ${timeoutMs}ms: '${subject}'`, { cause: error });
-          throw error;
-        });
+        // "No responders" means nobody listens right now, so nothing was delivered: an agent that is
+        // restarting (systemd brings it back in seconds) gets the same request again, for a while.
+        const started = Date.now();
+        const grace = Math.min(timeoutMs, NO_RESPONDERS_GRACE_MS);
+        let msg;
+        for (let attempt = 0; !msg; attempt += 1) {
+          try {
+            msg = await nc.request(subject, JSON.stringify(body), { timeout: Math.max(1, timeoutMs - (Date.now() - started)), headers: headersFor(context.active()) });
+          } catch (error) {
+            const text = errorMessage(error);
+            if (/no responders/i.test(text)) {
+              if (Date.now() - started + 200 < grace) {
+                await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 200 * 2 ** attempt)));
+                continue;
+              }
+              throw new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (is that host's agent running?)`, { cause: error });
+            }
+            if (/timeout/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no reply within ${timeoutMs}ms: '${subject}'`, { cause: error });
+            throw error;
+          }
+        }
         const parsed = replySchema.safeParse(msg.json());
         if (!parsed.success) throw new RswapError(ErrorCodes.BAD_MESSAGE, `malformed reply on '${subject}': ${parsed.error.message}`);
         const reply = parsed.data as { ok: boolean; error?: { code: string; message: string } };

@@ -1,0 +1,43 @@
+/** requestJson on a real nats-server: an agent that is restarting still gets its command. */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { requestJson } from '../../shared/messaging.js';
+import { OkReply } from '../../shared/schemas.js';
+import { startNatsServer, type NatsServer } from '../helpers/nats.js';
+
+let server: NatsServer;
+let nc: NatsConnection;
+let agent: NatsConnection;
+
+before(async () => {
+  server = await startNatsServer();
+  nc = await connect({ servers: server.url });
+  agent = await connect({ servers: server.url });
+});
+
+after(async () => {
+  await nc?.close();
+  await agent?.close();
+  await server?.stop();
+});
+
+test('requestJson - a responder that appears within the grace gets the request once; none at all fails as no responders', async () => {
+  let received = 0;
+  setTimeout(() => {
+    agent.subscribe('test.restarting', { callback: (_e, msg) => {
+        received += 1;
+        msg.respond(JSON.stringify({ ok: true }));
+      },
+    });
+  }, 800);
+  const started = Date.now();
+  assert.deepEqual(await requestJson(nc, 'test.restarting', {}, OkReply, 5_000), { ok: true });
+  assert.ok(Date.now() - started >= 800, 'it waited for the responder');
+  assert.equal(received, 1, 'delivered once');
+
+  const t = Date.now();
+  await assert.rejects(requestJson(nc, 'test.nobody', {}, OkReply, 1_500), /no responders: 'test\.nobody'/);
+  const waited = Date.now() - t;
+  assert.ok(waited >= 1_000 && waited < 3_000, `gave up within the request's own timeout (${waited} ms)`);
+});
