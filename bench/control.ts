@@ -17,14 +17,14 @@
  *                                   [--out bench/results/control.json] [--smoke]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { cpus, tmpdir, totalmem } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { subjects } from '../shared/subjects.js';
-import { freePort } from '../shared/nats.js';
-import { LeaseRecord, TelemetryEvent } from '../shared/schemas.js';
+import { startNatsServer, type NatsServer } from '../shared/nats.js';
+import { TelemetryEvent } from '../shared/schemas.js';
 import { GiB, MiB } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
 import { listLeases } from '../cli/operator.js';
@@ -107,20 +107,13 @@ async function rssOf(pid: number): Promise<{ rss: number; hwm: number }> {
 }
 
 async function benchFleet(hosts: number, seconds: number, pressureRate: number, log: (line: string) => void): Promise<ControlResult> {
-  const dir = await mkdtemp(join(tmpdir(), 'rswap-bench-control-'));
-  const children: ChildProcess[] = [];
+  let nats: NatsServer | undefined;
+  let broker: ChildProcess | undefined;
   let nc: NatsConnection | undefined;
   try {
-    const port = await freePort();
-    const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    children.push(nats);
-    let natsLog = '';
-    nats.stderr!.on('data', (c: Buffer) => void (natsLog += c.toString()));
-    await waitFor('nats-server', async () => natsLog.includes('Server is ready'), { timeoutMs: 10_000 });
-    const url = `nats://127.0.0.1:${port}`;
-    const brokerLog = join(dir, 'broker.log');
-    const broker = spawn(process.execPath, [CLI, 'broker', '--nats', url], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
-    children.push(broker);
+    nats = await startNatsServer();
+    const url = nats.url;
+    broker = spawn(process.execPath, [CLI, 'broker', '--nats', url], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
     let brokerOutput = '';
     const keep = (c: Buffer) => void (brokerOutput = (brokerOutput + c.toString()).slice(-20_000));
     broker.stdout!.on('data', keep);
@@ -193,7 +186,7 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
     const pressureSeconds = (performance.now() - pressureStarted) / 1000;
     stop = true;
     await background;
-    const leases = (await listLeases(url)).map((l) => LeaseRecord.parse(l));
+    const leases = await listLeases(url);
     const matches = leases.filter((l) => pressureAt.has(l.borrower)).map((l) => l.createdAt - pressureAt.get(l.borrower)!).sort((a, b) => a - b);
     const memory = await rssOf(broker.pid!);
     if (broker.exitCode !== null) throw new Error(`the broker exited: ${brokerOutput}`);
@@ -208,13 +201,12 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
     };
   } finally {
     await nc?.close().catch(() => {});
-    for (const child of children.reverse()) {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGKILL');
-        await new Promise((r) => child.once('exit', r));
-      }
+    if (broker && broker.exitCode === null && broker.signalCode === null) {
+      const exited = new Promise((r) => broker!.once('exit', r));
+      broker.kill('SIGKILL');
+      await exited;
     }
-    await rm(dir, { recursive: true, force: true });
+    await nats?.stop();
   }
 }
 

@@ -58,6 +58,14 @@ export async function casUpdate<T>(
   throw new RswapError(ErrorCodes.INTERNAL, `compare-and-set on '${key}' kept conflicting after ${attempts} attempts`);
 }
 
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Every key's current value, kept in memory by one KV watch. `list()` first waits until the watch
  * has applied everything the bucket held when `list()` was called (one stream-info request), so its
@@ -82,19 +90,10 @@ export class KvMirror<T> {
     try {
       const watch = await this.kv.watch({ include: '' });
       for await (const entry of watch) {
-        if (entry.operation === 'PUT') {
-          const parsed = (() => {
-            try {
-              return this.schema.safeParse(entry.json());
-            } catch {
-              return undefined;
-            }
-          })();
-          if (parsed?.success) this.values.set(entry.key, { value: parsed.data, revision: entry.revision });
-          else this.values.delete(entry.key); // a record that no longer parses is skipped, as listParsed does
-        } else {
-          this.values.delete(entry.key);
-        }
+        // A deleted key, or a record that no longer parses (skipped, as listParsed does), is dropped.
+        const parsed = entry.operation === 'PUT' ? this.schema.safeParse(parseJson(entry.string())) : undefined;
+        if (parsed?.success) this.values.set(entry.key, { value: parsed.data, revision: entry.revision });
+        else this.values.delete(entry.key);
         this.applied = Math.max(this.applied, entry.revision);
         this.waiters = this.waiters.filter((w) => (w.revision <= this.applied ? (w.resolve(), false) : true));
       }

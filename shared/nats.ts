@@ -3,7 +3,11 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { Logger } from './log.js';
 import { buckets } from './subjects.js';
 import { stopTracing } from './tracing.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export type { NatsConnection, KV };
 
@@ -78,3 +82,36 @@ export async function freePort(): Promise<number> {
   });
 }
 
+export interface NatsServer {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** A real nats-server with JetStream on a free loopback port and a fresh store, for a test or bench. */
+export async function startNatsServer(): Promise<NatsServer> {
+  const port = await freePort();
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-nats-'));
+  const child: ChildProcess = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  await new Promise<void>((resolve, reject) => {
+    let output = '';
+    const timer = setTimeout(() => reject(new Error(`nats-server did not start: ${output}`)), 10_000);
+    child.stderr!.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes('Server is ready')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once('error', reject);
+  });
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL');
+        await new Promise((r) => child.once('exit', r));
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}

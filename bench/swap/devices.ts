@@ -21,6 +21,8 @@ import { MiB } from '../../shared/units.js';
 import { waitFor } from '../../shared/wait.js';
 import { testbedDown, testbedUp } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
+import { chooseSwapPriority } from '../../services/attacher/swap.js';
+import { stopGracefully } from '../../shared/process.js';
 
 export const DEVICES = ['remote', 'local', 'hdd-model', 'zram', 'ramfs-loop'] as const;
 export type DeviceName = (typeof DEVICES)[number];
@@ -57,20 +59,12 @@ export interface DeviceOptions {
   attacherArgs?: string[];
 }
 
-/** Above every swap area on the machine, so the workload's pages go to the device under test. */
-async function priorityAboveAll(): Promise<number> {
-  return Math.min(32767, Math.max(0, ...(await readSwaps()).map((a) => a.priority)) + 100);
-}
-
 async function swapOn(run: Runner, path: string): Promise<number> {
-  const priority = await priorityAboveAll();
+  // Above every swap area on the machine (the attacher's rule), so the pages go to the device under test.
+  const priority = chooseSwapPriority(await readSwaps(), new Set());
   await run('mkswap', [path]);
   await run('swapon', ['-p', String(priority), path]);
   return priority;
-}
-
-async function swapOffIfOn(run: Runner, path: string): Promise<void> {
-  if ((await readSwaps()).some((a) => a.path === path)) await run('swapoff', [path], { timeoutMs: 300_000 });
 }
 
 async function loopFor(run: Runner, file: string): Promise<string> {
@@ -92,23 +86,9 @@ async function recordLoop(device: string): Promise<void> {
   await writeFile(join(RUN, 'loops'), `${device}\n`, { flag: 'a' });
 }
 
-async function killPidfile(pidfile: string): Promise<void> {
+async function stopPidfile(pidfile: string): Promise<void> {
   const pid = Number((await readFile(pidfile, 'utf8').catch(() => '')).trim());
-  if (!pid) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  for (let i = 0; i < 50; i += 1) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  process.kill(pid, 'SIGKILL');
+  if (pid) await stopGracefully(pid);
 }
 
 /**
@@ -128,7 +108,7 @@ export async function cleanupDevices(run: Runner, log: Logger): Promise<void> {
     await writeFile('/sys/class/zram-control/hot_remove', zram).catch(() => {});
   }
   for (const entry of await readdir(RUN).catch(() => [] as string[])) {
-    if (entry.endsWith('.pid')) await killPidfile(join(RUN, entry));
+    if (entry.endsWith('.pid')) await stopPidfile(join(RUN, entry));
   }
   const mounts = (await readMounts()).filter((m) => m.target.startsWith(`${RUN}/`)).reverse();
   for (const m of mounts) await run('umount', ['-l', m.target]);

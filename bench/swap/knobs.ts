@@ -10,18 +10,14 @@
  *                                 [--out bench/results/knobs.csv]
  */
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
-import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readMounts } from '../../shared/procfs.js';
 import { MiB } from '../../shared/units.js';
 import { cleanupDevices, setUpDevice } from './devices.js';
-import type { SwapWorkloadReport } from './workload.js';
-
-const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
+import { runWorkloadIn } from './run.js';
 
 const SETTINGS = {
   pageCluster: '/proc/sys/vm/page-cluster',
@@ -36,6 +32,8 @@ interface Variant {
   /** Extra exporter flags: variants with the same ones share a lease. */
   exporterArgs?: string[];
   apply?: () => Promise<void>;
+  /** The workload runs on CPU 0 too. */
+  pinWorkload?: boolean;
 }
 
 /** The FUSE exports of our leases: their bdi ("0:N") carries the readahead setting. */
@@ -64,6 +62,7 @@ export const VARIANTS: Variant[] = [
   {
     name: 'one-cpu',
     knob: 'tgtd, qemu-storage-daemon, workload and unbound workqueues on CPU 0',
+    pinWorkload: true,
     apply: async () => {
       await pin('^tgtd -f', '0');
       await pin('^qemu-storage-daemon', '0');
@@ -81,18 +80,6 @@ interface Measured {
   seq: number;
   random: number;
   write: number;
-}
-
-async function runOnce(pinned: boolean, phaseSeconds: number): Promise<SwapWorkloadReport> {
-  const cgroup = await createMemoryCgroup(`rswap-bench-knobs-${process.pid}`, 128 * MiB);
-  try {
-    const command = cgroup.wrap([...(pinned ? ['taskset', '-c', '0'] : []), process.execPath, WORKLOAD, '--data', String(256 * MiB), '--block', '4096', '--phase-seconds', String(phaseSeconds)]);
-    const result = await execa(command[0]!, command.slice(1), { reject: false, timeout: 600_000 });
-    if (result.exitCode !== 0) throw new Error(`workload failed (${result.signal ?? result.exitCode}): ${String(result.stderr)}`);
-    return JSON.parse(String(result.stdout)) as SwapWorkloadReport;
-  } finally {
-    await cgroup.remove();
-  }
 }
 
 async function main(): Promise<void> {
@@ -114,23 +101,27 @@ async function main(): Promise<void> {
   await cleanupDevices(run, log);
   try {
     const groups = new Map<string, Variant[]>();
-    for (const v of variants) groups.set(JSON.stringify(v.exporterArgs ?? []), [...(groups.get(JSON.stringify(v.exporterArgs ?? [])) ?? []), v]);
-    for (const [args, group] of groups) {
-      const exporterArgs = JSON.parse(args) as string[];
+    for (const v of variants) {
+      const key = JSON.stringify(v.exporterArgs ?? []);
+      groups.set(key, [...(groups.get(key) ?? []), v]);
+    }
+    for (const group of groups.values()) {
+      const exporterArgs = group[0]!.exporterArgs ?? [];
       const device = await setUpDevice('remote', run, log, { sizeBytes: 512 * MiB, natsPort: 14226, exporterArgs });
       const bdiReadahead = new Map<string, string>();
       for (const bdi of await fuseBdis()) bdiReadahead.set(bdi, (await readFile(`/sys/class/bdi/${bdi}/read_ahead_kb`, 'utf8')).trim());
       try {
         for (const v of group) {
           try {
-            await v.apply?.();
-          } catch (error) {
-            console.log(`${v.name.padEnd(20)} skipped: ${(error as Error).message}`);
-            continue;
-          }
-          try {
+            // A knob this machine lacks skips its variant; the finally puts back what it did set.
+            const skipped = await Promise.resolve(v.apply?.()).then(() => undefined, (error: Error) => error.message);
+            if (skipped) {
+              console.log(`${v.name.padEnd(20)} skipped: ${skipped}`);
+              continue;
+            }
             for (let rep = 1; rep <= reps; rep += 1) {
-              const r = await runOnce(v.name === 'one-cpu', phaseSeconds);
+              const args = ['--data', String(256 * MiB), '--block', '4096', '--phase-seconds', String(phaseSeconds)];
+              const r = await runWorkloadIn(128 * MiB, args, `workload (${v.name})`, v.pinWorkload ? ['taskset', '-c', '0'] : []);
               const row = { variant: v.name, rep, fill: r.fill.mbps, seq: r.phases['seq-read']!.mbps, random: r.phases['random-read']!.mbps, write: r.phases['random-write']!.mbps };
               rows.push(row);
               console.log(`${v.name.padEnd(20)} rep ${rep}: fill ${row.fill} | seq-read ${row.seq} | random-read ${row.random} | random-write ${row.write} MB/s`);

@@ -73,8 +73,8 @@ let cgroupSerial = 0;
  * is left out of the results (and named in meta.json and swap.md).
  */
 class OomKilled extends Error {
-  constructor(device: string, dataBytes: number) {
-    super(`workload on ${device} (data ${formatBytes(dataBytes)}) was OOM-killed in its cgroup`);
+  constructor(what: string) {
+    super(`${what} was OOM-killed in its cgroup`);
   }
 }
 
@@ -85,35 +85,45 @@ async function oomKills(cgroupPath: string): Promise<number> {
 
 const ATTEMPTS = 3;
 
-async function runPoint(device: DeviceName, point: Point, options: SwapBenchOptions, devicePath: string): Promise<Row[]> {
-  const top = (await readSwaps()).sort((a, b) => b.priority - a.priority)[0];
-  if (top?.path !== devicePath) throw new Error(`${devicePath} is no longer the highest-priority swap area (${top?.path} is): results would mix devices`);
-  const cgroup = await createMemoryCgroup(`rswap-bench-swap-${process.pid}-${(cgroupSerial += 1)}`, options.limitBytes);
+/**
+ * Runs bench/swap/workload.js once with `args` in a fresh memory cgroup limited to `limitBytes`
+ * (behind `prefix`, e.g. taskset), and returns its report; OomKilled if the cgroup's OOM killer
+ * ended it. SIGINT/SIGTERM of the bench kill it.
+ */
+export async function runWorkloadIn(limitBytes: number, args: string[], what: string, prefix: string[] = []): Promise<SwapWorkloadReport> {
+  const cgroup = await createMemoryCgroup(`rswap-bench-swap-${process.pid}-${(cgroupSerial += 1)}`, limitBytes);
   try {
-    const args = [WORKLOAD, '--data', String(point.dataBytes), '--block', String(point.blockBytes), '--modes', options.modes.join(','), '--phase-seconds', String(options.phaseSeconds)];
-    running = execa(cgroup.wrap([process.execPath, ...args])[0]!, cgroup.wrap([process.execPath, ...args]).slice(1), { reject: false, timeout: 900_000 });
+    const [command, ...rest] = cgroup.wrap([...prefix, process.execPath, WORKLOAD, ...args]);
+    running = execa(command!, rest, { reject: false, timeout: 900_000 });
     const result = await running;
     running = undefined;
-    if (result.signal === 'SIGKILL' && (await oomKills(cgroup.path)) > 0) throw new OomKilled(device, point.dataBytes);
-    if (result.exitCode !== 0) throw new Error(`workload on ${device} failed (${result.signal ?? result.exitCode}): ${String(result.stderr).trim()}`);
-    const report = JSON.parse(String(result.stdout)) as SwapWorkloadReport;
-    const rows: Row[] = [];
-    for (const sweep of point.sweeps) {
-      const base = { device, sweep, dataRatio: point.dataRatio, dataBytes: point.dataBytes, blockBytes: point.blockBytes, limitBytes: options.limitBytes };
-      rows.push({ ...base, mode: 'fill', ...report.fill });
-      for (const mode of options.modes) rows.push({ ...base, mode, ...report.phases[mode]! });
-    }
-    return rows;
+    if (result.signal === 'SIGKILL' && (await oomKills(cgroup.path)) > 0) throw new OomKilled(what);
+    if (result.exitCode !== 0) throw new Error(`${what} failed (${result.signal ?? result.exitCode}): ${String(result.stderr).trim()}`);
+    return JSON.parse(String(result.stdout)) as SwapWorkloadReport;
   } finally {
     await cgroup.remove();
   }
+}
+
+async function runPoint(device: DeviceName, point: Point, options: SwapBenchOptions, devicePath: string): Promise<Row[]> {
+  const top = (await readSwaps()).sort((a, b) => b.priority - a.priority)[0];
+  if (top?.path !== devicePath) throw new Error(`${devicePath} is no longer the highest-priority swap area (${top?.path} is): results would mix devices`);
+  const args = ['--data', String(point.dataBytes), '--block', String(point.blockBytes), '--modes', options.modes.join(','), '--phase-seconds', String(options.phaseSeconds)];
+  const report = await runWorkloadIn(options.limitBytes, args, `workload on ${device} (data ${formatBytes(point.dataBytes)})`);
+  const rows: Row[] = [];
+  for (const sweep of point.sweeps) {
+    const base = { device, sweep, dataRatio: point.dataRatio, dataBytes: point.dataBytes, blockBytes: point.blockBytes, limitBytes: options.limitBytes };
+    rows.push({ ...base, mode: 'fill', ...report.fill });
+    for (const mode of options.modes) rows.push({ ...base, mode, ...report.phases[mode]! });
+  }
+  return rows;
 }
 
 export async function runSwapBench(options: SwapBenchOptions, progress: (line: string) => void = console.log): Promise<Row[]> {
   const log = pino({ level: 'warn' }, pino.destination(2));
   const run = createRunner(log);
   const points = pointsFor(options);
-  const sizeBytes = Math.max(64 * MiB, Math.ceil((Math.max(...points.map((p) => p.dataBytes)) * 1.0) / MiB) * MiB);
+  const sizeBytes = Math.max(64 * MiB, ...points.map((p) => p.dataBytes)); // data sizes are whole MiB
   const rows: Row[] = [];
   const oomKilled: string[] = [];
   const pageClusterBefore = (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim();

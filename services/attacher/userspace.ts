@@ -13,6 +13,7 @@ import { readMounts } from '../../shared/procfs.js';
 import type { Chap, Target } from '../../shared/schemas.js';
 import type { Initiator } from './initiator.js';
 import { escapeToRootMemoryCgroup } from './cgroup.js';
+import { isAlive, stopGracefully } from '../../shared/process.js';
 
 export class UserspaceInitiator implements Initiator {
   readonly kind = 'userspace' as const;
@@ -86,11 +87,7 @@ export class UserspaceInitiator implements Initiator {
     // device login recorded is detached by name, if it is still the one backed by our export.
     for (const device of await recordedLoops(join(this.stateDir, 'leases'), leaseId)) await this.run('losetup', ['-d', device]);
     const pid = await readFile(p.pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
-    if (pid && isAlive(pid)) {
-      process.kill(pid, 'SIGTERM');
-      for (let i = 0; i < 50 && isAlive(pid); i += 1) await sleep(100);
-      if (isAlive(pid)) process.kill(pid, 'SIGKILL');
-    }
+    if (pid) await stopGracefully(pid);
     if (await this.exportMounted(p.exportFile)) {
       await this.run('umount', ['-l', p.exportFile]).catch((error) => this.log.warn({ leaseId, err: errorMessage(error) }, 'could not unmount FUSE export'));
     }
@@ -152,13 +149,3 @@ export async function recordedLoops(leasesDir: string, leaseId?: string): Promis
   return found;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -33,18 +33,18 @@ export const DEFAULT_ISCSI_PARAMS = 'MaxRecvDataSegmentLength=262144,MaxXmitData
 
 /** "InitialR2T=No,FirstBurstLength=262144" -> { InitialR2T: 'No', FirstBurstLength: '262144' }, each checked. */
 export const IscsiParams = z.string().transform((text, ctx) => {
-    const params: Record<string, string> = {};
-    for (const pair of text.split(',').map((p) => p.trim()).filter(Boolean)) {
-      const [name, value] = pair.split('=');
-      const shape = name ? ISCSI_PARAMS[name] : undefined;
-      if (!shape || value === undefined || !shape.test(value)) {
-        ctx.addIssue({ code: 'custom', message: `'${pair}' is not a settable iSCSI parameter (${Object.keys(ISCSI_PARAMS).join(', ')})` });
-        return z.NEVER;
-      }
-      params[name!] = value;
+  const params: Record<string, string> = {};
+  for (const pair of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const [name, value] = pair.split('=');
+    const shape = name ? ISCSI_PARAMS[name] : undefined;
+    if (!shape || value === undefined || !shape.test(value)) {
+      ctx.addIssue({ code: 'custom', message: `'${pair}' is not a settable iSCSI parameter (${Object.keys(ISCSI_PARAMS).join(', ')})` });
+      return z.NEVER;
     }
-    return params;
-  });
+    params[name!] = value;
+  }
+  return params;
+});
 
 export const ExporterConfig = z.strictObject({
   nats: z.string().min(1),
