@@ -75,6 +75,14 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
   assert.ok(swaps.some((a) => a.path === LOCAL_SWAP && a.priority === 5), 'the local swap file is on');
   assert.ok(swaps.every((a) => a === remote || a.priority < remote.priority), 'remote swap is above every other area');
   assert.equal(remote.priority, 105, 'highest local priority + 100');
+  // The exporter's tuned iSCSI parameters (docs/benchmarks.md) are set on the lease's target.
+  const tgtadm = (args: string[]) => run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show', ...args]);
+  const tid = new RegExp(`^Target (\\d+): ${lease.target!.iqn}$`, 'm').exec((await tgtadm([])).stdout)?.[1];
+  assert.ok(tid, `the lease's target is listed on host-a`);
+  const target = (await tgtadm(['--tid', tid])).stdout;
+  for (const param of ['MaxRecvDataSegmentLength=262144', 'MaxXmitDataSegmentLength=262144', 'InitialR2T=No', 'ImmediateData=Yes', 'FirstBurstLength=262144', 'MaxBurstLength=1048576']) {
+    assert.ok(target.split('\n').some((line) => line.trim() === param), `${param} on the target`);
+  }
 
   // A workload twice its cgroup's limit: every byte must come back, and pages must be swapped in.
   const cgroup = await createMemoryCgroup(`rswap-e2e-${process.pid}`, 96 * MiB);
