@@ -27,8 +27,13 @@ export const subjects = {
   attachCmd: (host: string) => `${PREFIX}.cmd.${host}.attach`,
   detachCmd: (host: string) => `${PREFIX}.cmd.${host}.detach`,
 
-  /** A broker that starts asks every agent to announce itself now, not at its next interval. */
+  /**
+   * A broker that starts (or reconnects) asks every agent to announce itself now, and every monitor
+   * to resend its offer and its pressure, not at their next interval.
+   */
   brokerHello: `${PREFIX}.broker.hello`,
+  /** A broker that has a pressure no lender can serve asks every monitor for a fresh offer. */
+  brokerSolicit: `${PREFIX}.broker.solicit`,
   /** Operator requests to the broker. */
   release: `${PREFIX}.broker.release`,
   /** Move a lease to another lender, make-before-break. */

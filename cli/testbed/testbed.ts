@@ -14,6 +14,8 @@
  * state file.
  */
 import { spawn } from 'node:child_process';
+import { connect } from '@nats-io/transport-node';
+import { subjects, hostOfSubject } from '../../shared/subjects.js';
 import { closeSync, openSync } from 'node:fs';
 import { chmod, mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -42,6 +44,11 @@ export interface TestbedOptions {
   reserveBytes?: number[];
   /** Start a monitor per host (default true); without, events come only from `rswap inject`. */
   monitors?: boolean;
+  /**
+   * Start the broker last, once every monitor has published its first offer (default false: the
+   * broker first). Tests a broker that starts after the fleet: it must still learn every offer.
+   */
+  brokerLast?: boolean;
   /** Size of the shared local-disk swap file at priority 5 (default none). */
   localSwapBytes?: number;
   /** Environment for every rswap process (e.g. OTEL_EXPORTER_OTLP_ENDPOINT). */
@@ -141,8 +148,15 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
 
   const node = process.execPath;
-  const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
-  await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
+  const startBroker = async () => {
+    const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
+    await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
+  };
+  // With the broker last: listen for the monitors' first offers before they start.
+  const offered = new Set<string>();
+  const watcher = options.brokerLast && options.monitors !== false ? await connect({ servers: natsUrl }) : undefined;
+  watcher?.subscribe(subjects.allSurplus, { callback: (_e, msg) => void offered.add(hostOfSubject(msg.subject) ?? '') });
+  if (!options.brokerLast) await startBroker();
   for (const [i, host] of hosts.entries()) {
     const inNs = ['nsenter', `--net=/run/netns/${host.netns}`, node, CLI];
     const common = ['--nats', natsUrl, '--host', host.name, '--address', host.address];
@@ -168,6 +182,14 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       options.env,
       `${host.name}/attacher`,
     );
+  }
+  if (options.brokerLast) {
+    try {
+      if (watcher) await waitFor('testbed: every monitor published an offer', async () => hosts.every((h) => offered.has(h.name)), { timeoutMs: 30_000 });
+    } finally {
+      await watcher?.close();
+    }
+    await startBroker();
   }
   const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0) };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));

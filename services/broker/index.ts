@@ -10,6 +10,7 @@ import { AnnounceEvent, type LeaseRecord, LostEvent, PressureEvent, ReleaseReque
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
+import { UnservedDemand } from './demand.js';
 import { isTerminal } from './states.js';
 import { scrapeGauge, serveMetrics } from '../../shared/metrics.js';
 
@@ -27,6 +28,8 @@ export const BrokerConfig = z.strictObject({
   sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
   releaseCooldownMs: z.coerce.number().int().nonnegative().default(60_000), // clear this long before leases go back
   borrowerTimeoutMs: z.coerce.number().int().positive().default(120_000), // a borrower silent this long is gone
+  unservedTtlMs: z.coerce.number().int().positive().default(10_000), // a pressure no lender could serve is retried this long
+  solicitIntervalMs: z.coerce.number().int().positive().default(2_000), // ask monitors for fresh offers at most this often
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
 });
 export type BrokerConfig = z.infer<typeof BrokerConfig>;
@@ -40,13 +43,19 @@ export async function startBroker(raw: Record<string, unknown>) {
   const leases = new LeaseStore(stores.leases, nc, log);
   // Unique per process: two brokers named alike must still tell their marks apart.
   const brokerId = `${config.host}-${process.pid}-${randomBytes(2).toString('hex')}`;
-  const lifecycle = new Lifecycle(nc, hosts, leases, config, log, brokerId);
+  // A pressure no lender can serve asks every monitor for a fresh offer, and waits for one.
+  const unserved = new UnservedDemand({ ttlMs: config.unservedTtlMs, solicitEveryMs: config.solicitIntervalMs }, () => {
+    log.info('no lender for a pressure: asking monitors for fresh offers');
+    nc.publish(subjects.brokerSolicit, JSON.stringify({ at: Date.now() }));
+  });
+  const lifecycle = new Lifecycle(nc, hosts, leases, config, log, brokerId, unserved);
   const rejects = new RejectCounter();
   const queue = 'rswap-broker';
   const base = { log, rejects, queue };
 
   handle(nc, subjects.allAnnounce, { ...base, schema: AnnounceEvent, checkHostToken: true }, async (event) => {
     await hosts.recordAnnounce(event);
+    if (event.role === 'exporter') lifecycle.retryUnserved(Date.now());
   });
   handle(nc, subjects.allSurplus, { ...base, schema: SurplusEvent, checkHostToken: true }, async (event) => {
     const at = event.at ?? Date.now();
@@ -56,6 +65,7 @@ export async function startBroker(raw: Record<string, unknown>) {
       const reclaimed = await lifecycle.reclaim(event.host, event.deficitBytes, at);
       return { reclaimed: reclaimed.map((l) => l.id) };
     }
+    if (event.lendableBytes > 0) lifecycle.retryUnserved(Date.now());
     return {};
   });
 
@@ -79,7 +89,10 @@ export async function startBroker(raw: Record<string, unknown>) {
   };
   handle(nc, subjects.allRelief, { ...base, schema: ReliefEvent, checkHostToken: true }, async (event) => {
     const record = await hosts.recordRelief(event.host, event.at);
-    if (record.clearSince !== undefined) scheduleCool(event.host, record.clearSince);
+    if (record.clearSince !== undefined) {
+      lifecycle.onRelief(event.host);
+      scheduleCool(event.host, record.clearSince);
+    }
     return {};
   });
   handle(nc, subjects.allPressure, { ...base, schema: PressureEvent, checkHostToken: true }, async (event) => {
@@ -141,7 +154,13 @@ export async function startBroker(raw: Record<string, unknown>) {
   scrapeGauge('rswap_borrowed_bytes', 'Bytes of live leases per borrower', ['host'], () => liveBytes('borrower'));
   const metricsServer = await serveMetrics(config.metricsPort, { service: 'broker', host: config.host }, log);
 
-  nc.publish(subjects.brokerHello, JSON.stringify({ at: Date.now() }));
+  // Hello: every agent re-announces and every monitor resends its offer (and its pressure), so a
+  // broker that starts, restarts or comes back from a NATS outage knows the fleet at once.
+  const hello = () => nc.publish(subjects.brokerHello, JSON.stringify({ at: Date.now() }));
+  hello();
+  void (async () => {
+    for await (const status of nc.status()) if (status.type === 'reconnect') hello();
+  })();
   const stopTimers = () => {
     metricsServer?.close();
     clearInterval(timer);

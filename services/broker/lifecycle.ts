@@ -19,6 +19,7 @@ import { chooseLender, type PolicyOptions } from './policy.js';
 import { isTerminal } from './states.js';
 import { KeyedQueue } from '../../shared/serial.js';
 import { waitFor } from '../../shared/wait.js';
+import type { UnservedDemand } from './demand.js';
 
 export interface LifecycleOptions extends PolicyOptions {
   exportTimeoutMs: number;
@@ -54,10 +55,15 @@ export class Lifecycle {
     private readonly log: Logger,
     /** This broker's name in lease records and borrower marks. */
     private readonly brokerId = 'broker',
+    /** Pressure no lender could serve yet: retried when offers come (see demand.ts). */
+    private readonly unserved?: UnservedDemand,
   ) {}
 
-  /** Demand from a borrower: lend unless its existing leases already cover it. */
-  async onPressure(event: PressureEvent, at: number): Promise<LeaseRecord | undefined> {
+  /**
+   * Demand from a borrower: lend unless its existing leases already cover it. A pressure no lender
+   * can serve now waits in `unserved` (which solicits fresh offers) and is retried as they come.
+   */
+  async onPressure(event: PressureEvent, at: number, receivedAt = Date.now()): Promise<LeaseRecord | undefined> {
     return this.perBorrower.run(event.host, async () => {
       const borrower = await this.hosts.recordPressure(event.host, event.neededBytes, at);
       if (!borrower.attacher) {
@@ -78,16 +84,40 @@ export class Lifecycle {
         }
         const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
         if (coveredBytes >= event.neededBytes) {
+          this.unserved?.drop(event.host);
           this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
           return undefined;
         }
         const lease = await this.lend(borrower, event.neededBytes - coveredBytes, new Set(), undefined, leaseId);
-        if (lease) metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
-        return lease && (await this.bringUp(lease));
+        if (!lease) {
+          this.unserved?.add({ event, at, receivedAt, context: context.active() }, Date.now());
+          return undefined;
+        }
+        this.unserved?.drop(event.host);
+        metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
+        return this.bringUp(lease);
       } finally {
         await this.hosts.releaseBorrower(event.host, leaseId);
       }
     });
+  }
+
+  /**
+   * Retries every pressure still waiting for a lender, each in its own trace: called when an offer
+   * or an exporter's announce arrives. One still unserved waits again (until its time is up).
+   */
+  retryUnserved(now: number): void {
+    for (const pressure of this.unserved?.take(now) ?? []) {
+      this.log.info({ borrower: pressure.event.host, neededBytes: pressure.event.neededBytes }, 'retrying a pressure that had no lender');
+      void context
+        .with(pressure.context, () => this.onPressure(pressure.event, pressure.at, pressure.receivedAt))
+        .catch((error: unknown) => this.log.warn({ borrower: pressure.event.host, err: errorMessage(error) }, 'retried pressure failed'));
+    }
+  }
+
+  /** The borrower's pressure is over: a pressure of it still waiting for a lender is dropped. */
+  onRelief(host: string): void {
+    this.unserved?.drop(host);
   }
 
   /**

@@ -9,8 +9,14 @@
  * - surplus (host.H.surplus): when what the host can lend moves by `surplusStepBytes`, when its
  *   deficit starts or ends, and at least every `surplusRefreshMs` (offers expire at the broker);
  * - telemetry (host.H.telemetry): every `heartbeatMs`, for observers.
+ *
+ * Offers and pressure are events, so a broker that was not listening when they went out (it
+ * started later, restarted, or lost NATS for a while) would not know them until their next
+ * repeat. It says hello when it starts or reconnects: the monitor answers at once with its offer
+ * and relief, and with its pressure at the next sample. A broker that has a pressure it cannot
+ * serve solicits offers: a monitor with something to lend answers at once.
  */
-import type { NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
@@ -74,6 +80,7 @@ export class Monitor {
   private lastSurplus: (SurplusEvent & { at: number }) | undefined;
   private stopped = false;
   private loop: Promise<void> | undefined;
+  private subscriptions: Subscription[] = [];
 
   constructor(
     private readonly nc: NatsConnection,
@@ -87,12 +94,37 @@ export class Monitor {
 
   start(): void {
     this.loop = this.run();
+    this.subscriptions = [
+      this.nc.subscribe(subjects.brokerHello, { callback: () => void this.answerBroker('hello') }),
+      this.nc.subscribe(subjects.brokerSolicit, { callback: () => void this.answerBroker('solicit') }),
+    ];
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    for (const sub of this.subscriptions) sub.unsubscribe();
     await this.loop;
     this.waker?.close();
+  }
+
+  /**
+   * A broker said hello (it knows nothing yet) or solicits offers (it has a pressure to serve):
+   * resend the offer from the latest reading now; after a hello also the relief now, or the
+   * pressure at the next sample (its need comes from two readings).
+   */
+  async answerBroker(why: 'hello' | 'solicit'): Promise<void> {
+    const reading = this.previous;
+    if (!reading || this.stopped) return; // not measured yet: the first sample publishes anyway
+    try {
+      if (why === 'hello') {
+        if (this.detector.state === 'pressure') this.lastPressureAt = 0;
+        else this.publishRelief(reading.at);
+      }
+      const sent = await this.maybePublishSurplus(reading, reading.at, why === 'hello' ? 'always' : 'if-lendable');
+      this.log.debug({ why, sent }, 'answered a broker');
+    } catch (error) {
+      this.log.warn({ why, err: (error as Error).message }, 'could not answer a broker');
+    }
   }
 
   private async run(): Promise<void> {
@@ -169,25 +201,32 @@ export class Monitor {
     publishJson(this.nc, subjects.telemetry(this.options.host), event);
   }
 
-  private async maybePublishSurplus(reading: Reading, at: number): Promise<void> {
+  /**
+   * Publishes what the host can lend when it changed enough (or `force`: 'always', or
+   * 'if-lendable' when there is something to lend). Returns whether it published.
+   */
+  private async maybePublishSurplus(reading: Reading, at: number, force?: 'always' | 'if-lendable'): Promise<boolean> {
     const { lentBytes: lent, residentBytes } = await lending(this.options.exporterStateDir);
     // Promised pages not yet written still belong to the borrowers: count them as used.
     const offer = surplus(reading.availableBytes - (lent - residentBytes), this.options.reserveBytes, this.detector.state === 'pressure');
     const last = this.lastSurplus;
     const changed =
+      force === 'always' ||
+      (force === 'if-lendable' && offer.lendableBytes > 0) ||
       !last ||
       Math.abs(offer.lendableBytes - last.lendableBytes) >= this.options.surplusStepBytes ||
       lent !== last.lentBytes ||
       (offer.deficitBytes > 0) !== (last.deficitBytes > 0) ||
       at - last.at >= this.options.surplusRefreshMs;
     gauges.lendable.set(offer.lendableBytes);
-    if (!changed) return;
+    if (!changed) return false;
     const event = { host: this.options.host, ...offer, lentBytes: lent, at, source: 'monitor' as const };
     publishJson(this.nc, subjects.surplus(this.options.host), event);
     if (offer.deficitBytes > 0 && !(last && last.deficitBytes > 0)) {
       this.log.warn({ availableBytes: reading.availableBytes, reserveBytes: this.options.reserveBytes, lentBytes: lent }, 'available memory under the reserve');
     }
     this.lastSurplus = event;
+    return true;
   }
 }
 

@@ -16,7 +16,8 @@ test('bench - rescue smoke: two runs measured phase by phase, testbed removed', 
   try {
     const result = await execa(process.execPath, [RESCUE, '--runs', '2', '--out', out, '--dir', dir, '--nats-port', String(await freePort())], { reject: false, timeout: 300_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
-    const report = JSON.parse(await readFile(out, 'utf8')) as { runs: number; results: Array<Record<string, number>>; summary: Record<string, { p50: number }> };
+    const report = JSON.parse(await readFile(out, 'utf8')) as { runs: number; rescued: number; missed: unknown[]; results: Array<Record<string, number>>; summary: Record<string, { p50: number }> };
+    assert.equal(report.rescued, 2, `every run rescued: ${JSON.stringify(report.missed)}`);
     assert.equal(report.runs, 2);
     for (const run of report.results) {
       for (const phase of ['detect', 'match', 'export', 'attach']) assert.ok(run[phase]! >= 0, `${phase} measured: ${JSON.stringify(run)}`);

@@ -12,7 +12,7 @@ import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
-import { injectPressure, listHosts, listLeases, releaseLease, revokeLease } from '../../cli/operator.js';
+import { injectPressure, listHosts, listLeases, releaseLease, revokeLease, withNats } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
 import { waitFor } from '../../shared/wait.js';
@@ -148,8 +148,11 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
   }, { timeoutMs: 60_000, intervalMs: 500 });
   const after = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
   assert.equal(after.state, 'active', 'the lease record survived the restart (file-backed JetStream)');
-  await injectPressure(tb.natsUrl, 'host-b', '64MiB');
-  await new Promise((r) => setTimeout(r, 1_000));
+  // The same demand again, as a request: once the broker has answered, it has decided.
+  const answer = await withNats(tb.natsUrl, async (c) =>
+    (await c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: 64 * 1024 ** 2, at: Date.now(), source: 'inject' }), { timeout: 60_000 })).json<{ ok: boolean; leaseId?: string }>(),
+  );
+  assert.deepEqual(answer, { ok: true }, 'the broker answered: covered, nothing to do');
   assert.equal((await leasesOf('host-b')).filter((l) => l.state !== 'released' && l.state !== 'failed').length, 1, 'the same demand again makes no second lease');
   assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
   startTestbedProcess(tb, 'host-b/monitor');

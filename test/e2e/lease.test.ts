@@ -136,10 +136,16 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
 
 test('lease - a demand no lender can serve creates no lease and leaks nothing', async () => {
   const before = (await listLeases(tb.natsUrl)).length;
-  await injectSurplus(tb.natsUrl, 'host-a', '0', '0');
-  await new Promise((r) => setTimeout(r, 300));
-  await injectPressure(tb.natsUrl, 'host-c', '256MiB');
-  await new Promise((r) => setTimeout(r, 1_000));
+  let solicited = 0;
+  const sub = nc.subscribe(subjects.brokerSolicit, { callback: () => void (solicited += 1) });
+  // As requests: once the broker has answered each, it has decided (no waiting for a time).
+  assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 0, lentBytes: 0, at: Date.now() })).ok, true);
+  const answer = await ask(subjects.pressure('host-c'), { host: 'host-c', neededBytes: 256 * MiB, at: Date.now() });
+  assert.deepEqual(answer, { ok: true }, 'answered, with no lease');
   assert.equal((await listLeases(tb.natsUrl)).length, before, 'no lease without an offer');
+  await waitFor('the broker asking for fresh offers', async () => solicited >= 1, { timeoutMs: 10_000 });
+  sub.unsubscribe();
+  // The pressure is over: the broker stops waiting for a lender for it.
+  assert.equal((await ask(subjects.relief('host-c'), { host: 'host-c', at: Date.now() })).ok, true);
   assert.deepEqual(await loopDevicesUnder(run, DIR), []);
 });

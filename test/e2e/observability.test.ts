@@ -114,10 +114,14 @@ test('tracing - a lease is one trace from the pressure event to swapon, across m
   assert.ok(!JSON.stringify(spans).includes(JSON.parse(await readFile(join(DIR, 'host-a', 'exporter', 'leases', lease.id, 'chap.json'), 'utf8').catch(() => '{"secret":"-none-"}')).secret), 'no CHAP secret in any span');
 
   // Log lines of this lease carry its trace id, in the broker, exporter and attacher.
+  // Each service writes its log asynchronously: wait for the line, do not read once.
   for (const file of ['broker.log', 'host-a/exporter.log', 'host-b/attacher.log']) {
-    const lines = (await readFile(join(DIR, file), 'utf8')).split('\n').filter((l) => l.includes(lease.id));
-    assert.ok(lines.length > 0, `${file} mentions the lease`);
-    assert.ok(lines.some((l) => (JSON.parse(l) as { trace_id?: string }).trace_id === traceId), `${file} lines carry trace_id ${traceId}`);
+    // Only whole lines: the last one may still be half written.
+    const linesOfLease = async () => (await readFile(join(DIR, file), 'utf8')).split('\n').slice(0, -1).filter((l) => l.includes(lease.id));
+    await waitFor(`${file} mentions the lease with trace_id ${traceId}`, async () =>
+      (await linesOfLease()).some((l) => (JSON.parse(l) as { trace_id?: string }).trace_id === traceId), { timeoutMs: 20_000, intervalMs: 100 }).catch(async (error: Error) => {
+      throw new Error(`${error.message}; its lines of the lease: ${(await linesOfLease()).slice(0, 5).join('\n')}`);
+    });
   }
 });
 

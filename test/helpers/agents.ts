@@ -48,5 +48,7 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[]): ScriptedAge
     });
     agents.announce(host);
   }
+  // Like the real agents: announce again when a broker says hello (it may have started after us).
+  nc.subscribe(subjects.brokerHello, { callback: () => hosts.forEach((host) => agents.announce(host)) });
   return agents;
 }

@@ -9,6 +9,7 @@ import { openStores } from '../../shared/nats.js';
 import { getParsed, listParsed } from '../../shared/kv.js';
 import { HostRecord, LeaseRecord } from '../../shared/schemas.js';
 import { subjects } from '../../shared/subjects.js';
+import { waitFor } from '../../shared/wait.js';
 
 const MiB = 1024 ** 2;
 let server: NatsServer;
@@ -65,12 +66,8 @@ test('broker - an event from a plain NATS client, as docs/protocol.md shows it, 
   // Exactly the protocol doc's example: no headers, no rswap code.
   nc.publish('rswap.v1.host.host-p.surplus', '{"host":"host-p","lendableBytes":1073741824,"lentBytes":0}');
   await nc.flush();
-  let record: HostRecord | undefined;
-  for (let i = 0; i < 50 && !record?.offer; i += 1) {
-    record = (await hostRecords()).find((h) => h.host === 'host-p');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.equal(record?.offer?.lendableBytes, 1024 ** 3);
+  const record = await waitFor('the offer recorded', async () => (await hostRecords()).find((h) => h.host === 'host-p' && h.offer), { timeoutMs: 10_000, intervalMs: 50 });
+  assert.equal(record.offer?.lendableBytes, 1024 ** 3);
 });
 
 test('broker - pressure from a host without an attacher creates no lease', async () => {

@@ -52,8 +52,9 @@ async function leases(borrower?: string): Promise<LeaseRecord[]> {
   const all = (await listParsed((await openStores(nc)).leases, LeaseRecord)).map((e) => e.value);
   return all.filter((l) => !borrower || l.borrower === borrower).sort((a, b) => a.createdAt - b.createdAt);
 }
-const publish = (subject: string, body: object) => nc.publish(subject, JSON.stringify(body));
-const offer = (host: string, lendableBytes: number, at = Date.now()) => publish(subjects.surplus(host), { host, lendableBytes, lentBytes: 0, at, source: 'inject' });
+/** An offer as a request: once a broker has answered, it has recorded it (no waiting for a time). */
+const offer = (host: string, lendableBytes: number, at = Date.now()) =>
+  nc.request(subjects.surplus(host), JSON.stringify({ host, lendableBytes, lentBytes: 0, at, source: 'inject' }), { timeout: 10_000 });
 
 /** Capacity promised on each lender equals the sizes of its live leases: nothing counted twice. */
 async function assertCapacityConsistent(): Promise<void> {
@@ -65,10 +66,8 @@ async function assertCapacityConsistent(): Promise<void> {
 }
 
 test('faults - two brokers, the same pressure many times at once: one lease, capacity counted once', async () => {
-  offer('lender-a', 1024 * MiB);
-  offer('lender-c', 1024 * MiB);
-  await nc.flush();
-  await new Promise((r) => setTimeout(r, 200));
+  await offer('lender-a', 1024 * MiB);
+  await offer('lender-c', 1024 * MiB);
   // 12 copies of the event, spread by the queue group over both brokers.
   const at = Date.now();
   await Promise.all(Array.from({ length: 12 }, () => nc.request(subjects.pressure('borrow-x'), JSON.stringify({ host: 'borrow-x', neededBytes: 200 * MiB, at, source: 'inject' }), { timeout: 10_000 })));
@@ -80,7 +79,7 @@ test('faults - two brokers, the same pressure many times at once: one lease, cap
 });
 
 test('faults - replayed and out-of-order events change nothing twice', async () => {
-  offer('lender-a', 1024 * MiB);
+  await offer('lender-a', 1024 * MiB);
   const t0 = Date.now();
   const pressure = { host: 'borrow-r', neededBytes: 100 * MiB, at: t0, source: 'inject' };
   const answers = [];
@@ -94,10 +93,8 @@ test('faults - replayed and out-of-order events change nothing twice', async () 
   assert.equal(record.clearSince, t0 + 1_000, 'a late copy of an older pressure does not undo the relief');
 
   // An old offer arriving after a newer one is ignored.
-  offer('lender-o', 64 * MiB, t0 - 2_000);
-  offer('lender-o', 900 * MiB, t0 - 3_000);
-  await nc.flush();
-  await new Promise((r) => setTimeout(r, 200));
+  await offer('lender-o', 64 * MiB, t0 - 2_000);
+  await offer('lender-o', 900 * MiB, t0 - 3_000);
   assert.equal((await getParsed((await openStores(nc)).hosts, 'lender-o', HostRecord))!.value.offer?.lendableBytes, 64 * MiB);
 
   // Releasing twice answers twice with the same result and tears down once.
@@ -136,10 +133,8 @@ async function orphan(state: LeaseRecord['state'], borrower: string, lender: str
 }
 
 test('faults - leases a dead broker left mid-step are taken over by exactly one broker and finished', async () => {
-  offer('lender-a', 1024 * MiB);
-  offer('lender-c', 1024 * MiB);
-  await nc.flush();
-  await new Promise((r) => setTimeout(r, 200));
+  await offer('lender-a', 1024 * MiB);
+  await offer('lender-c', 1024 * MiB);
   const cases = [
     ['requested', 'active'],
     ['exporting', 'active'],
@@ -173,7 +168,7 @@ test('faults - leases a dead broker left mid-step are taken over by exactly one 
 });
 
 test('faults - a borrower that disappears: its leases end and the lender gets its memory back', async () => {
-  offer('lender-a', 1024 * MiB);
+  await offer('lender-a', 1024 * MiB);
   await nc.request(subjects.pressure('borrow-g'), JSON.stringify({ host: 'borrow-g', neededBytes: 64 * MiB, at: Date.now(), source: 'inject' }), { timeout: 10_000 });
   const [lease] = await leases('borrow-g');
   assert.equal(lease!.state, 'active');
