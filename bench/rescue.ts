@@ -84,6 +84,7 @@ async function main(): Promise<void> {
       const swapBefore = await swapUsed();
       const started = Date.now();
       const workload = startWorkload(borrower.cgroup, ['--bytes', '256MiB']);
+      workload.result.catch(() => undefined); // awaited below; a failure meanwhile must not crash the bench before its cleanup
       let onset: number | undefined;
       while (onset === undefined && Date.now() - started < 60_000) {
         if ((await swapUsed()) > swapBefore) onset = Date.now();
