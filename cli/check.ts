@@ -156,6 +156,15 @@ export function checkCompose(text: string): string[] {
 
 /** Problems in a systemd unit for `rswap <role>`: its ExecStart flags and Environment variables. */
 export function checkUnit(where: string, text: string): string[] {
+  // The drain unit: uncordon at boot, drain at shutdown, with the time a swap-off needs.
+  if (/^ExecStart=-?\S*rswap(?:\.js)? uncordon /m.test(text)) {
+    const problems: string[] = [];
+    if (!/^ExecStop=\S*rswap(?:\.js)? drain \$\{RSWAP_HOST\}$/m.test(text)) problems.push(`${where}: ExecStop must run 'rswap drain \${RSWAP_HOST}'`);
+    if (!/^RemainAfterExit=yes$/m.test(text)) problems.push(`${where}: RemainAfterExit=yes is needed, or ExecStop runs at once`);
+    if (!/^After=.*rswap-exporter\.service/m.test(text)) problems.push(`${where}: After=rswap-exporter.service is needed, so the drain runs before the exporter stops`);
+    if (!/^TimeoutStopSec=/m.test(text)) problems.push(`${where}: TimeoutStopSec= is needed: a drain waits for swap-offs`);
+    return problems;
+  }
   const exec = /^ExecStart=.*?rswap(?:\.js)? (\w+)(.*)$/m.exec(text);
   if (!exec) return [`${where}: no ExecStart running rswap`];
   const role = exec[1] as Role;

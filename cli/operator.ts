@@ -1,5 +1,6 @@
 /** The operator's commands: inject events, list leases and hosts, release a lease. */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
 import { Kvm, type KV } from '@nats-io/kv';
 import { getParsed, listParsed } from '../shared/kv.js';
 import { publishJson, requestJson } from '../shared/messaging.js';
@@ -84,6 +85,18 @@ export async function revokeLease(url: string, leaseId: string, timeoutMs = 420_
   return withNats(url, (nc) => requestJson(nc, subjects.revoke, { leaseId }, replySchema({ released: LeaseRecord, replacement: LeaseRecord.optional() }), timeoutMs));
 }
 
+/** Cordons (no new leases), uncordons, or drains (cordon, then move every lease off, make-before-break) a lender. */
+export async function cordonHost(url: string, host: string, cordoned: boolean): Promise<HostRecord> {
+  const reply = await withNats(url, (nc) => requestJson(nc, cordoned ? subjects.cordon : subjects.uncordon, { host }, replySchema({ host: HostRecord }), 30_000));
+  return reply.host;
+}
+
+export async function drainHost(url: string, host: string, timeoutMs = 1_800_000): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
+  const Moved = z.array(z.object({ from: z.string(), to: z.string().optional() }));
+  const Stayed = z.array(z.object({ leaseId: z.string(), reason: z.string() }));
+  return withNats(url, (nc) => requestJson(nc, subjects.drain, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
+}
+
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
@@ -109,7 +122,8 @@ export function leaseTimeline(lease: LeaseRecord, jaegerUrl = process.env.RSWAP_
   ];
   const start = lease.history[0]?.at ?? lease.createdAt;
   let previous = start;
-  for (const step of lease.history) {
+  for (const [i, step] of lease.history.entries()) {
+    if (i === 1 && lease.historyDropped) lines.push(`  ... ${lease.historyDropped} steps not kept (a record keeps its first step and the latest ones)`);
     const offset = `+${((step.at - start) / 1000).toFixed(3)}s`.padStart(10);
     const took = step.at === start ? '' : ` (${step.at - previous} ms)`;
     lines.push(`  ${new Date(step.at).toISOString()} ${offset}  ${step.state.padEnd(9)}${took}${step.reason ? `  ${step.reason}` : ''}`);
@@ -133,7 +147,7 @@ export function hostsTable(hosts: HostRecord[]): string {
   const now = Date.now();
   for (const h of hosts) {
     rows.push([
-      h.host,
+      h.cordoned ? `${h.host} (cordoned)` : h.host,
       h.exporter?.portal ?? '-',
       h.attacher ? `${h.attacher.initiator} ${h.attacher.address}` : '-',
       h.offer ? formatBytes(h.offer.lendableBytes) : '-',

@@ -9,7 +9,7 @@ import { BrokerConfig, startBroker } from '../services/broker/index.js';
 import { ExporterConfig, startExporter } from '../services/exporter/index.js';
 import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
 import { MonitorConfig, startMonitor } from '../services/monitor/index.js';
-import { getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
+import { cordonHost, drainHost, getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease } from './operator.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 import { startTracing } from '../shared/tracing.js';
@@ -175,6 +175,39 @@ program
   .action(async (leaseId: string, o: { nats?: string }) => {
     const { released, replacement } = await revokeLease(natsUrl(o.nats), leaseId);
     console.log(`lease ${released.id} is ${released.state}${replacement ? `; replaced by ${replacement.id} from ${replacement.lender}` : '; no replacement was needed or possible'}`);
+  });
+
+program
+  .command('cordon')
+  .description('place no new lease on a lender (its current leases stay)')
+  .argument('<host>', 'host id')
+  .addOption(natsOption())
+  .action(async (host: string, o: { nats?: string }) => {
+    await cordonHost(natsUrl(o.nats), host, true);
+    console.log(`${host} is cordoned: no new leases on it`);
+  });
+
+program
+  .command('uncordon')
+  .description('let a cordoned lender take new leases again')
+  .argument('<host>', 'host id')
+  .addOption(natsOption())
+  .action(async (host: string, o: { nats?: string }) => {
+    await cordonHost(natsUrl(o.nats), host, false);
+    console.log(`${host} is uncordoned`);
+  });
+
+program
+  .command('drain')
+  .description('cordon a lender, then move every lease off it make-before-break (before a reboot)')
+  .argument('<host>', 'host id')
+  .addOption(natsOption())
+  .action(async (host: string, o: { nats?: string }) => {
+    const { moved, stayed } = await drainHost(natsUrl(o.nats), host);
+    for (const m of moved) console.log(`moved ${m.from}${m.to ? ` -> ${m.to}` : ' (given back: the borrower no longer needed it elsewhere)'}`);
+    for (const s of stayed) console.log(`STAYED ${s.leaseId}: ${s.reason}`);
+    console.log(stayed.length === 0 ? `${host} is drained and cordoned: it serves no lease` : `${host} is cordoned; ${stayed.length} lease(s) could not move`);
+    if (stayed.length > 0) process.exitCode = 1;
   });
 
 const testbed = program.command('testbed').description('several hosts on this machine, as network namespaces (root only)');

@@ -6,10 +6,12 @@ export const ErrorCodes = {
   BAD_MESSAGE: 'RSWAP_E_BAD_MESSAGE', // not JSON, or fails its schema
   SPOOFED_HOST: 'RSWAP_E_SPOOFED_HOST', // payload host differs from the subject's host
   UNKNOWN_LEASE: 'RSWAP_E_UNKNOWN_LEASE',
+  UNKNOWN_HOST: 'RSWAP_E_UNKNOWN_HOST',
   WRONG_HOST: 'RSWAP_E_WRONG_HOST', // a command for a lease that is not this host's
   ILLEGAL_STATE: 'RSWAP_E_ILLEGAL_STATE', // a lease transition the state machine forbids
   NO_CAPACITY: 'RSWAP_E_NO_CAPACITY',
   SWAPOFF_UNSAFE: 'RSWAP_E_SWAPOFF_UNSAFE', // the pages would not fit back into RAM + other swap
+  IN_USE: 'RSWAP_E_IN_USE', // a target with a logged-in session: never removed by a message
   SELF_TEST_FAILED: 'RSWAP_E_SELF_TEST_FAILED',
   COMMAND_FAILED: 'RSWAP_E_COMMAND_FAILED',
   CONFIG: 'RSWAP_E_CONFIG',

@@ -46,6 +46,7 @@ export async function casUpdate<T>(
   for (let attempt = 0; attempt < attempts; attempt += 1) {
     const current = await getParsed(kv, key, schema);
     const next = mutate(current?.value);
+    if (current && next === current.value) return current; // unchanged: no write, no new revision
     const payload = JSON.stringify(next);
     try {
       const revision = current ? await kv.update(key, payload, current.revision) : await kv.create(key, payload);
@@ -75,6 +76,8 @@ function parseJson(text: string): unknown {
  */
 export class KvMirror<T> {
   private readonly values = new Map<string, Versioned<T>>();
+  /** The newest revision applied per key, deletions included. */
+  private readonly seen = new Map<string, number>();
   private applied = 0;
   private waiters: Array<{ revision: number; resolve: () => void }> = [];
   private following = false;
@@ -90,6 +93,10 @@ export class KvMirror<T> {
     try {
       const watch = await this.kv.watch({ include: '' });
       for await (const entry of watch) {
+        // The watch's consumer may deliver an entry again (it restarts after a gap, e.g. under
+        // load): never let an older revision of a key undo a newer one, a deletion included.
+        if (entry.revision <= (this.seen.get(entry.key) ?? 0)) continue;
+        this.seen.set(entry.key, entry.revision);
         // A deleted key, or a record that no longer parses (skipped, as listParsed does), is dropped.
         const parsed = entry.operation === 'PUT' ? this.schema.safeParse(parseJson(entry.string())) : undefined;
         if (parsed?.success) this.values.set(entry.key, { value: parsed.data, revision: entry.revision });

@@ -100,7 +100,14 @@ export const TelemetryEvent = z.strictObject({
 export type TelemetryEvent = z.infer<typeof TelemetryEvent>;
 
 export const AnnounceEvent = z.discriminatedUnion('role', [
-  z.strictObject({ host: HostId, role: z.literal('exporter'), portal: Portal, at: Timestamp }),
+  z.strictObject({
+    host: HostId,
+    role: z.literal('exporter'),
+    portal: Portal,
+    at: Timestamp,
+    /** Leases this lender still holds a target or ramfs for: their pages may be in use, so their capacity stays promised. */
+    serving: z.array(LeaseId).max(4096).optional(),
+  }),
   z.strictObject({
     host: HostId,
     role: z.literal('attacher'),
@@ -134,8 +141,11 @@ export type ExportRequest = z.infer<typeof ExportRequest>;
 export const UnexportRequest = z.strictObject({
   leaseId: LeaseId,
   lender: HostId,
-  /** Tear down even while the borrower still has a session (only when the broker knows it is gone). */
-  force: z.boolean().default(false),
+  /**
+   * Refused when true: no message removes a target that has a session. The lender removes it once
+   * it sees no session (tgtd drops a silent initiator's), or an operator forces it on the lender.
+   */
+  force: z.literal(false, { error: 'force is not accepted over the bus: a target with a session is removed only when its lender sees no session' }).optional(),
 });
 export type UnexportRequest = z.infer<typeof UnexportRequest>;
 
@@ -154,6 +164,10 @@ export type DetachRequest = z.infer<typeof DetachRequest>;
 
 export const ReleaseRequest = z.strictObject({ leaseId: LeaseId });
 export type ReleaseRequest = z.infer<typeof ReleaseRequest>;
+
+/** Cordon (no new leases on a lender), uncordon, or drain (cordon, then move every lease off it). */
+export const HostRequest = z.strictObject({ host: HostId });
+export type HostRequest = z.infer<typeof HostRequest>;
 
 export const ErrorBody = z.strictObject({ code: z.string(), message: z.string() });
 export type ErrorBody = z.infer<typeof ErrorBody>;
@@ -177,7 +191,10 @@ export const LeaseRecord = z.object({
   reason: z.string().optional(),
   createdAt: Timestamp,
   updatedAt: Timestamp,
+  /** The first step and the latest ones (services/broker/states.ts, HISTORY_LIMIT in all). */
   history: z.array(z.object({ state: LeaseState, at: Timestamp, reason: z.string().optional() })),
+  /** Steps dropped from the middle of the history to keep the record small. */
+  historyDropped: z.number().int().nonnegative().optional(),
   borrowerIqn: Iqn,
   borrowerAddress: Ipv4,
   target: Target.optional(),
@@ -194,12 +211,23 @@ export type LeaseRecord = z.infer<typeof LeaseRecord>;
 
 export const HostRecord = z.object({
   host: HostId,
-  exporter: z.object({ portal: Portal, at: Timestamp }).optional(),
+  /** `at`: when the broker received the announce (its own clock). */
+  exporter: z
+    .object({
+      portal: Portal,
+      at: Timestamp,
+      serving: z.array(LeaseId).optional(),
+      /** A borrower lost this lender: not chosen again until its exporter announces anew. */
+      lostAt: Timestamp.optional(),
+    })
+    .optional(),
   attacher: z.object({ iqn: Iqn, address: Ipv4, initiator: InitiatorKind, at: Timestamp }).optional(),
   offer: z.object({ lendableBytes: Bytes, lentBytes: Bytes, deficitBytes: Bytes.default(0), at: Timestamp }).optional(),
   pressure: z.object({ neededBytes: Bytes, at: Timestamp }).optional(),
   /** A broker bringing up a lease for this borrower: no other broker starts one meanwhile. */
   lending: z.object({ leaseId: LeaseId, by: z.string(), at: Timestamp }).optional(),
+  /** An operator cordoned this lender (`rswap cordon`, `rswap drain`): no new lease is placed on it. */
+  cordoned: z.object({ at: Timestamp }).optional(),
   /** Set by a relief event newer than the last pressure: the host has been clear since then. */
   clearSince: Timestamp.optional(),
   /** Bytes the broker has promised to leases on this lender, by lease id. */

@@ -38,6 +38,10 @@ export const subjects = {
   release: `${PREFIX}.broker.release`,
   /** Move a lease to another lender, make-before-break. */
   revoke: `${PREFIX}.broker.revoke`,
+  /** No new leases on a lender / again / cordon it and move every lease off it (make-before-break). */
+  cordon: `${PREFIX}.broker.cordon`,
+  uncordon: `${PREFIX}.broker.uncordon`,
+  drain: `${PREFIX}.broker.drain`,
 
   /** Lease state changes published by the broker; observers subscribe to `rswap.v1.lease.>`. */
   leaseState: (leaseId: string) => `${PREFIX}.lease.${leaseId}.state`,

@@ -163,7 +163,8 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     const exporterDir = join(dir, host.name, 'exporter');
     const reserve = String(options.reserveBytes?.[i] ?? Math.floor(host.memoryBytes / 4));
     startDetached(
-      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, ...(options.exporterArgs ?? [])],
+      // The exporter keeps the same reserve as the monitor (its own check counts promised bytes).
+      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, '--reserve-bytes', reserve, ...(options.exporterArgs ?? [])],
       join(dir, host.name, 'exporter.log'),
       options.env,
       `${host.name}/exporter`,
@@ -353,7 +354,14 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
       await removeCgroup(join(cgroupRoot, name));
     });
   }
-  // 6. Namespaces, bridge, NATS.
+  // 6. Links, namespaces, bridge, NATS. Each host's veth goes first, by its root-side name: that
+  // removes both ends at once, while a namespace is torn down by the kernel later (seconds later
+  // when it still held TCP connections to a host that vanished), and a next testbed would find
+  // the old link still there.
+  const { stdout: links } = await run('ip', ['-o', 'link', 'show']).catch(() => ({ stdout: '' }));
+  for (const veth of [...links.matchAll(/^\d+: (rsw-host-[a-z]+)[@:]/gm)].map((m) => m[1]!)) {
+    await attempt(`link ${veth}`, () => run('ip', ['link', 'del', veth]));
+  }
   for (const netns of namespaces) await attempt(`netns ${netns}`, () => run('ip', ['netns', 'del', netns]));
   await attempt('bridge', async () => {
     const { stdout } = await run('ip', ['-o', 'link', 'show']);

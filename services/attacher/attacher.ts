@@ -21,6 +21,8 @@ export interface AttacherOptions {
   swapPriority?: number;
   swapoffMarginBytes: number;
   swapoffTimeoutMs: number;
+  /** Swap areas this host may have in all, local ones included (the kernel's limit is 32). */
+  maxSwapAreas: number;
 }
 
 interface AttachRecord {
@@ -68,6 +70,10 @@ export class Attacher {
       const done = await this.record(request.leaseId);
       const swaps = await readSwaps();
       if (done && swaps.some((a) => a.path === done.device)) return { device: done.device, priority: done.priority, initiator: kind };
+      // Refused before any login: swapon would fail past the kernel's limit, after all the work.
+      if (swaps.length >= this.options.maxSwapAreas) {
+        throw new RswapError(ErrorCodes.NO_CAPACITY, `this host has ${swaps.length} swap areas, the most it takes (--max-swap-areas ${this.options.maxSwapAreas}; the kernel allows 32)`);
+      }
       await mkdir(this.dir(request.leaseId), { recursive: true, mode: 0o700 });
       const device = await this.initiator.login(request.leaseId, request.target, request.chap);
       try {

@@ -28,6 +28,8 @@ export const AttacherConfig = z.strictObject({
   stateDir: z.string().startsWith('/').default('/var/lib/rswap/attacher'),
   swapPriority: z.coerce.number().int().min(0).max(32767).optional(), // default: local max + 100
   swapoffMarginBytes: SizeSetting.default(256 * 1024 * 1024), // 256 MiB
+  /** Swap areas this host may have in all, local ones included: the kernel allows at most 32 (MAX_SWAPFILES, fewer with some options). */
+  maxSwapAreas: z.coerce.number().int().min(1).max(29).default(24),
   swapoffTimeoutMs: z.coerce.number().int().positive().default(300_000),
   replacementTimeoutS: z.coerce.number().int().min(1).default(120), // how long I/O waits for a lender that went away
   healthIntervalMs: z.coerce.number().int().positive().default(5_000), // a probe read per lease this often

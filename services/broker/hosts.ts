@@ -4,7 +4,7 @@ import { casUpdate, getParsed, KvMirror } from '../../shared/kv.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { HostRecord, type AnnounceEvent, type SurplusEvent } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
-import { freeBytes, type PolicyOptions } from './policy.js';
+import { freeBytes, reservationEnded, type PolicyOptions } from './policy.js';
 
 const empty = (host: string): HostRecord => ({ host, reservations: {} });
 
@@ -20,12 +20,14 @@ export class HostStore {
     return (await this.mirror.list()).map((entry) => entry.value);
   }
 
-  async recordAnnounce(event: AnnounceEvent): Promise<void> {
-    await casUpdate(this.kv, event.host, HostRecord, (current) => {
+  /** Records an agent's announce; `receivedAt` (this broker's clock) is what its liveness counts from. */
+  async recordAnnounce(event: AnnounceEvent, receivedAt: number): Promise<HostRecord> {
+    const { value } = await casUpdate(this.kv, event.host, HostRecord, (current) => {
       const record = current ?? empty(event.host);
-      if (event.role === 'exporter') return { ...record, exporter: { portal: event.portal, at: event.at } };
-      return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, at: event.at } };
+      if (event.role === 'exporter') return { ...record, exporter: { portal: event.portal, at: receivedAt, ...(event.serving ? { serving: event.serving } : {}) } };
+      return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, at: receivedAt } };
     });
+    return value;
   }
 
   /** Keeps only the newest offer: an older one arriving late is ignored. */
@@ -92,12 +94,26 @@ export class HostStore {
     });
   }
 
-  /** Forgets a lender's exporter until it announces itself again (it just lost a lease). */
-  async forgetExporter(host: string): Promise<void> {
+  /**
+   * Sets a lender aside until its exporter announces itself again (a borrower just lost it). What
+   * it last said it serves is kept: those bytes stay promised.
+   */
+  async forgetExporter(host: string, now: number): Promise<void> {
     await casUpdate(this.kv, host, HostRecord, (current) => {
-      const { exporter: _gone, ...rest } = current ?? empty(host);
-      return { ...rest, reservations: rest.reservations ?? {} };
+      const record = current ?? empty(host);
+      return record.exporter ? { ...record, exporter: { ...record.exporter, lostAt: now } } : record;
     });
+  }
+
+  /** Cordons (no new leases) or uncordons a host; it must be known to the broker. */
+  async setCordoned(host: string, cordoned: boolean, now: number): Promise<HostRecord> {
+    const { value } = await casUpdate(this.kv, host, HostRecord, (current) => {
+      if (!current) throw new RswapError(ErrorCodes.UNKNOWN_HOST, `unknown host '${host}'`);
+      if (cordoned) return current.cordoned ? current : { ...current, cordoned: { at: now } };
+      const { cordoned: _lifted, ...rest } = current;
+      return current.cordoned ? rest : current;
+    });
+    return value;
   }
 
   async get(host: string): Promise<HostRecord | undefined> {
@@ -118,6 +134,25 @@ export class HostStore {
       }
       return { ...current, reservations: { ...current.reservations, [leaseId]: sizeBytes } };
     });
+  }
+
+  /**
+   * Returns a lease's bytes to its lender once `reservationEnded` says so (decided inside the CAS,
+   * on the lender's latest record); true when the bytes went back (or were not reserved).
+   */
+  async unreserveIfEnded(lender: string, leaseId: string, lease: { state: string; updatedAt: number } | undefined): Promise<boolean> {
+    let freed = true;
+    await casUpdate(this.kv, lender, HostRecord, (current) => {
+      const record = current ?? empty(lender);
+      if (record.reservations[leaseId] === undefined) return record;
+      if (!reservationEnded(record, leaseId, lease)) {
+        freed = false;
+        return record;
+      }
+      const { [leaseId]: _dropped, ...rest } = record.reservations;
+      return { ...record, reservations: rest };
+    });
+    return freed;
   }
 
   /** Returns a lease's bytes to its lender; doing it twice is harmless. */

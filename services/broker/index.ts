@@ -6,13 +6,14 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, HostRequest, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
 import { UnservedDemand } from './demand.js';
 import { isTerminal } from './states.js';
 import { scrapeGauge, serveMetrics } from '../../shared/metrics.js';
+import { measuredAt, noteSkew } from '../../shared/clock.js';
 
 export const BrokerConfig = z.strictObject({
   nats: z.string().min(1),
@@ -28,6 +29,9 @@ export const BrokerConfig = z.strictObject({
   sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
   releaseCooldownMs: z.coerce.number().int().nonnegative().default(60_000), // clear this long before leases go back
   borrowerTimeoutMs: z.coerce.number().int().positive().default(120_000), // a borrower silent this long is gone
+  maxLeasesPerBorrower: z.coerce.number().int().min(1).max(24).default(8), // open leases one borrower may hold (each is a swap area)
+  terminalRetentionMs: z.coerce.number().int().positive().default(86_400_000), // released/failed lease records are deleted after this (24 h)
+  maxClockSkewMs: z.coerce.number().int().positive().default(60_000), // hosts' timestamps believed within this of the broker's clock
   unservedTtlMs: z.coerce.number().int().positive().default(10_000), // a pressure no lender could serve is retried this long
   solicitIntervalMs: z.coerce.number().int().positive().default(2_000), // ask monitors for fresh offers at most this often
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
@@ -53,12 +57,29 @@ export async function startBroker(raw: Record<string, unknown>) {
   const queue = 'rswap-broker';
   const base = { log, rejects, queue };
 
+  // Liveness and freshness by this broker's clock (shared/clock.ts): an agent is alive when its
+  // announce arrives, whatever its own clock says; a measurement's `at` is believed within
+  // --max-clock-skew-ms, clamped when further ahead, refused when further behind.
+  const skewWarnedAt = new Map<string, number>();
   handle(nc, subjects.allAnnounce, { ...base, schema: AnnounceEvent, checkHostToken: true }, async (event) => {
-    await hosts.recordAnnounce(event);
-    if (event.role === 'exporter') lifecycle.retryUnserved(Date.now());
+    const receivedAt = Date.now();
+    const skew = noteSkew(event.at, receivedAt, config.maxClockSkewMs);
+    if (Math.abs(skew) > config.maxClockSkewMs && receivedAt - (skewWarnedAt.get(event.host) ?? 0) > 600_000) {
+      skewWarnedAt.set(event.host, receivedAt); // once per 10 minutes per host; rswap_clock_skew_total counts every one
+      log.warn({ host: event.host, skewMs: skew }, "an agent's clock is off; its liveness counts by this broker's clock");
+    }
+    const record = await hosts.recordAnnounce(event, receivedAt);
+    if (event.role === 'exporter') {
+      // The lender says what it still serves: the bytes of an ended lease it let go of go back now.
+      const serving = new Set(event.serving ?? []);
+      for (const leaseId of Object.keys(record.reservations).filter((id) => event.serving && !serving.has(id))) {
+        await hosts.unreserveIfEnded(event.host, leaseId, await leases.get(leaseId));
+      }
+      lifecycle.retryUnserved(Date.now());
+    }
   });
   handle(nc, subjects.allSurplus, { ...base, schema: SurplusEvent, checkHostToken: true }, async (event) => {
-    const at = event.at ?? Date.now();
+    const at = measuredAt(event.at, Date.now(), config.maxClockSkewMs);
     const record = await hosts.recordOffer(event, at);
     log.debug({ lender: event.host, lendableBytes: event.lendableBytes, deficitBytes: event.deficitBytes, source: event.source }, 'offer recorded');
     if (event.deficitBytes > 0 && Object.keys(record.reservations).length > 0) {
@@ -88,7 +109,7 @@ export async function startBroker(raw: Record<string, unknown>) {
     coolTimers.set(host, timer);
   };
   handle(nc, subjects.allRelief, { ...base, schema: ReliefEvent, checkHostToken: true }, async (event) => {
-    const record = await hosts.recordRelief(event.host, event.at);
+    const record = await hosts.recordRelief(event.host, measuredAt(event.at, Date.now(), config.maxClockSkewMs));
     if (record.clearSince !== undefined) {
       lifecycle.onRelief(event.host);
       scheduleCool(event.host, record.clearSince);
@@ -97,7 +118,8 @@ export async function startBroker(raw: Record<string, unknown>) {
   });
   handle(nc, subjects.allPressure, { ...base, schema: PressureEvent, checkHostToken: true }, async (event) => {
     log.info({ borrower: event.host, neededBytes: event.neededBytes, source: event.source }, 'pressure received');
-    const lease = await lifecycle.onPressure(event, event.at ?? Date.now());
+    const receivedAt = Date.now();
+    const lease = await lifecycle.onPressure(event, measuredAt(event.at, receivedAt, config.maxClockSkewMs), receivedAt);
     return lease ? { leaseId: lease.id, state: lease.state } : {};
   });
   handle(nc, subjects.allLost, { ...base, schema: LostEvent, checkHostToken: true }, async (event) => {
@@ -106,6 +128,19 @@ export async function startBroker(raw: Record<string, unknown>) {
     return lease ? { state: lease.state } : {};
   });
   handle(nc, subjects.revoke, { ...base, schema: ReleaseRequest }, async (request) => lifecycle.revoke(request.leaseId));
+  handle(nc, subjects.cordon, { ...base, schema: HostRequest }, async (request) => {
+    log.warn({ host: request.host }, 'lender cordoned: no new leases on it');
+    return { host: await hosts.setCordoned(request.host, true, Date.now()) };
+  });
+  handle(nc, subjects.uncordon, { ...base, schema: HostRequest }, async (request) => {
+    log.info({ host: request.host }, 'lender uncordoned');
+    return { host: await hosts.setCordoned(request.host, false, Date.now()) };
+  });
+  handle(nc, subjects.drain, { ...base, schema: HostRequest }, async (request) => {
+    const result = await lifecycle.drainLender(request.host);
+    log.warn({ host: request.host, ...result }, 'lender drained');
+    return result;
+  });
   handle(nc, subjects.release, { ...base, schema: ReleaseRequest }, async (request) => {
     const lease = await lifecycle.release(request.leaseId);
     return { lease };
@@ -119,13 +154,21 @@ export async function startBroker(raw: Record<string, unknown>) {
       for (const leaseId of Object.keys(host.reservations)) {
         // A lease created after the bulk read is not an orphan: look it up again before acting.
         const lease = all.get(leaseId) ?? (await leases.get(leaseId));
-        if (!lease || isTerminal(lease.state)) await hosts.unreserve(host.host, leaseId);
+        if (!lease || isTerminal(lease.state)) await hosts.unreserveIfEnded(host.host, leaseId, lease);
       }
       if (host.clearSince !== undefined && now - host.clearSince >= config.releaseCooldownMs && !coolTimers.has(host.host)) await checkCool(host.host);
     }
     await lifecycle.resumeStuck(now);
     await lifecycle.expireGoneBorrowers(now);
+    // Ended leases are kept for `terminalRetentionMs` (for `rswap leases` and `rswap trace`),
+    // then deleted, once their lender holds no bytes for them: the bucket does not grow forever.
+    const reserved = new Set((await hosts.list()).flatMap((h) => Object.keys(h.reservations)));
+    for (const lease of all.values()) {
+      if (isTerminal(lease.state) && now - lease.updatedAt > config.terminalRetentionMs && !reserved.has(lease.id)) await leases.remove(lease);
+    }
+    sweeps += 1;
   };
+  let sweeps = 0;
   const timer = setInterval(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), config.sweepIntervalMs);
   timer.unref();
   // At start: take over what a broker that died left mid-step (after a moment for agents to announce).
@@ -168,5 +211,5 @@ export async function startBroker(raw: Record<string, unknown>) {
   };
   stopOnSignals(nc, log, async () => stopTimers());
   log.info({ nats: config.nats }, 'broker started');
-  return { nc, config, rejects, stop: async () => { stopTimers(); await nc.drain(); } };
+  return { nc, config, rejects, sweeps: () => sweeps, stop: async () => { stopTimers(); await nc.drain(); } };
 }

@@ -8,7 +8,7 @@ import { publishJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
 import { LeaseRecord, type LeaseState } from '../../shared/schemas.js';
 import type { Logger } from '../../shared/log.js';
-import { transition } from './states.js';
+import { transition, withStep } from './states.js';
 
 export function newLeaseId(): string {
   return `l-${randomBytes(6).toString('hex')}`;
@@ -68,10 +68,17 @@ export class LeaseStore {
       if (!current) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
       if (current.updatedAt !== seenUpdatedAt) throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} moved on; not taking it over`);
       const now = Date.now();
-      return { ...current, driver: by, updatedAt: now, history: [...current.history, { state: current.state, at: now, reason: `taken over by broker ${by}` }] };
+      return { ...current, driver: by, updatedAt: now, ...withStep(current, { state: current.state, at: now, reason: `taken over by broker ${by}` }) };
     });
     this.announce(value);
     return value;
+  }
+
+  /** Deletes an ended lease's record (past its retention). Only a terminal one. */
+  async remove(lease: LeaseRecord): Promise<void> {
+    if (lease.state !== 'released' && lease.state !== 'failed') throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${lease.id} is ${lease.state}; only an ended lease is deleted`);
+    await this.kv.delete(lease.id);
+    this.log.info({ leaseId: lease.id, state: lease.state }, 'ended lease deleted after its retention');
   }
 
   private announce(lease: LeaseRecord): void {

@@ -30,6 +30,8 @@ export interface LifecycleOptions extends PolicyOptions {
   releaseCooldownMs: number;
   /** A borrower whose attacher has not announced itself for this long is gone: its leases end. */
   borrowerTimeoutMs: number;
+  /** Open leases one borrower may hold. */
+  maxLeasesPerBorrower: number;
 }
 
 /** How long a lease may sit in a state before another broker takes it over (its driver died). */
@@ -80,6 +82,12 @@ export class Lifecycle {
         const open = (await this.leases.list()).filter((l) => l.borrower === event.host && !isTerminal(l.state));
         if (open.some((l) => l.state !== 'active')) {
           this.log.info({ borrower: event.host }, 'pressure ignored: a lease for this host is in progress');
+          return undefined;
+        }
+        // Each lease is a swap area, and the kernel takes only so many: never more than the cap.
+        if (open.length >= this.options.maxLeasesPerBorrower) {
+          this.unserved?.drop(event.host);
+          this.log.warn({ borrower: event.host, leases: open.length }, `pressure not served: the borrower holds ${open.length} leases, the most allowed (--max-leases-per-borrower)`);
           return undefined;
         }
         const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
@@ -235,7 +243,13 @@ export class Lifecycle {
     const hosts = new Map((await this.hosts.list()).map((h) => [h.host, h]));
     const expired: string[] = [];
     for (const lease of (await this.leases.list()).filter((l) => l.state === 'active')) {
-      const seen = hosts.get(lease.borrower)?.attacher?.at ?? 0;
+      // Silence is measured from the last announce this broker received (its own clock). A
+      // missing or unreadable host record is no evidence that the borrower is gone: skip it.
+      const seen = hosts.get(lease.borrower)?.attacher?.at;
+      if (seen === undefined) {
+        this.log.warn({ leaseId: lease.id, borrower: lease.borrower }, 'no announce on record for this borrower; not judging it gone');
+        continue;
+      }
       if (now - seen < this.options.borrowerTimeoutMs) continue;
       await this.perBorrower.run(lease.borrower, async () => {
         const reason = `borrower ${lease.borrower} silent for ${Math.round((now - seen) / 1000)}s`;
@@ -263,8 +277,9 @@ export class Lifecycle {
       this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
     }
     if (!lease) return undefined;
-    if (cleanUp) await this.tearDown(lease, borrowerGone);
-    await this.hosts.unreserve(lease.lender, lease.id);
+    // The bytes stay promised while the lender still holds the target (a borrower may swap on it).
+    const targetGone = cleanUp ? await this.tearDown(lease, borrowerGone) : false;
+    await this.giveBack(lease, targetGone);
     return lease;
   }
 
@@ -274,18 +289,40 @@ export class Lifecycle {
    * (its exporter does not remove a target the borrower still uses) until the borrower's own
    * reconciler manages the swap-off. Only a borrower known to be gone is torn down regardless.
    */
-  private async tearDown(lease: LeaseRecord, borrowerGone = false): Promise<void> {
+  /** Returns true when the lender confirmed the target gone (its unexport answered ok). */
+  private async tearDown(lease: LeaseRecord, borrowerGone = false): Promise<boolean> {
     if (!borrowerGone) {
       try {
         await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
       } catch (error) {
         this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: detach failed');
-        if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) return;
+        if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) return false;
       }
     }
-    await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender, force: borrowerGone }, OkReply, this.options.unexportTimeoutMs).catch(
-      (error: unknown) => this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: unexport failed'),
-    );
+    // The lender removes the target only when it sees no session on it (its own view, which
+    // tgtd's NOP-In probing keeps true for a dead borrower); else its reconciler does, later.
+    return this.unexport(lease);
+  }
+
+  /**
+   * Asks the lender to remove the lease's target; true when it answered that it did. The lease's
+   * bytes go back to the lender then, or, if it refused (a session is still logged in), once the
+   * lender reports that it no longer serves the lease (its announce; see reservationEnded).
+   */
+  private async unexport(lease: LeaseRecord): Promise<boolean> {
+    try {
+      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
+      return true;
+    } catch (error) {
+      this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'unexport refused or failed; the lender removes the target once no session is left');
+      return false;
+    }
+  }
+
+  /** The lease's bytes back to its lender: at once when it confirmed the target gone, else once it reports so. */
+  private async giveBack(lease: LeaseRecord, targetGone: boolean): Promise<void> {
+    if (targetGone) await this.hosts.unreserve(lease.lender, lease.id);
+    else await this.hosts.unreserveIfEnded(lease.lender, lease.id, lease);
   }
 
   /**
@@ -299,7 +336,7 @@ export class Lifecycle {
     if (isTerminal(lease.state)) return lease;
     return this.perBorrower.run(lease.borrower, () =>
       this.inLeaseTrace(lease, `lost ${lease.id}`, async () => {
-        await this.hosts.forgetExporter(lease.lender);
+        await this.hosts.forgetExporter(lease.lender, Date.now());
         return this.fail(lease.id, `lender ${lease.lender} lost: ${event.reason}`, true);
       }),
     );
@@ -378,15 +415,11 @@ export class Lifecycle {
   private async finishRelease(lease: LeaseRecord, detachFirst: boolean): Promise<LeaseRecord> {
     const leaseId = lease.id;
     if (detachFirst) await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
-    try {
-      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
-    } catch (error) {
-      // The borrower no longer uses the target, so no page is at risk; the lender's reconciler
-      // removes the target of a released lease when it next runs.
-      this.log.warn({ leaseId, err: errorMessage(error) }, 'unexport failed; the lender will reconcile it');
-    }
+    // The borrower has swapped off; if the unexport fails anyway, the lender's reconciler removes
+    // the target of a released lease once no session is left.
+    const targetGone = await this.unexport(lease);
     const released = await this.leases.move(leaseId, 'released');
-    await this.hosts.unreserve(lease.lender, leaseId);
+    await this.giveBack(released, targetGone);
     return released;
   }
 
@@ -450,6 +483,34 @@ export class Lifecycle {
       const current = await this.leases.require(leaseId);
       if (current.state !== 'active') throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; only an active lease can be revoked`);
       return this.inLeaseTrace(current, `revoke ${leaseId}`, () => this.replaceThenRelease(current, 'revoked'));
+    });
+  }
+
+  /**
+   * Cordons a lender, then moves every lease off it, one at a time, make-before-break (as revoke):
+   * so it can be rebooted without killing a borrower's processes. A lease that cannot move (no
+   * replacement, and its pages would not fit on the borrower) stays, and is reported.
+   */
+  async drainLender(lender: string): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
+    await this.hosts.setCordoned(lender, true, Date.now());
+    return this.perLender.run(lender, async () => {
+      const moved: Array<{ from: string; to?: string }> = [];
+      const stayed: Array<{ leaseId: string; reason: string }> = [];
+      // Leases still coming up finish first (their bring-up has its own timeouts), then move too.
+      const live = await waitFor(`leases on ${lender} settled`, async () => {
+        const mine = (await this.leases.list()).filter((l) => l.lender === lender && !isTerminal(l.state));
+        return mine.every((l) => l.state === 'active') ? mine : undefined;
+      }, { timeoutMs: stuckAfterMs('attaching', this.options), intervalMs: 250 });
+      for (const old of live.sort((a, b) => b.sizeBytes - a.sizeBytes)) {
+        this.log.warn({ leaseId: old.id, lender, borrower: old.borrower }, 'draining a cordoned lender: moving the lease');
+        try {
+          const done = await this.perBorrower.run(old.borrower, () => this.inLeaseTrace(old, `drain ${lender}: move ${old.id}`, () => this.replaceThenRelease(old, `lender ${lender} drained`)));
+          moved.push({ from: old.id, ...(done.replacement ? { to: done.replacement.id } : {}) });
+        } catch (error) {
+          stayed.push({ leaseId: old.id, reason: errorMessage(error) });
+        }
+      }
+      return { moved, stayed };
     });
   }
 

@@ -28,6 +28,27 @@ export function canTransition(from: LeaseState, to: LeaseState): boolean {
   return NEXT[from].includes(to);
 }
 
+/** The history keeps the first step and the latest ones, this many in all; the rest are counted. */
+export const HISTORY_LIMIT = 32;
+/** A reason longer than this (an error with a long stderr, say) is cut. */
+export const REASON_LIMIT = 500;
+
+export function cutReason(reason: string): string {
+  return reason.length <= REASON_LIMIT ? reason : `${reason.slice(0, REASON_LIMIT - 1)}…`;
+}
+
+/**
+ * Appends a step to a lease's history, bounded: a lease that flaps (a swap-off refused again and
+ * again) keeps its first step and its latest ones, and counts what it dropped, so its record stays
+ * far under NATS's payload limit however long it lives.
+ */
+export function withStep(lease: LeaseRecord, step: LeaseRecord['history'][number]): Pick<LeaseRecord, 'history' | 'historyDropped'> {
+  const history = [...lease.history, step.reason ? { ...step, reason: cutReason(step.reason) } : step];
+  if (history.length <= HISTORY_LIMIT) return { history, ...(lease.historyDropped ? { historyDropped: lease.historyDropped } : {}) };
+  const dropped = history.length - HISTORY_LIMIT;
+  return { history: [history[0]!, ...history.slice(1 + dropped)], historyDropped: (lease.historyDropped ?? 0) + dropped };
+}
+
 /** Returns the lease moved to `to`, with `changes` applied and the step appended to its history. */
 export function transition(
   lease: LeaseRecord,
@@ -38,12 +59,13 @@ export function transition(
   if (!canTransition(lease.state, to)) {
     throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${lease.id} is ${lease.state}; it cannot become ${to}`);
   }
-  const reason = changes.reason;
+  const reason = changes.reason === undefined ? undefined : cutReason(changes.reason);
   return {
     ...lease,
     ...changes,
+    ...(reason === undefined ? {} : { reason }),
     state: to,
     updatedAt: now,
-    history: [...lease.history, { state: to, at: now, ...(reason ? { reason } : {}) }],
+    ...withStep(lease, { state: to, at: now, ...(reason ? { reason } : {}) }),
   };
 }

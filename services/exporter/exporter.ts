@@ -8,9 +8,10 @@ import { mkdir, readFile, rm, rmdir, truncate, writeFile, stat } from 'node:fs/p
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
-import { ErrorCodes, RswapError, errorMessage } from '../../shared/errors.js';
-import { readMeminfo, readMounts } from '../../shared/procfs.js';
-import { Chap, type ExportRequest, type LeaseRecord, type Target } from '../../shared/schemas.js';
+import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
+import { readMounts } from '../../shared/procfs.js';
+import type { Source } from '../monitor/sources.js';
+import { Chap, LeaseId, type ExportRequest, type LeaseRecord, type Target } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
 import type { TargetInfo, Tgt } from './tgt.js';
 import { KeyedQueue } from '../../shared/serial.js';
@@ -24,6 +25,8 @@ export interface ExporterOptions {
   reserveBytes: number;
   /** The most this host lends in total. */
   maxLendBytes: number;
+  /** How long an ended lease's target outlives its last session (a failed lease, an orphan). */
+  sessionGraceMs: number;
 }
 
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
@@ -40,6 +43,8 @@ export class Exporter {
     private readonly tgt: Tgt,
     private readonly options: ExporterOptions,
     private readonly log: Logger,
+    /** Where the lent pages are charged: the machine, or tgtd's memory cgroup. */
+    private readonly memory: Pick<Source, 'read'>,
   ) {}
 
   iqnFor(leaseId: string): string {
@@ -87,20 +92,44 @@ export class Exporter {
     });
   }
 
-  async unexport(leaseId: string): Promise<void> {
+  /**
+   * Removes the lease's target and ramfs, never while an initiator is logged in to the target
+   * (RSWAP_E_IN_USE): its pages may be a live process's memory. The check and the removal share
+   * one listing under the tgt queue, so no login slips in between.
+   */
+  async unexport(leaseId: string, { waitMs = 5_000 }: { waitMs?: number } = {}): Promise<void> {
+    // A borrower that has just logged out may stay listed for a moment: wait for its session to
+    // end (up to `waitMs`), then refuse.
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      try {
+        return await this.unexportNow(leaseId);
+      } catch (error) {
+        if (errorCode(error) !== ErrorCodes.IN_USE || Date.now() >= deadline) throw error;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  private async unexportNow(leaseId: string): Promise<void> {
     return this.queue.run('tgt', async () => {
       const iqn = this.iqnFor(leaseId);
       const target = (await this.tgt.list()).find((t) => t.iqn === iqn);
+      if (target && target.sessions.length > 0) {
+        throw new RswapError(ErrorCodes.IN_USE, `lease ${leaseId}: ${target.sessions.join(', ')} still logged in to its target; it stays until the session ends`);
+      }
       await this.tgt.remove(target?.tid, leaseId);
       await this.unmountRamfs(leaseId);
       this.log.info({ leaseId, hadTarget: Boolean(target) }, 'unexported');
     });
   }
 
-  /** Whether the borrower at `address` has a session (I_T nexus) on the lease's target. */
-  async inUseBy(leaseId: string, address: string): Promise<boolean> {
-    const target = (await this.tgt.list()).find((t) => t.iqn === this.iqnFor(leaseId));
-    return target?.sessions.includes(address) ?? false;
+  /**
+   * The lease ids this host holds a target or ramfs for, as the broker is told (`serving`). Read
+   * under the tgt queue, so an export half done is either not started or complete in the listing.
+   */
+  async serving(): Promise<string[]> {
+    return this.queue.run('tgt', async () => [...(await this.held())].filter((id) => LeaseId.safeParse(id).success).sort().slice(0, 4096));
   }
 
   /** The lease ids this host holds anything for: targets and ramfs mounts. */
@@ -117,45 +146,79 @@ export class Exporter {
     return ids;
   }
 
+  /** Targets with a session whose lease record is missing, found by the last reconcile. */
+  readonly orphans = new Set<string>();
+  /** When each held lease last had a session (or was first seen without one), this process's clock. */
+  private readonly lastSession = new Map<string, number>();
+
   /**
-   * Removes what belongs to no live lease of this host (absent from KV, released or failed).
+   * Removes what belongs to no live lease of this host (released, failed, or absent from KV) once
+   * nobody is logged in to it. A target with a session stays whatever KV says: a lost or deleted
+   * record is reported as an orphan (log and metric), never a reason to pull swap from a borrower.
    * Leases still in flight are left alone: the broker drives them.
    */
   async reconcile(lookup: (leaseId: string) => Promise<LeaseRecord | undefined>): Promise<string[]> {
-    // Each lease is looked up right before acting: a lease created after a bulk read is not an orphan.
-    const isLive = async (leaseId: string) => {
-      const lease = await lookup(leaseId);
-      if (lease === undefined || lease.lender !== this.options.host || lease.state === 'released') return false;
-      // A failed lease stays while its borrower still has a session: it may still hold pages there.
-      if (lease.state === 'failed') return this.inUseBy(leaseId, lease.borrowerAddress);
-      return true;
-    };
     const removed: string[] = [];
-    for (const leaseId of await this.held()) {
-      if (await isLive(leaseId)) continue;
+    const targets = await this.tgt.list();
+    const sessionsOf = (leaseId: string) => targets.find((t) => t.iqn === this.iqnFor(leaseId))?.sessions ?? [];
+    const now = Date.now();
+    const held = await this.held(targets);
+    for (const leaseId of this.lastSession.keys()) if (!held.has(leaseId)) this.lastSession.delete(leaseId);
+    this.orphans.clear();
+    for (const leaseId of held) {
+      if (sessionsOf(leaseId).length > 0 || !this.lastSession.has(leaseId)) this.lastSession.set(leaseId, now);
+      // Looked up right before acting: a lease created after the listing is not an orphan.
+      const lease = await lookup(leaseId);
+      const ended = lease === undefined || lease.lender !== this.options.host || lease.state === 'released' || lease.state === 'failed';
+      if (!ended) continue;
+      if (sessionsOf(leaseId).length > 0) {
+        if (lease === undefined) {
+          this.orphans.add(leaseId);
+          this.log.error({ leaseId, sessions: sessionsOf(leaseId) }, 'orphan target: its lease record is missing but a borrower is logged in; kept (see docs/operations.md, orphan targets)');
+        }
+        continue;
+      }
+      // A released lease's borrower swapped off and logged out. Anything else may have a borrower
+      // that was only cut off for a while: its target waits out the grace after its last session.
+      // Without a target (tgtd died with it) there is nothing to come back to: no grace.
+      const quietMs = now - this.lastSession.get(leaseId)!;
+      const hasTarget = targets.some((t) => t.iqn === this.iqnFor(leaseId));
+      if (lease?.state !== 'released' && hasTarget && quietMs < this.options.sessionGraceMs) continue;
       try {
-        await this.unexport(leaseId);
+        await this.unexport(leaseId, { waitMs: 0 });
         removed.push(leaseId);
       } catch (error) {
-        this.log.error({ leaseId, err: errorMessage(error) }, 'reconcile: could not remove orphan export');
+        // RSWAP_E_IN_USE: a session came up since the listing; next time.
+        this.log.warn({ leaseId, err: errorMessage(error) }, 'reconcile: could not remove an ended export');
       }
     }
-    if (removed.length > 0) this.log.info({ removed }, 'reconcile removed orphan exports');
+    if (removed.length > 0) this.log.info({ removed }, 'reconcile removed ended exports');
     return removed;
   }
 
+  /**
+   * Refuses an export that would take this host under its reserve once every lease it serves is
+   * written in full. Lease images are sparse: a page exists only once the borrower writes it, so
+   * available memory does not yet show what is promised; ramfs pages cannot be reclaimed, so an
+   * over-promise ends with the lender out of memory. Counts every image it holds, failed leases
+   * still serving a borrower included.
+   */
   private async checkCapacity(sizeBytes: number, targets: TargetInfo[]): Promise<void> {
-    const meminfo = await readMeminfo();
-    const available = meminfo.get('MemAvailable') ?? 0;
-    if (available - sizeBytes < this.options.reserveBytes) {
+    let lent = 0;
+    let resident = 0;
+    for (const leaseId of await this.held(targets)) {
+      const image = await stat(join(this.leaseDir(leaseId), 'image')).catch(() => undefined);
+      if (!image) continue;
+      lent += image.size;
+      resident += Math.min(image.size, image.blocks * 512);
+    }
+    const available = (await this.memory.read()).availableBytes;
+    const left = available - (lent - resident) - sizeBytes;
+    if (left < this.options.reserveBytes) {
       throw new RswapError(
         ErrorCodes.NO_CAPACITY,
-        `lending ${formatBytes(sizeBytes)} would leave ${formatBytes(available - sizeBytes)} available, under the reserve of ${formatBytes(this.options.reserveBytes)}`,
+        `lending ${formatBytes(sizeBytes)} would leave ${formatBytes(Math.max(0, left))} once every lease is written (${formatBytes(available)} available, ${formatBytes(lent - resident)} promised and not yet written), under the reserve of ${formatBytes(this.options.reserveBytes)}`,
       );
-    }
-    let lent = 0;
-    for (const leaseId of await this.held(targets)) {
-      lent += await stat(join(this.leaseDir(leaseId), 'image')).then((s) => s.size, () => 0);
     }
     if (lent + sizeBytes > this.options.maxLendBytes) {
       throw new RswapError(ErrorCodes.NO_CAPACITY, `lending ${formatBytes(sizeBytes)} more would exceed maxLendBytes ${formatBytes(this.options.maxLendBytes)} (${formatBytes(lent)} lent)`);

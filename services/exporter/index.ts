@@ -10,10 +10,12 @@ import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
 import { announceLoop, every } from '../../shared/agent.js';
 import { subjects } from '../../shared/subjects.js';
-import { serveMetrics } from '../../shared/metrics.js';
+import { registry, serveMetrics } from '../../shared/metrics.js';
+import { Gauge } from 'prom-client';
 import { ExportRequest, HostId, Ipv4, LeaseRecord, UnexportRequest } from '../../shared/schemas.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import { Exporter } from './exporter.js';
+import { openSource } from '../monitor/sources.js';
 import { Tgt } from './tgt.js';
 
 /** The iSCSI login parameters tgt lets a target set (RFC 7143 names), with their value shapes. */
@@ -65,6 +67,19 @@ export const ExporterConfig = z.strictObject({
   maxLendBytes: SizeSetting.default(64 * 1024 ** 3), // 64 GiB
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
   reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
+  /**
+   * A failed lease's (or an orphan's) target stays this long after its last session was seen: a
+   * borrower cut off for a while (past tgtd's NOP-In) may log in again and still needs its pages.
+   * Longer than the initiator's replacement timeout (120 s). A released lease's target goes at once.
+   */
+  sessionGraceMs: z.coerce.number().int().nonnegative().default(150_000),
+  /**
+   * tgtd's NOP-In probing of every session: a ping every `nopIntervalS`, and a session that misses
+   * `nopCount` in a row is dropped. It is how the lender learns, by itself, that a borrower died
+   * without logging out (about interval x count); only then does the target go.
+   */
+  nopIntervalS: z.coerce.number().int().min(1).max(3600).default(5),
+  nopCount: z.coerce.number().int().min(1).max(100).default(6),
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
   /** A memory cgroup for tgtd: lease pages it writes are charged there (the testbed's host cgroup). */
   memoryCgroup: z.string().regex(/^\/[^']*$/, 'an absolute path without quotes').optional(),
@@ -77,11 +92,25 @@ export async function startExporter(raw: Record<string, unknown>) {
   const run = createRunner(log);
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const portal = `${config.address}:${config.portalPort}`;
-  const tgt = new Tgt(run, log, config.tgtControlPort, portal, config.stateDir, config.tgtIothreads, config.iscsiParams);
+  const targetParams = { ...config.iscsiParams, nop_interval: String(config.nopIntervalS), nop_count: String(config.nopCount) };
+  const tgt = new Tgt(run, log, config.tgtControlPort, portal, config.stateDir, config.tgtIothreads, targetParams);
   const tgtd = await tgt.ensureDaemon(config.memoryCgroup);
   log.info({ tgtd, controlPort: config.tgtControlPort, portal, memoryCgroup: config.memoryCgroup }, 'tgtd ready');
 
-  const exporter = new Exporter(run, tgt, config, log);
+  // Lent pages are charged where tgtd runs: its memory cgroup when it has one, within the
+  // machine's (a cgroup without a limit would otherwise look as big as the machine's RAM).
+  const machine = await openSource('machine');
+  const cgroup = config.memoryCgroup ? await openSource(`cgroup:${config.memoryCgroup}`) : undefined;
+  const memory = {
+    read: async () => {
+      const [m, c] = await Promise.all([machine.read(), cgroup?.read()]);
+      return c && c.availableBytes < m.availableBytes ? c : m;
+    },
+  };
+  const exporter = new Exporter(run, tgt, config, log, memory);
+  // Targets made before this exporter (an adopted tgtd) get the same session probing.
+  await tgt.applyParams(['nop_interval', 'nop_count']).catch((error: unknown) => log.warn({ err: (error as Error).message }, 'could not set NOP-In on existing targets'));
+  const orphans = new Gauge({ name: 'rswap_exporter_orphan_targets', help: 'Targets with a session whose lease record is missing: kept, for an operator to look at', registers: [registry] });
   const nc = await connectNats(config.nats, `rswap-exporter-${config.host}`, log);
   const stores = await openStores(nc);
   const rejects = new RejectCounter();
@@ -96,22 +125,29 @@ export async function startExporter(raw: Record<string, unknown>) {
     return exporter.export(request);
   });
   handle(nc, subjects.unexportCmd(me), { schema: UnexportRequest, log, rejects }, async (request) => {
-    // Never tear down while the borrower may still swap on it: only once it drains, or ended.
-    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['draining', 'released', 'failed'] });
-    // A failed lease whose borrower still has a session may still hold its pages (it refused a
-    // swap-off): keep serving them, unless the broker says the borrower is gone.
-    if (lease.state === 'failed' && !request.force && (await exporter.inUseBy(lease.id, lease.borrowerAddress))) {
-      throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${lease.id} failed but ${lease.borrower} still has a session on its target; it stays until the borrower lets go`);
-    }
+    // Only once the lease drains or ended; and whatever the state, never while a session is
+    // logged in: exporter.unexport refuses that (RSWAP_E_IN_USE), the pages may still be in use.
+    await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['draining', 'released', 'failed'] });
     await exporter.unexport(request.leaseId);
+    void announce(); // the broker may give the bytes back now
     return {};
   });
 
-  const stopAnnounce = announceLoop(nc, config.announceIntervalMs, log, () => {
-    publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now() });
-  });
+  // Where it serves, and which leases it still holds a target or ramfs for: the broker keeps
+  // those bytes promised until they are gone (see reservationEnded in services/broker/policy.ts).
+  const announce = async () => {
+    try {
+      const serving = await exporter.serving();
+      publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now(), serving });
+    } catch (error) {
+      log.warn({ err: (error as Error).message }, 'announce failed');
+    }
+  };
+  const stopAnnounce = announceLoop(nc, config.announceIntervalMs, log, () => void announce());
   const stopReconcile = every(config.reconcileIntervalMs, 'reconcile', log, async () => {
-    await exporter.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
+    const removed = await exporter.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
+    orphans.set(exporter.orphans.size);
+    if (removed.length > 0) void announce();
   });
 
   const stop = async () => {

@@ -153,6 +153,15 @@ export class Tgt {
     }
   }
 
+  /** Sets the named ones of this exporter's target parameters on every existing target. */
+  async applyParams(names: string[]): Promise<void> {
+    for (const target of await this.list()) {
+      for (const name of names.filter((n) => this.targetParams[n] !== undefined)) {
+        await this.adm(['--mode', 'target', '--op', 'update', '--tid', String(target.tid), '--name', name, '--value', this.targetParams[name]!]);
+      }
+    }
+  }
+
   /** Deletes the target (even with sessions) and its account; absent ones are fine. */
   async remove(tid: number | undefined, user: string): Promise<void> {
     if (tid !== undefined) {

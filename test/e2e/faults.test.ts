@@ -12,7 +12,7 @@ import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
-import { injectPressure, listHosts, listLeases, releaseLease, revokeLease, withNats } from '../../cli/operator.js';
+import { cordonHost, drainHost, injectPressure, listHosts, listLeases, releaseLease, revokeLease, withNats } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
 import { waitFor } from '../../shared/wait.js';
@@ -42,6 +42,9 @@ before(async () => {
     monitorArgs: ['--exit-hold-ms', '2000'],
     // A lender that stops answering is declared lost after 5 s (default 120 s).
     attacherArgs: ['--replacement-timeout-s', '5', '--health-interval-ms', '1000'],
+    // A failed lease's target outlives its last session by 3 s (default 150 s), so the tests
+    // see the lenders' reconcilers clean up within their waits.
+    exporterArgs: ['--session-grace-ms', '3000'],
   });
 });
 
@@ -148,10 +151,16 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
   }, { timeoutMs: 60_000, intervalMs: 500 });
   const after = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
   assert.equal(after.state, 'active', 'the lease record survived the restart (file-backed JetStream)');
-  // The same demand again, as a request: once the broker has answered, it has decided.
-  const answer = await withNats(tb.natsUrl, async (c) =>
-    (await c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: 64 * 1024 ** 2, at: Date.now(), source: 'inject' }), { timeout: 60_000 })).json<{ ok: boolean; leaseId?: string }>(),
-  );
+  // The same demand again, as a request: once the broker has answered, it has decided. Records
+  // from before the restart may look fresh while the broker is still reconnecting: until it has
+  // subscribed again, NATS says "no responders", and the request is sent again.
+  const answer = await waitFor('the broker back and answering the same pressure', () =>
+    withNats(tb.natsUrl, async (c) =>
+      c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: 64 * 1024 ** 2, at: Date.now(), source: 'inject' }), { timeout: 60_000 }).then(
+        (m) => m.json<{ ok: boolean; leaseId?: string }>(),
+        (error: Error) => (/no responders/i.test(error.message) ? undefined : Promise.reject(error)),
+      ),
+    ), { timeoutMs: 60_000, intervalMs: 250 });
   assert.deepEqual(answer, { ok: true }, 'the broker answered: covered, nothing to do');
   assert.equal((await leasesOf('host-b')).filter((l) => l.state !== 'released' && l.state !== 'failed').length, 1, 'the same demand again makes no second lease');
   assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
@@ -225,7 +234,7 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
   const nc: NatsConnection = await connect({ servers: tb.natsUrl });
   try {
     for (const [state, role] of [['exporting', 'exporter'], ['attaching', 'attacher']] as const) {
-      await waitFor('lenders offering', async () => (await listHosts(tb.natsUrl)).filter((h) => h.exporter && (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
+      await waitFor('lenders offering', async () => (await listHosts(tb.natsUrl)).filter((h) => h.exporter && h.exporter.lostAt === undefined && (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
       let victim: string | undefined;
       let leaseId: string | undefined;
       const sub = nc.subscribe(subjects.allLeaseStates, {
@@ -259,6 +268,55 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
     await nc.drain();
     startTestbedProcess(tb, 'host-b/monitor');
   }
+  await allReleased();
+  await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
+});
+
+test('faults - rswap drain of a lender with two leases under a verifying workload: both move, no byte lost, the lender serves nothing', async () => {
+  assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
+  const pressure = (bytes: number) =>
+    withNats(tb.natsUrl, async (c) => (await c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: bytes, at: Date.now(), source: 'inject' }), { timeout: 120_000 })).json<{ leaseId?: string; state?: string }>());
+  await rm(stopFile, { force: true });
+  const phases: string[] = [];
+  let workload: ReturnType<typeof startWorkload> | undefined;
+  try {
+    // Both leases on host-a: host-c is cordoned while they come up.
+    await cordonHost(tb.natsUrl, 'host-c', true);
+    assert.equal((await pressure(100 * MiB)).state, 'active');
+    assert.equal((await pressure(250 * MiB)).state, 'active', 'the grown need gets a second lease');
+    await cordonHost(tb.natsUrl, 'host-c', false);
+    const onA = (await leasesOf('host-b')).filter((l) => l.state === 'active');
+    assert.deepEqual(onA.map((l) => l.lender), ['host-a', 'host-a']);
+    workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB', '--until-file', stopFile], (p) => phases.push(p.phase));
+    workload.result.catch(() => undefined);
+    await waitFor('host-b reading back through remote swap', async () => phases.some((p) => p.startsWith('verify')), { timeoutMs: 60_000, intervalMs: 250 });
+
+    const { moved, stayed } = await drainHost(tb.natsUrl, 'host-a');
+    assert.deepEqual(stayed, []);
+    assert.deepEqual(moved.map((m) => m.from).sort(), onA.map((l) => l.id).sort(), 'both leases moved');
+    const now = await leasesOf('host-b');
+    for (const m of moved) {
+      assert.equal(now.find((l) => l.id === m.from)!.state, 'released');
+      const replacement = now.find((l) => l.id === m.to)!;
+      assert.equal(replacement.lender, 'host-c');
+      assert.equal(replacement.state, 'active');
+    }
+    const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+    assert.equal(targets.stdout.trim(), '', 'host-a serves nothing');
+    assert.ok((await listHosts(tb.natsUrl)).find((h) => h.host === 'host-a')!.cordoned, 'and stays cordoned');
+    // Cordoned: a new need goes elsewhere.
+    const more = await pressure(600 * MiB);
+    assert.equal(more.state, 'active', JSON.stringify(more));
+    assert.equal((await leasesOf('host-b')).find((l) => l.id === more.leaseId)!.lender, 'host-c');
+  } finally {
+    await writeFile(stopFile, '');
+    await cordonHost(tb.natsUrl, 'host-a', false).catch(() => undefined);
+    await cordonHost(tb.natsUrl, 'host-c', false).catch(() => undefined);
+    startTestbedProcess(tb, 'host-b/monitor');
+  }
+  const report = await workload!.result;
+  assert.equal(report.corruptedChunks, 0, 'every byte read back intact');
+  for (const l of (await leasesOf('host-b')).filter((x) => x.state === 'active')) await releaseLease(tb.natsUrl, l.id);
   await allReleased();
   await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });

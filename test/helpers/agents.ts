@@ -11,20 +11,38 @@ export interface ScriptedAgents {
   commands: string[];
   /** Lease ids whose swap-off the attacher refuses (its pages "would not fit"). */
   refuseDetach: Set<string>;
+  /** Per host, how far its clock is off (ms, negative: behind); its announces carry that time. */
+  clockOffsetMs: Map<string, number>;
+  /** Hosts that no longer announce (the host is gone). */
+  silenced: Set<string>;
+  /** Per lender, the leases its exporter says it still serves (left out of its announce when unset). */
+  serving: Map<string, string[]>;
+  /** Lease ids whose unexport the exporter refuses (a session is still logged in). */
+  refuseUnexport: Set<string>;
   announce(host: string, at?: number): void;
+  stop(): void;
 }
 
 export function addressOf(index: number): string {
   return `198.18.0.${20 + index}`;
 }
 
-export function scriptedAgents(nc: NatsConnection, hosts: string[]): ScriptedAgents {
+/** `announceEveryMs`: announce every host that often, as real agents do (every 10 s); default once. */
+export function scriptedAgents(nc: NatsConnection, hosts: string[], { announceEveryMs }: { announceEveryMs?: number } = {}): ScriptedAgents {
+  let timer: NodeJS.Timeout | undefined;
   const agents: ScriptedAgents = {
     commands: [],
     refuseDetach: new Set(),
-    announce: (host, at = Date.now()) => {
+    clockOffsetMs: new Map(),
+    silenced: new Set(),
+    serving: new Map(),
+    refuseUnexport: new Set(),
+    stop: () => clearInterval(timer),
+    announce: (host, at = Date.now() + (agents.clockOffsetMs.get(host) ?? 0)) => {
+      if (agents.silenced.has(host)) return;
       const address = addressOf(hosts.indexOf(host));
-      nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at }));
+      const serving = agents.serving.get(host);
+      nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at, ...(serving ? { serving } : {}) }));
       nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address, initiator: 'userspace', at }));
     },
   };
@@ -39,6 +57,8 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[]): ScriptedAge
           msg.respond(JSON.stringify({ ok: true, target: { portal: `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } }));
         } else if (verb === 'attach') {
           msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
+        } else if (verb === 'unexport' && agents.refuseUnexport.has(body.leaseId)) {
+          msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_IN_USE', message: 'a session is still logged in' } }));
         } else if (verb === 'detach' && agents.refuseDetach.has(body.leaseId)) {
           msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_SWAPOFF_UNSAFE', message: 'swap-off would not fit' } }));
         } else {
@@ -50,5 +70,9 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[]): ScriptedAge
   }
   // Like the real agents: announce again when a broker says hello (it may have started after us).
   nc.subscribe(subjects.brokerHello, { callback: () => hosts.forEach((host) => agents.announce(host)) });
+  if (announceEveryMs) {
+    timer = setInterval(() => hosts.forEach((host) => agents.announce(host)), announceEveryMs);
+    timer.unref();
+  }
   return agents;
 }

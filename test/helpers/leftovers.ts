@@ -5,6 +5,7 @@ import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { loopDevicesUnder, type Testbed } from '../../cli/testbed/testbed.js';
 import { listHosts } from '../../cli/operator.js';
 import { reservedBytes } from '../../services/broker/policy.js';
+import { waitFor } from '../../shared/wait.js';
 
 /** Every attached loop device on the machine, whoever made it. */
 export async function attachedLoops(run: Runner): Promise<string[]> {
@@ -27,6 +28,10 @@ export async function assertNothingLeft(tb: Testbed, run: Runner, loopsBefore: s
     assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
   }
   if (options.reservations) {
-    for (const h of await listHosts(tb.natsUrl)) assert.equal(reservedBytes(h), 0, `no capacity still promised on ${h.host}`);
+    // A lender's bytes go back when it reports that it no longer serves the lease (its announce
+    // right after it removes a target): wait for that, not for a time.
+    await waitFor('no capacity still promised on any host', async () => (await listHosts(tb.natsUrl)).every((h) => reservedBytes(h) === 0), { timeoutMs: 30_000, intervalMs: 250 }).catch(async (error: Error) => {
+      throw new Error(`${error.message}: ${JSON.stringify((await listHosts(tb.natsUrl)).map((h) => [h.host, h.reservations, h.exporter?.serving]))}`);
+    });
   }
 }

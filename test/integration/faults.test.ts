@@ -1,12 +1,13 @@
 /**
  * The broker under faults, on a real nats-server with scripted agents (test/helpers/agents.ts):
  * two brokers at once, replayed and out-of-order events, leases left mid-step by a broker that died
- * (taken over by exactly one other), and a borrower that disappeared.
+ * (taken over by exactly one other), a borrower that disappeared, one whose clock is far off, and
+ * timestamps far in the past or the future.
  */
 import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { startNatsServer, type NatsServer } from '../helpers/nats.js';
+import { ask as askOn, startNatsServer, type NatsServer } from '../helpers/nats.js';
 import { scriptedAgents, addressOf, type ScriptedAgents } from '../helpers/agents.js';
 import { startBroker } from '../../services/broker/index.js';
 import { openStores } from '../../shared/nats.js';
@@ -17,7 +18,8 @@ import { waitFor } from '../../shared/wait.js';
 import { reservedBytes } from '../../services/broker/policy.js';
 
 const MiB = 1024 ** 2;
-const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g'];
+const ask = (subject: string, body: string) => askOn(nc, subject, body);
+const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p'];
 let server: NatsServer;
 let brokers: Array<Awaited<ReturnType<typeof startBroker>>>;
 let nc: NatsConnection;
@@ -26,11 +28,12 @@ let agents: ScriptedAgents;
 before(async () => {
   process.env.RSWAP_LOG_LEVEL = 'silent';
   server = await startNatsServer();
-  const settings = { nats: server.url, releaseCooldownMs: 60_000, sweepIntervalMs: 300, borrowerTimeoutMs: 60_000 };
+  // Agents announce every 500 ms here (10 s in real life); a borrower silent for 3 s is gone.
+  const settings = { nats: server.url, releaseCooldownMs: 60_000, sweepIntervalMs: 300, borrowerTimeoutMs: 3_000 };
   // Two brokers sharing the work, as two processes would.
   brokers = [await startBroker({ ...settings, host: 'broker-1' }), await startBroker({ ...settings, host: 'broker-2' })];
   nc = await connect({ servers: server.url });
-  agents = scriptedAgents(nc, HOSTS);
+  agents = scriptedAgents(nc, HOSTS, { announceEveryMs: 500 });
   await nc.flush();
   await waitFor('hosts announced', async () => (await hostRecords()).length === HOSTS.length, { timeoutMs: 5_000 });
 });
@@ -40,6 +43,7 @@ beforeEach(() => {
 });
 
 after(async () => {
+  agents.stop();
   await nc.drain();
   for (const broker of brokers) await broker.stop();
   await server.stop();
@@ -173,10 +177,72 @@ test('faults - a borrower that disappears: its leases end and the lender gets it
   const [lease] = await leases('borrow-g');
   assert.equal(lease!.state, 'active');
   agents.commands.length = 0;
-  // Its attacher's last word was ten minutes ago (the host is gone).
-  agents.announce('borrow-g', Date.now() - 600_000);
-  const failed = await waitFor('the lease ended', async () => (await leases('borrow-g')).find((l) => l.state === 'failed'), { timeoutMs: 10_000, intervalMs: 200 });
+  // The host is gone: its attacher stops announcing.
+  agents.silenced.add('borrow-g');
+  const failed = await waitFor('the lease ended', async () => (await leases('borrow-g')).find((l) => l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 200 });
   assert.match(failed.reason!, /borrower borrow-g silent for \d+s/);
-  assert.deepEqual(agents.commands, [`unexport ${lease!.lender} ${lease!.id} force`], 'no swap-off asked of a dead host; the target goes regardless of its stale session');
+  // No swap-off asked of a dead host, and no force: the lender removes the target once it sees no
+  // session (tgtd drops a silent initiator's), which the e2e tests show with a real tgtd.
+  assert.deepEqual(agents.commands, [`unexport ${lease!.lender} ${lease!.id}`]);
+  await assertCapacityConsistent();
+});
+
+test('faults - a borrower whose clock runs 10 minutes behind keeps its lease: liveness is the broker\'s clock', async () => {
+  // Fails on the main before this change: the broker judged liveness by the announce's own `at`.
+  await offer('lender-a', 1024 * MiB);
+  agents.clockOffsetMs.set('borrow-k', -600_000);
+  agents.announce('borrow-k');
+  // Its pressure carries its clock too: served all the same (its `at` replaced by the arrival time).
+  const reply = await nc.request(subjects.pressure('borrow-k'), JSON.stringify({ host: 'borrow-k', neededBytes: 64 * MiB, at: Date.now() - 600_000, source: 'inject' }), { timeout: 10_000 });
+  const leaseId = reply.json<{ leaseId: string }>().leaseId;
+  assert.ok(leaseId, `a lease for the skewed borrower: ${reply.string()}`);
+  agents.commands.length = 0;
+  // Long enough for the broker to call a silent borrower gone (3 s), with a sweep after that.
+  const sweepsAfter = Math.max(...brokers.map((b) => b.sweeps())) + 1;
+  const goneBy = Date.now() + 3_500;
+  await waitFor('sweeps past the borrower timeout', async () => Date.now() > goneBy && brokers.every((b) => b.sweeps() > sweepsAfter), { timeoutMs: 30_000 });
+  const [lease] = (await leases('borrow-k')).filter((l) => l.id === leaseId);
+  assert.equal(lease!.state, 'active', `the lease stays: ${lease!.reason ?? ''}`);
+  assert.deepEqual(agents.commands, [], 'no command to either host');
+  await assertCapacityConsistent();
+});
+
+test('faults - timestamps far off are replaced by the arrival time: a far-future offer goes stale by the broker\'s clock', async () => {
+  const sentAt = Date.now();
+  assert.equal((await ask(subjects.surplus('lender-o'), JSON.stringify({ host: 'lender-o', lendableBytes: 512 * MiB, at: sentAt - 600_000 }))).ok, true);
+  const recordedOld = (await hostRecords()).find((h) => h.host === 'lender-o')!.offer!.at;
+  assert.ok(recordedOld >= sentAt, `a 10-minute-old offer is recorded at its arrival (${sentAt - recordedOld} ms before it was sent)`);
+  const future = Date.now() + 3_600_000;
+  assert.equal((await ask(subjects.surplus('lender-o'), JSON.stringify({ host: 'lender-o', lendableBytes: 512 * MiB, at: future }))).ok, true);
+  const recorded = (await hostRecords()).find((h) => h.host === 'lender-o')!.offer!.at;
+  assert.ok(recorded <= Date.now(), `the offer is recorded at the broker's time, not an hour ahead (${recorded})`);
+});
+
+test('faults - a forged or real lost event fails the lease, but its bytes stay promised while the lender still serves the target', async () => {
+  // Fails on the main before this change: the capacity went back at once while the pages were held.
+  await offer('lender-p', 2048 * MiB);
+  const reply = await nc.request(subjects.pressure('borrow-p'), JSON.stringify({ host: 'borrow-p', neededBytes: 128 * MiB, source: 'inject' }), { timeout: 10_000 });
+  const { leaseId } = reply.json<{ leaseId: string }>();
+  const lease = (await leases('borrow-p')).find((l) => l.id === leaseId)!;
+  assert.equal(lease.lender, 'lender-p');
+  // The lender reports the target (a borrower is logged in to it) and refuses to remove it.
+  agents.serving.set('lender-p', [leaseId]);
+  agents.refuseUnexport.add(leaseId);
+  agents.announce('lender-p');
+  await waitFor('the lender reporting what it serves', async () => (await hostRecords()).find((h) => h.host === 'lender-p')?.exporter?.serving?.includes(leaseId), { timeoutMs: 10_000 });
+  const lost = await ask(subjects.lost('borrow-p'), JSON.stringify({ host: 'borrow-p', leaseId, reason: 'forged', at: Date.now() }));
+  assert.equal(lost.ok, true);
+  assert.equal((await leases('borrow-p'))[0]!.state, 'failed');
+  const reserved = () => hostRecords().then((hs) => hs.find((h) => h.host === 'lender-p')!.reservations[leaseId]);
+  assert.equal(await reserved(), 128 * MiB, 'the bytes stay promised while the target is served');
+  // Still serving, said as a request: once the broker answered, it has decided; nothing changes.
+  const again = await ask(subjects.announce('lender-p'), JSON.stringify({ host: 'lender-p', role: 'exporter', portal: `${addressOf(HOSTS.indexOf('lender-p'))}:3260`, at: Date.now(), serving: [leaseId] }));
+  assert.equal(again.ok, true);
+  assert.equal(await reserved(), 128 * MiB);
+  // The session ends; the lender removes the target and says so: the bytes go back.
+  agents.serving.set('lender-p', []);
+  agents.announce('lender-p');
+  await waitFor('the bytes back once the lender no longer serves the lease', async () => (await reserved()) === undefined, { timeoutMs: 10_000 });
+  agents.serving.delete('lender-p');
   await assertCapacityConsistent();
 });

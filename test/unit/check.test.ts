@@ -19,7 +19,7 @@ async function broken(edit: (doc: Record<string, any>) => void): Promise<string[
 test('check - the shipped compose.yaml and systemd units pass', async () => {
   assert.deepEqual(checkCompose(await compose()), []);
   const units = (await readdir(resolve(ROOT, 'deploy/systemd'))).filter((f) => f.endsWith('.service'));
-  assert.equal(units.length, 4);
+  assert.equal(units.length, 5, `the four services and the drain unit: ${units}`);
   for (const unit of units) assert.deepEqual(checkUnit(unit, await readFile(resolve(ROOT, 'deploy/systemd', unit), 'utf8')), []);
 });
 
@@ -57,4 +57,12 @@ test('check - a unit that would kill the initiator with the agent, or has a wron
 test('check - compose variables resolve to their defaults', () => {
   assert.equal(interpolate('${RSWAP_NATS_URL:-nats://127.0.0.1:4222}'), 'nats://127.0.0.1:4222');
   assert.equal(interpolate('${RSWAP_HOST:?set it}'), 'SET-BY-OPERATOR');
+});
+
+test('check - the drain unit must drain at shutdown, before the exporter stops, with time to do it', async () => {
+  const drain = await readFile(resolve(ROOT, 'deploy/systemd/rswap-drain.service'), 'utf8');
+  assert.deepEqual(checkUnit('drain', drain), []);
+  assert.match(checkUnit('x', drain.replace('RemainAfterExit=yes\n', ''))[0]!, /RemainAfterExit=yes is needed/);
+  assert.match(checkUnit('x', drain.replace(/^ExecStop=.*\n/m, ''))[0]!, /ExecStop must run 'rswap drain/);
+  assert.match(checkUnit('x', drain.replace(' rswap-exporter.service', ''))[0]!, /After=rswap-exporter.service is needed/);
 });

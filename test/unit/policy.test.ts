@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseLender, freeBytes } from '../../services/broker/policy.js';
+import { chooseLender, freeBytes, reservationEnded } from '../../services/broker/policy.js';
 import type { HostRecord } from '../../shared/schemas.js';
 
 const MiB = 1024 ** 2;
@@ -45,4 +45,20 @@ test('policy - an excluded lender (the one reclaiming) is never chosen', () => {
   const hosts = [lender('a', 900 * MiB), lender('b', 200 * MiB)];
   assert.deepEqual(chooseLender(hosts, 'x', 256 * MiB, now, options, new Set(['a'])), { lender: 'b', sizeBytes: 200 * MiB });
   assert.ok('reason' in chooseLender(hosts, 'x', 256 * MiB, now, options, new Set(['a', 'b'])));
+});
+
+test('policy - a reservation goes back only once the lease ended and its lender no longer serves it', () => {
+  const ended = { state: 'failed', updatedAt: now - 1_000 };
+  const serving = (ids: string[], at = now) => lender('a', 0, { exporter: { portal: '198.18.0.11:3260', at, serving: ids } });
+  assert.equal(reservationEnded(serving([]), 'l-000000000001', { state: 'active', updatedAt: now }), false, 'a live lease keeps its bytes');
+  assert.equal(reservationEnded(serving(['l-000000000001']), 'l-000000000001', ended), false, 'the lender still holds its target');
+  assert.equal(reservationEnded(serving([], now - 2_000), 'l-000000000001', ended), false, 'said before the lease ended: not yet evidence');
+  assert.equal(reservationEnded(serving([]), 'l-000000000001', ended), true, 'said after it ended: the bytes go back');
+  assert.equal(reservationEnded(serving(['l-000000000001']), 'l-000000000001', undefined), false, 'an orphan target keeps its bytes');
+  assert.equal(reservationEnded(lender('a', 0), 'l-000000000001', ended), true, 'an exporter that does not report: back when the lease ends');
+});
+
+test('policy - a lender a borrower lost is not chosen until it announces again', () => {
+  const lost = lender('a', 900 * MiB, { exporter: { portal: '198.18.0.11:3260', at: now, lostAt: now } });
+  assert.ok('reason' in chooseLender([lost], 'x', 256 * MiB, now, options));
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { canTransition, transition } from '../../services/broker/states.js';
+import { HISTORY_LIMIT, canTransition, transition } from '../../services/broker/states.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
 
 const lease: LeaseRecord = {
@@ -29,4 +29,17 @@ test('states - failure is allowed from every live state and carries its reason',
     assert.equal(failed.history.at(-1)?.reason, 'boom');
   }
   assert.equal(canTransition('draining', 'active'), true);
+});
+
+test('states - a lease that flaps for hours keeps a bounded record: the first step, the latest ones, and a count', () => {
+  let l = transition(transition(transition(transition(lease, 'exporting', 2), 'exported', 3), 'attaching', 4), 'active', 5);
+  const longReason = `swap-off would not fit: ${'x'.repeat(5_000)}`;
+  // A refused swap-off retried every 5 s for 10 hours: 7,200 round trips active -> draining -> active.
+  for (let i = 0; i < 7_200; i += 1) l = transition(transition(l, 'draining', 10 + i, { reason: 'pressure clear for 60s' }), 'active', 10 + i, { reason: longReason });
+  assert.equal(l.history.length, HISTORY_LIMIT);
+  assert.equal(l.history[0]!.state, 'requested', 'the first step stays');
+  assert.equal(l.history.at(-1)!.state, 'active');
+  assert.equal(l.historyDropped, 5 + 2 * 7_200 - HISTORY_LIMIT, 'every dropped step is counted');
+  assert.ok(l.reason!.length <= 500 && l.history.every((h) => (h.reason ?? '').length <= 500), 'reasons are cut');
+  assert.ok(JSON.stringify(l).length < 64 * 1024, `the record stays under 64 KiB: ${JSON.stringify(l).length} bytes`);
 });
