@@ -91,7 +91,7 @@ export async function cordonHost(url: string, host: string, cordoned: boolean): 
   return reply.host;
 }
 
-export async function drainHost(url: string, host: string, timeoutMs = 1_800_000): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
+export async function drainHost(url: string, host: string, timeoutMs = 3_600_000): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
   const Moved = z.array(z.object({ from: z.string(), to: z.string().optional() }));
   const Stayed = z.array(z.object({ leaseId: z.string(), reason: z.string() }));
   return withNats(url, (nc) => requestJson(nc, subjects.drain, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
@@ -104,11 +104,15 @@ export function table(rows: string[][]): string {
 
 const ago = (at: number | undefined, now: number) => (at ? `${Math.round((now - at) / 1000)}s ago` : '-');
 
-export function leasesTable(leases: LeaseRecord[]): string {
+export function leasesTable(leases: LeaseRecord[], hosts: HostRecord[] = []): string {
   const rows = [['LEASE', 'STATE', 'BORROWER', 'LENDER', 'SIZE', 'DEVICE', 'AGE', 'TRACE', 'REASON']];
   const now = Date.now();
   for (const l of leases) {
     rows.push([l.id, l.state, l.borrower, l.lender, formatBytes(l.sizeBytes), l.device ?? '-', ago(l.createdAt, now), traceIdOf(l.traceparent) ?? '-', l.reason ?? '']);
+  }
+  // Targets a lender keeps without a lease record, because a borrower is logged in to them.
+  for (const h of hosts) {
+    for (const id of h.exporter?.orphans ?? []) rows.push([id, 'orphan', '?', h.host, '?', '-', '-', '-', 'no lease record; a borrower is logged in: see docs/operations.md, orphan targets']);
   }
   return table(rows);
 }

@@ -129,12 +129,12 @@ inject
 
 program
   .command('leases')
-  .description('list leases')
+  .description('list leases (the table also shows orphan targets: kept by a lender without a lease record)')
   .addOption(natsOption())
   .option('--json', 'print JSON')
   .action(async (o: { nats?: string; json?: boolean }) => {
-    const leases = await listLeases(natsUrl(o.nats));
-    console.log(o.json ? JSON.stringify(leases, null, 2) : leasesTable(leases));
+    const [leases, hosts] = await Promise.all([listLeases(natsUrl(o.nats)), listHosts(natsUrl(o.nats))]);
+    console.log(o.json ? JSON.stringify(leases, null, 2) : leasesTable(leases, hosts));
   });
 
 program

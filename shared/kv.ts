@@ -93,6 +93,14 @@ export class KvMirror<T> {
     try {
       const watch = await this.kv.watch({ include: '' });
       for await (const entry of watch) {
+        // Once caught up, every write comes next in the stream: a revision that skips one means the
+        // watch lost an entry (seen under load). Such a copy cannot be trusted: start it over.
+        if (this.caughtUpOnce && entry.revision > this.lastRevision + 1) {
+          this.resync();
+          watch.stop();
+          break;
+        }
+        this.lastRevision = Math.max(this.lastRevision, entry.revision);
         // The watch's consumer may deliver an entry again (it restarts after a gap, e.g. under
         // load): never let an older revision of a key undo a newer one, a deletion included.
         if (entry.revision <= (this.seen.get(entry.key) ?? 0)) continue;
@@ -128,6 +136,22 @@ export class KvMirror<T> {
     if (!this.following) void this.follow();
     const last = (await this.kv.status()).streamInfo.state.last_seq;
     if (!(await this.caughtUp(last))) return listParsed(this.kv, this.schema);
+    this.caughtUpOnce = true;
     return [...this.values].map(([key, entry]) => ({ key, ...entry }));
   }
+
+  /** Forgets the copy; the next list() starts a new watch (and reads key by key until it caught up). */
+  private resync(): void {
+    this.resyncs += 1;
+    this.values.clear();
+    this.seen.clear();
+    this.applied = 0;
+    this.lastRevision = 0;
+    this.caughtUpOnce = false;
+  }
+
+  /** How often the copy was found incomplete and rebuilt (for tests and logs). */
+  resyncs = 0;
+  private caughtUpOnce = false;
+  private lastRevision = 0;
 }

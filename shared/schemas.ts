@@ -107,6 +107,8 @@ export const AnnounceEvent = z.discriminatedUnion('role', [
     at: Timestamp,
     /** Leases this lender still holds a target or ramfs for: their pages may be in use, so their capacity stays promised. */
     serving: z.array(LeaseId).max(4096).optional(),
+    /** Targets it keeps although their lease record is missing, because a borrower is logged in. */
+    orphans: z.array(LeaseId).max(4096).optional(),
   }),
   z.strictObject({
     host: HostId,
@@ -217,6 +219,7 @@ export const HostRecord = z.object({
       portal: Portal,
       at: Timestamp,
       serving: z.array(LeaseId).optional(),
+      orphans: z.array(LeaseId).optional(),
       /** A borrower lost this lender: not chosen again until its exporter announces anew. */
       lostAt: Timestamp.optional(),
     })

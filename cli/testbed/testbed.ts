@@ -53,6 +53,8 @@ export interface TestbedOptions {
   localSwapBytes?: number;
   /** Environment for every rswap process (e.g. OTEL_EXPORTER_OTLP_ENDPOINT). */
   env?: Record<string, string>;
+  /** More environment for one process, by its name ('host-b/attacher'): e.g. a skewed clock. */
+  processEnv?: Record<string, Record<string, string>>;
   /** Extra flags for the broker and for every monitor/exporter/attacher. */
   brokerArgs?: string[];
   monitorArgs?: string[];
@@ -166,21 +168,21 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       // The exporter keeps the same reserve as the monitor (its own check counts promised bytes).
       [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, '--reserve-bytes', reserve, ...(options.exporterArgs ?? [])],
       join(dir, host.name, 'exporter.log'),
-      options.env,
+      { ...options.env, ...options.processEnv?.[`${host.name}/exporter`] },
       `${host.name}/exporter`,
     );
     if (options.monitors !== false) {
       startDetached(
         [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? [])],
         join(dir, host.name, 'monitor.log'),
-        options.env,
+        { ...options.env, ...options.processEnv?.[`${host.name}/monitor`] },
         `${host.name}/monitor`,
       );
     }
     startDetached(
       [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? [])],
       join(dir, host.name, 'attacher.log'),
-      options.env,
+      { ...options.env, ...options.processEnv?.[`${host.name}/attacher`] },
       `${host.name}/attacher`,
     );
   }

@@ -8,6 +8,7 @@ import { SizeSetting, parseConfig } from '../../shared/config.js';
 import { createRunner, type Runner } from '../../shared/runner.js';
 import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
+import { statesAccepting } from '../../shared/lease-states.js';
 import { announceLoop, every } from '../../shared/agent.js';
 import { subjects } from '../../shared/subjects.js';
 import { serveMetrics } from '../../shared/metrics.js';
@@ -68,14 +69,14 @@ export async function startAttacher(raw: Record<string, unknown>) {
   const me = config.host;
 
   handle(nc, subjects.attachCmd(me), { schema: AttachRequest, log, rejects }, async (request) => {
-    const lease = await requireLease(stores.leases, request.leaseId, { role: 'borrower', host: me, states: ['attaching'] });
+    const lease = await requireLease(stores.leases, request.leaseId, { role: 'borrower', host: me, states: statesAccepting('attach') });
     if (lease.target?.iqn !== request.target.iqn || lease.target.portal !== request.target.portal || lease.sizeBytes !== request.sizeBytes) {
       throw new RswapError(ErrorCodes.BAD_MESSAGE, `attach request for ${request.leaseId} does not match the lease record`);
     }
     return attacher.attach(request);
   });
   handle(nc, subjects.detachCmd(me), { schema: DetachRequest, log, rejects }, async (request) => {
-    await requireLease(stores.leases, request.leaseId, { role: 'borrower', host: me, states: ['draining', 'failed', 'released'] });
+    await requireLease(stores.leases, request.leaseId, { role: 'borrower', host: me, states: statesAccepting('detach') });
     await attacher.detach(request.leaseId);
     return {};
   });

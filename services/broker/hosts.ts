@@ -24,7 +24,9 @@ export class HostStore {
   async recordAnnounce(event: AnnounceEvent, receivedAt: number): Promise<HostRecord> {
     const { value } = await casUpdate(this.kv, event.host, HostRecord, (current) => {
       const record = current ?? empty(event.host);
-      if (event.role === 'exporter') return { ...record, exporter: { portal: event.portal, at: receivedAt, ...(event.serving ? { serving: event.serving } : {}) } };
+      if (event.role === 'exporter') {
+        return { ...record, exporter: { portal: event.portal, at: receivedAt, ...(event.serving ? { serving: event.serving } : {}), ...(event.orphans?.length ? { orphans: event.orphans } : {}) } };
+      }
       return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, at: receivedAt } };
     });
     return value;
@@ -128,6 +130,7 @@ export class HostStore {
     await casUpdate(this.kv, lender, HostRecord, (current) => {
       if (!current) throw new RswapError(ErrorCodes.NO_CAPACITY, `unknown lender '${lender}'`);
       if (current.reservations[leaseId] !== undefined) return current;
+      if (current.cordoned) throw new RswapError(ErrorCodes.NO_CAPACITY, `lender '${lender}' is cordoned`);
       const free = freeBytes(current, now, options);
       if (free < sizeBytes) {
         throw new RswapError(ErrorCodes.NO_CAPACITY, `lender '${lender}' has ${formatBytes(free)} free, lease needs ${formatBytes(sizeBytes)}`);

@@ -29,6 +29,8 @@ export const BrokerConfig = z.strictObject({
   sweepIntervalMs: z.coerce.number().int().positive().default(15_000),
   releaseCooldownMs: z.coerce.number().int().nonnegative().default(60_000), // clear this long before leases go back
   borrowerTimeoutMs: z.coerce.number().int().positive().default(120_000), // a borrower silent this long is gone
+  drainRetryMs: z.coerce.number().int().positive().default(30_000), // a refused cool-down swap-off is retried after this, doubling up to 10 min
+  maxInFlight: z.coerce.number().int().positive().default(64), // pressures handled at once; more are refused until one is done
   maxLeasesPerBorrower: z.coerce.number().int().min(1).max(24).default(8), // open leases one borrower may hold (each is a swap area)
   terminalRetentionMs: z.coerce.number().int().positive().default(86_400_000), // released/failed lease records are deleted after this (24 h)
   maxClockSkewMs: z.coerce.number().int().positive().default(60_000), // hosts' timestamps believed within this of the broker's clock

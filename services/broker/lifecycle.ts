@@ -32,6 +32,10 @@ export interface LifecycleOptions extends PolicyOptions {
   borrowerTimeoutMs: number;
   /** Open leases one borrower may hold. */
   maxLeasesPerBorrower: number;
+  /** The first wait before a refused cool-down release is tried again (it doubles, up to 10 min). */
+  drainRetryMs: number;
+  /** Pressures handled at once (each may bring a lease up); more are refused until one is done. */
+  maxInFlight: number;
 }
 
 /** How long a lease may sit in a state before another broker takes it over (its driver died). */
@@ -45,9 +49,14 @@ export function stuckAfterMs(state: LeaseRecord['state'], o: LifecycleOptions): 
 
 const tracer = trace.getTracer('rswap.broker');
 
+/** The longest wait before a refused cool-down release is tried again. */
+const MAX_DRAIN_RETRY_MS = 600_000;
+
 export class Lifecycle {
   private readonly perBorrower = new KeyedQueue();
   private readonly perLender = new KeyedQueue();
+  /** Leases whose cool-down swap-off was refused: not tried again before `until`. */
+  private readonly drainBackoff = new Map<string, { until: number; delayMs: number }>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -66,6 +75,28 @@ export class Lifecycle {
    * can serve now waits in `unserved` (which solicits fresh offers) and is retried as they come.
    */
   async onPressure(event: PressureEvent, at: number, receivedAt = Date.now()): Promise<LeaseRecord | undefined> {
+    // Bounded work. One pressure per borrower at a time: a repeat that comes while the last one is
+    // still handled (a slow bring-up) is answered at once, not queued behind it. Past
+    // `maxInFlight` borrowers being handled, a new one is refused at once; the monitor repeats it.
+    if (this.pressureOf.has(event.host)) {
+      this.log.debug({ borrower: event.host }, 'pressure ignored: this borrower\'s last pressure is still being handled');
+      return undefined;
+    }
+    if (this.pressureOf.size >= this.options.maxInFlight) {
+      throw new RswapError(ErrorCodes.NO_CAPACITY, `broker busy: ${this.pressureOf.size} pressures in flight (--max-in-flight); a later repeat is served`);
+    }
+    this.pressureOf.add(event.host);
+    try {
+      return await this.onPressureQueued(event, at, receivedAt);
+    } finally {
+      this.pressureOf.delete(event.host);
+    }
+  }
+
+  /** Borrowers whose pressure is being handled now. */
+  private readonly pressureOf = new Set<string>();
+
+  private async onPressureQueued(event: PressureEvent, at: number, receivedAt: number): Promise<LeaseRecord | undefined> {
     return this.perBorrower.run(event.host, async () => {
       const borrower = await this.hosts.recordPressure(event.host, event.neededBytes, at);
       if (!borrower.attacher) {
@@ -119,7 +150,11 @@ export class Lifecycle {
       this.log.info({ borrower: pressure.event.host, neededBytes: pressure.event.neededBytes }, 'retrying a pressure that had no lender');
       void context
         .with(pressure.context, () => this.onPressure(pressure.event, pressure.at, pressure.receivedAt))
-        .catch((error: unknown) => this.log.warn({ borrower: pressure.event.host, err: errorMessage(error) }, 'retried pressure failed'));
+        .catch((error: unknown) => {
+          // Busy: it waits for the next offer again (until its time is up).
+          if (errorCode(error) === ErrorCodes.NO_CAPACITY) this.unserved?.add(pressure, Date.now());
+          this.log.warn({ borrower: pressure.event.host, err: errorMessage(error) }, 'retried pressure failed');
+        });
     }
   }
 
@@ -433,12 +468,24 @@ export class Lifecycle {
       const record = await this.hosts.get(host);
       if (record?.clearSince === undefined || now - record.clearSince < this.options.releaseCooldownMs) return [];
       const active = (await this.leases.list()).filter((l) => l.borrower === host && l.state === 'active').sort((a, b) => b.createdAt - a.createdAt);
+      for (const [leaseId, b] of this.drainBackoff) if (now - b.until > MAX_DRAIN_RETRY_MS) this.drainBackoff.delete(leaseId); // long over
       const released: LeaseRecord[] = [];
       for (const lease of active) {
+        // A swap-off the borrower refused (its pages would not fit) is tried again after a wait
+        // that doubles each time, up to 10 minutes: not on every heartbeat.
+        const backoff = this.drainBackoff.get(lease.id);
+        if (backoff && now < backoff.until) break;
         try {
           released.push(await this.drain(lease.id, `pressure clear for ${Math.round((now - record.clearSince) / 1000)}s`));
+          this.drainBackoff.delete(lease.id);
         } catch (error) {
-          this.log.info({ leaseId: lease.id, err: errorMessage(error) }, 'cool-down release refused; will retry');
+          if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
+            const delayMs = Math.min(MAX_DRAIN_RETRY_MS, backoff ? backoff.delayMs * 2 : this.options.drainRetryMs);
+            this.drainBackoff.set(lease.id, { until: now + delayMs, delayMs });
+            this.log.info({ leaseId: lease.id, err: errorMessage(error), retryInMs: delayMs }, 'cool-down release refused: the pages would not fit; will retry');
+          } else {
+            this.log.info({ leaseId: lease.id, err: errorMessage(error) }, 'cool-down release failed; will retry');
+          }
           break;
         }
       }
@@ -496,18 +543,36 @@ export class Lifecycle {
     return this.perLender.run(lender, async () => {
       const moved: Array<{ from: string; to?: string }> = [];
       const stayed: Array<{ leaseId: string; reason: string }> = [];
-      // Leases still coming up finish first (their bring-up has its own timeouts), then move too.
-      const live = await waitFor(`leases on ${lender} settled`, async () => {
-        const mine = (await this.leases.list()).filter((l) => l.lender === lender && !isTerminal(l.state));
-        return mine.every((l) => l.state === 'active') ? mine : undefined;
-      }, { timeoutMs: stuckAfterMs('attaching', this.options), intervalMs: 250 });
-      for (const old of live.sort((a, b) => b.sizeBytes - a.sizeBytes)) {
-        this.log.warn({ leaseId: old.id, lender, borrower: old.borrower }, 'draining a cordoned lender: moving the lease');
-        try {
-          const done = await this.perBorrower.run(old.borrower, () => this.inLeaseTrace(old, `drain ${lender}: move ${old.id}`, () => this.replaceThenRelease(old, `lender ${lender} drained`)));
-          moved.push({ from: old.id, ...(done.replacement ? { to: done.replacement.id } : {}) });
-        } catch (error) {
-          stayed.push({ leaseId: old.id, reason: errorMessage(error) });
+      const tried = new Set<string>();
+      // Until nothing is left on it: a lease placed just before the cordon, or one still coming up
+      // or draining, is picked up on a later round (each waits at most for its own step's timeouts).
+      const deadline = Date.now() + stuckAfterMs('draining', this.options) + stuckAfterMs('attaching', this.options);
+      for (;;) {
+        const open = (await this.leases.list()).filter((l) => l.lender === lender && !isTerminal(l.state) && !tried.has(l.id));
+        if (open.length === 0) break;
+        const active = open.filter((l) => l.state === 'active').sort((a, b) => b.sizeBytes - a.sizeBytes);
+        if (active.length === 0) {
+          if (Date.now() > deadline) {
+            for (const l of open) stayed.push({ leaseId: l.id, reason: `still ${l.state} when the drain gave up waiting` });
+            break;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 250));
+          continue;
+        }
+        for (const seen of active) {
+          tried.add(seen.id);
+          try {
+            const done = await this.perBorrower.run(seen.borrower, async () => {
+              // Read again inside the borrower's queue: a release or expiry may have ended it meanwhile.
+              const old = await this.leases.require(seen.id);
+              if (old.state !== 'active') return undefined;
+              this.log.warn({ leaseId: old.id, lender, borrower: old.borrower }, 'draining a cordoned lender: moving the lease');
+              return this.inLeaseTrace(old, `drain ${lender}: move ${old.id}`, () => this.replaceThenRelease(old, `lender ${lender} drained`));
+            });
+            if (done) moved.push({ from: seen.id, ...(done.replacement ? { to: done.replacement.id } : {}) });
+          } catch (error) {
+            stayed.push({ leaseId: seen.id, reason: errorMessage(error) });
+          }
         }
       }
       return { moved, stayed };

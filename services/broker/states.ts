@@ -1,22 +1,11 @@
 /**
  * The lease state machine. Every change of a lease record goes through `transition`, which refuses
- * an illegal step with the current state in the message, so a replayed or late message can never
- * move a lease backwards.
+ * an illegal step (by the table in shared/lease-states.ts) with the current state in the message,
+ * so a replayed or late message can never move a lease backwards.
  */
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import type { LeaseRecord, LeaseState } from '../../shared/schemas.js';
-
-const NEXT: Record<LeaseState, readonly LeaseState[]> = {
-  requested: ['exporting', 'failed'],
-  exporting: ['exported', 'failed'],
-  exported: ['attaching', 'draining', 'failed'],
-  attaching: ['active', 'failed'],
-  active: ['draining', 'failed'],
-  // A refused swap-off (the pages would not fit) puts the lease back to active.
-  draining: ['released', 'active', 'failed'],
-  released: [],
-  failed: [],
-};
+import { LEASE_STATES } from '../../shared/lease-states.js';
 
 export const TERMINAL: ReadonlySet<LeaseState> = new Set(['released', 'failed']);
 
@@ -25,7 +14,7 @@ export function isTerminal(state: LeaseState): boolean {
 }
 
 export function canTransition(from: LeaseState, to: LeaseState): boolean {
-  return NEXT[from].includes(to);
+  return LEASE_STATES[from].next.includes(to);
 }
 
 /** The history keeps the first step and the latest ones, this many in all; the rest are counted. */

@@ -8,6 +8,7 @@ import { SizeSetting, parseConfig } from '../../shared/config.js';
 import { createRunner } from '../../shared/runner.js';
 import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
+import { statesAccepting } from '../../shared/lease-states.js';
 import { announceLoop, every } from '../../shared/agent.js';
 import { subjects } from '../../shared/subjects.js';
 import { registry, serveMetrics } from '../../shared/metrics.js';
@@ -118,7 +119,7 @@ export async function startExporter(raw: Record<string, unknown>) {
 
   handle(nc, subjects.exportCmd(me), { schema: ExportRequest, log, rejects }, async (request) => {
     // 'attaching' too: a broker that takes over a lease mid-attach asks again for the target and CHAP.
-    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['exporting', 'exported', 'attaching'] });
+    const lease = await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: statesAccepting('export') });
     if (lease.sizeBytes !== request.sizeBytes || lease.borrowerAddress !== request.borrower.address) {
       throw new RswapError(ErrorCodes.BAD_MESSAGE, `export request for ${request.leaseId} does not match the lease record`);
     }
@@ -127,7 +128,7 @@ export async function startExporter(raw: Record<string, unknown>) {
   handle(nc, subjects.unexportCmd(me), { schema: UnexportRequest, log, rejects }, async (request) => {
     // Only once the lease drains or ended; and whatever the state, never while a session is
     // logged in: exporter.unexport refuses that (RSWAP_E_IN_USE), the pages may still be in use.
-    await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: ['draining', 'released', 'failed'] });
+    await requireLease(stores.leases, request.leaseId, { role: 'lender', host: me, states: statesAccepting('unexport') });
     await exporter.unexport(request.leaseId);
     void announce(); // the broker may give the bytes back now
     return {};
@@ -138,16 +139,19 @@ export async function startExporter(raw: Record<string, unknown>) {
   const announce = async () => {
     try {
       const serving = await exporter.serving();
-      publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now(), serving });
+      const orphans = [...exporter.orphans].sort().slice(0, 4096);
+      publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now(), serving, ...(orphans.length ? { orphans } : {}) });
     } catch (error) {
       log.warn({ err: (error as Error).message }, 'announce failed');
     }
   };
   const stopAnnounce = announceLoop(nc, config.announceIntervalMs, log, () => void announce());
   const stopReconcile = every(config.reconcileIntervalMs, 'reconcile', log, async () => {
+    const orphansBefore = [...exporter.orphans].sort().join();
     const removed = await exporter.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
     orphans.set(exporter.orphans.size);
-    if (removed.length > 0) void announce();
+    // Tell the broker at once what changed: bytes it may give back, orphans for `rswap leases`.
+    if (removed.length > 0 || [...exporter.orphans].sort().join() !== orphansBefore) void announce();
   });
 
   const stop = async () => {

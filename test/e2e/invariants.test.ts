@@ -22,10 +22,14 @@ import { LeaseRecord } from '../../shared/schemas.js';
 import { testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { listHosts, listLeases } from '../../cli/operator.js';
 import { startWorkload, type Progress } from '../../bench/run-workload.js';
+import { execa } from 'execa';
+import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { ask as askOn, freePort } from '../helpers/nats.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-invariants';
+const CLI = resolve(fileURLToPath(import.meta.url), '../../../cli/rswap.js');
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
@@ -47,6 +51,8 @@ before(async () => {
     // A borrower silent for 5 s is gone (120 s in production), checked every second; agents
     // announce every second here (10 s in production).
     brokerArgs: ['--borrower-timeout-ms', '5000', '--sweep-interval-ms', '1000'],
+    // host-b's clock runs 10 minutes behind (libfaketime): every borrower here is a skewed one.
+    processEnv: { 'host-b/attacher': { LD_PRELOAD: await libfaketime(), FAKETIME: '-10m', DONT_FAKE_MONOTONIC: '1' } },
   });
   nc = await connect({ servers: tb.natsUrl });
 });
@@ -58,6 +64,14 @@ after(async () => {
 });
 
 const ask = (subject: string, body: unknown) => askOn(nc, subject, body);
+
+/** Debian's libfaketime (package faketime), under this machine's multiarch folder. */
+async function libfaketime(): Promise<string> {
+  const { stdout } = await execa('dpkg', ['-L', 'libfaketime']);
+  const lib = stdout.split('\n').find((f) => f.endsWith('/faketime/libfaketime.so.1'));
+  assert.ok(lib, 'libfaketime is installed (scripts/install-deps.sh)');
+  return lib;
+}
 
 /** The lease's target on host-a as tgtd lists it, with the addresses logged in to it. */
 async function targetOf(lease: LeaseRecord): Promise<{ present: boolean; sessions: string[] }> {
@@ -83,6 +97,33 @@ async function leaseUnderLoad(stopFile: string) {
   assert.ok(swap && swap.usedBytes > 0, `host-b swaps on the lease: ${JSON.stringify(swap)}`);
   return { lease, workload, passesDone };
 }
+
+test('invariants - a borrower whose clock runs 10 minutes behind keeps its lease and its data', async () => {
+  // Fails on main before commit 145066f: the broker judged liveness by the announce's own `at`
+  // and, 5 s of "silence" later, expired the lease and forced its target away.
+  const seen: number[] = [];
+  const sub = nc.subscribe(subjects.announce('host-b'), { callback: (_e, m) => {
+    const a = m.json<{ role: string; at: number }>();
+    if (a.role === 'attacher') seen.push(a.at);
+  } });
+  const announced = await waitFor('an announce from host-b\'s attacher', async () => seen[0], { timeoutMs: 30_000 }).finally(() => sub.unsubscribe());
+  assert.ok(Date.now() - announced > 590_000, `host-b's announces carry a clock 10 minutes behind (${Date.now() - announced} ms)`);
+  const stop = join(DIR, 'skewed.stop');
+  const { lease, workload, passesDone } = await leaseUnderLoad(stop);
+  try {
+    // Past the 5 s borrower timeout several times over, with a sweep every second.
+    const passes = passesDone();
+    await waitFor('two more full read-back passes', async () => passesDone() >= passes + 2, { timeoutMs: 300_000, intervalMs: 200 });
+    const now = (await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)!;
+    assert.equal(now.state, 'active', `still active: ${now.reason ?? ''}`);
+    assert.equal((await targetOf(lease)).present, true);
+  } finally {
+    await writeFile(stop, '');
+  }
+  assert.equal((await workload.result).corruptedChunks, 0, 'every byte read back intact');
+  const released = (await ask(subjects.release, { leaseId: lease.id })) as { lease?: { state: string } };
+  assert.equal(released.lease?.state, 'released');
+});
 
 test('invariants - an unexport while the borrower is logged in is refused in draining too, and the data stays intact', async () => {
   const stop = join(DIR, 'draining.stop');
@@ -135,6 +176,10 @@ test('invariants - a deleted lease record leaves the target serving and reported
     const target = await targetOf(lease);
     assert.equal(target.present, true, 'the target is kept');
     assert.deepEqual(target.sessions, ['198.18.0.12']);
+    // The operator sees it: host-a reports it, and `rswap leases` lists it.
+    await waitFor('host-a reporting the orphan to the broker', async () => (await listHosts(tb.natsUrl)).find((h) => h.host === 'host-a')?.exporter?.orphans?.includes(lease.id), { timeoutMs: 30_000 });
+    const { stdout } = await execa(process.execPath, [CLI, 'leases', '--nats', tb.natsUrl]);
+    assert.match(stdout, new RegExp(`${lease.id}\\s+orphan\\s+\\?\\s+host-a`), stdout);
     // Every page read back once more after the record went: a pass begun after this point.
     const passes = passesDone();
     await waitFor('another full read-back pass', async () => passesDone() >= passes + 2, { timeoutMs: 300_000, intervalMs: 200 });

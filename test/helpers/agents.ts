@@ -5,6 +5,21 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { subjects } from '../../shared/subjects.js';
+import { openStores } from '../../shared/nats.js';
+import { listParsed } from '../../shared/kv.js';
+import { HostRecord } from '../../shared/schemas.js';
+import { waitFor } from '../../shared/wait.js';
+
+/**
+ * Waits until the broker has recorded both agents of every host (each announce is its own message,
+ * handled in any order: a host record can exist with only one of them).
+ */
+export async function allAnnounced(nc: NatsConnection, hosts: string[]): Promise<void> {
+  await waitFor('every host\'s exporter and attacher recorded by the broker', async () => {
+    const records = (await listParsed((await openStores(nc)).hosts, HostRecord)).map((e) => e.value);
+    return hosts.every((h) => records.some((r) => r.host === h && r.exporter && r.attacher));
+  }, { timeoutMs: 30_000 });
+}
 
 export interface ScriptedAgents {
   /** Every command received, in order: "export host-a l-...", with `force` marked on unexport. */
@@ -19,6 +34,8 @@ export interface ScriptedAgents {
   serving: Map<string, string[]>;
   /** Lease ids whose unexport the exporter refuses (a session is still logged in). */
   refuseUnexport: Set<string>;
+  /** While set, the exporter answers exports only once this promise resolves (a slow lender). */
+  exportGate: Promise<void> | undefined;
   announce(host: string, at?: number): void;
   stop(): void;
 }
@@ -37,6 +54,7 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[], { announceEv
     silenced: new Set(),
     serving: new Map(),
     refuseUnexport: new Set(),
+    exportGate: undefined,
     stop: () => clearInterval(timer),
     announce: (host, at = Date.now() + (agents.clockOffsetMs.get(host) ?? 0)) => {
       if (agents.silenced.has(host)) return;
@@ -54,7 +72,9 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[], { announceEv
         const body = msg.json<{ leaseId: string; force?: boolean }>();
         agents.commands.push(`${verb} ${host} ${body.leaseId}${body.force ? ' force' : ''}`);
         if (verb === 'export') {
-          msg.respond(JSON.stringify({ ok: true, target: { portal: `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } }));
+          const reply = JSON.stringify({ ok: true, target: { portal: `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } });
+          if (agents.exportGate) void agents.exportGate.then(() => msg.respond(reply));
+          else msg.respond(reply);
         } else if (verb === 'attach') {
           msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
         } else if (verb === 'unexport' && agents.refuseUnexport.has(body.leaseId)) {

@@ -14,7 +14,7 @@ import { listParsed } from '../../shared/kv.js';
 import { HostRecord, LeaseRecord } from '../../shared/schemas.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
-import { scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
+import { allAnnounced, scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
 
 const MiB = 1024 ** 2;
 const COOLDOWN_MS = 1_500;
@@ -41,7 +41,7 @@ before(async () => {
   nc = await connect({ servers: server.url });
   agents = scriptedAgents(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
   await nc.flush();
-  await waitFor('hosts announced', async () => (await listParsed((await openStores(nc)).hosts, HostRecord)).length === 5, { timeoutMs: 5_000 });
+  await allAnnounced(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
 });
 
 beforeEach(() => {

@@ -8,10 +8,10 @@ import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { ask as askOn, startNatsServer, type NatsServer } from '../helpers/nats.js';
-import { scriptedAgents, addressOf, type ScriptedAgents } from '../helpers/agents.js';
+import { allAnnounced, scriptedAgents, addressOf, type ScriptedAgents } from '../helpers/agents.js';
 import { startBroker } from '../../services/broker/index.js';
 import { openStores } from '../../shared/nats.js';
-import { getParsed, listParsed } from '../../shared/kv.js';
+import { casUpdate, getParsed, listParsed } from '../../shared/kv.js';
 import { HostRecord, LeaseRecord } from '../../shared/schemas.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
@@ -35,7 +35,7 @@ before(async () => {
   nc = await connect({ servers: server.url });
   agents = scriptedAgents(nc, HOSTS, { announceEveryMs: 500 });
   await nc.flush();
-  await waitFor('hosts announced', async () => (await hostRecords()).length === HOSTS.length, { timeoutMs: 5_000 });
+  await allAnnounced(nc, HOSTS);
 });
 
 beforeEach(() => {
@@ -130,8 +130,8 @@ async function orphan(state: LeaseRecord['state'], borrower: string, lender: str
   };
   await stores.leases.create(id, JSON.stringify(lease));
   if (state !== 'requested') {
-    const host = (await getParsed(stores.hosts, lender, HostRecord))!;
-    await stores.hosts.update(lender, JSON.stringify({ ...host.value, reservations: { ...host.value.reservations, [id]: 64 * MiB } }), host.revision);
+    // By CAS, as the broker does: the agents' announces write the same record meanwhile.
+    await casUpdate(stores.hosts, lender, HostRecord, (host) => ({ ...host!, reservations: { ...host!.reservations, [id]: 64 * MiB } }));
   }
   return lease;
 }

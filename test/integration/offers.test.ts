@@ -66,9 +66,11 @@ after(async () => {
 
 test('offers - a broker that starts after the monitors lends at once: the monitor answers its hello', async () => {
   const before = offers.length;
+  const startedAt = Date.now();
   broker = await startTheBroker();
-  await new Promise((r) => setTimeout(r, 1_000)); // the scenario: pressure 1 s after the broker starts
-  assert.ok(offers.length > before, 'the monitor resent its offer when the broker said hello');
+  await waitFor('the monitor resending its offer to the broker\'s hello', async () => offers.length > before, { timeoutMs: 30_000 });
+  // The scenario: the pressure comes 1 s after the broker started.
+  await new Promise((r) => setTimeout(r, Math.max(0, startedAt + 1_000 - Date.now())));
   const reply = await pressure('borrow-m');
   assert.equal(reply.ok, true);
   assert.equal(reply.state, 'active', `a lease came up for the pressure: ${JSON.stringify(reply)}`);

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { HISTORY_LIMIT, canTransition, transition } from '../../services/broker/states.js';
+import { statesAccepting } from '../../shared/lease-states.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
 
 const lease: LeaseRecord = {
@@ -42,4 +43,12 @@ test('states - a lease that flaps for hours keeps a bounded record: the first st
   assert.equal(l.historyDropped, 5 + 2 * 7_200 - HISTORY_LIMIT, 'every dropped step is counted');
   assert.ok(l.reason!.length <= 500 && l.history.every((h) => (h.reason ?? '').length <= 500), 'reasons are cut');
   assert.ok(JSON.stringify(l).length < 64 * 1024, `the record stays under 64 KiB: ${JSON.stringify(l).length} bytes`);
+});
+
+test('states - one table: the agents accept each command only in the states the broker sends it in', () => {
+  assert.deepEqual(statesAccepting('export'), ['exporting', 'exported', 'attaching']);
+  assert.deepEqual(statesAccepting('attach'), ['attaching']);
+  assert.deepEqual(statesAccepting('detach'), ['draining', 'released', 'failed']);
+  assert.deepEqual(statesAccepting('unexport'), ['draining', 'released', 'failed']);
+  assert.equal(statesAccepting('unexport').includes('active'), false, 'no unexport of an active lease');
 });

@@ -1,0 +1,55 @@
+/**
+ * The attacher refuses an attach before any login when its host already has --max-swap-areas swap
+ * areas: swapon would fail past the kernel's limit (32) only after the login, the self-test and
+ * mkswap. Real /proc/swaps with a real swap file this test adds (and removes). Run as root.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm, mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { execa } from 'execa';
+import { Attacher } from '../../services/attacher/attacher.js';
+import type { Initiator } from '../../services/attacher/initiator.js';
+import { createRunner } from '../../shared/runner.js';
+import { readSwaps } from '../../shared/procfs.js';
+
+const SWAPFILE = `/var/tmp/rswap-test-swap-areas-${process.pid}.swap`;
+let stateDir: string;
+
+before(async () => {
+  stateDir = await mkdtemp(join(tmpdir(), 'rswap-attacher-caps-'));
+  await execa('dd', ['if=/dev/zero', `of=${SWAPFILE}`, 'bs=1M', 'count=16', 'status=none']);
+  await execa('chmod', ['600', SWAPFILE]);
+  await execa('mkswap', [SWAPFILE]);
+  await execa('swapon', ['-p', '1', SWAPFILE]);
+});
+
+after(async () => {
+  if ((await readSwaps()).some((a) => a.path === SWAPFILE)) await execa('swapoff', [SWAPFILE]);
+  await rm(SWAPFILE, { force: true });
+  await rm(stateDir, { recursive: true, force: true });
+});
+
+test('attacher caps - at --max-swap-areas, an attach is refused before any login', async () => {
+  const areas = (await readSwaps()).length;
+  assert.ok(areas >= 1, 'the test\'s own swap file is on');
+  const logins: string[] = [];
+  // Records whether the attach got as far as a login; it must not.
+  const initiator: Initiator = {
+    kind: 'userspace',
+    login: async (leaseId) => (logins.push(leaseId), '/dev/null'),
+    logout: async () => {},
+    dropCaches: async () => {},
+    probePath: () => '/dev/null',
+    failIo: async () => {},
+  };
+  const log = pino({ level: 'silent' });
+  const attacher = new Attacher(createRunner(log), initiator, { host: 'host-b', stateDir, swapoffMarginBytes: 0, swapoffTimeoutMs: 10_000, maxSwapAreas: areas }, log);
+  await assert.rejects(
+    attacher.attach({ leaseId: 'l-0123456789ab', borrower: 'host-b', lender: 'host-a', sizeBytes: 64 * 1024 ** 2, target: { portal: '198.18.0.11:3260', iqn: 'iqn.2026-11.io.rswap:host-a.l-0123456789ab', lun: 1 }, chap: { user: 'l-0123456789ab', secret: 'abcdefghijkl' } }),
+    (error: Error & { code?: string }) => error.code === 'RSWAP_E_NO_CAPACITY' && new RegExp(`${areas} swap areas`).test(error.message),
+  );
+  assert.deepEqual(logins, [], 'no login was tried');
+});
