@@ -74,7 +74,10 @@ export class Lifecycle {
    * Demand from a borrower: lend unless its existing leases already cover it. A pressure no lender
    * can serve now waits in `unserved` (which solicits fresh offers) and is retried as they come.
    */
-  async onPressure(event: PressureEvent, at: number, receivedAt = Date.now()): Promise<LeaseRecord | undefined> {
+  async onPressure(event: PressureEvent, at: number, receivedAt = Date.now(), retry = false): Promise<LeaseRecord | undefined> {
+    // A retry of a pressure that waited for a lender queues behind the borrower's current work:
+    // there is at most one per borrower (in `unserved`), and dropping it would lose the rescue.
+    if (retry) return this.onPressureQueued(event, at, receivedAt);
     // Bounded work. One pressure per borrower at a time: a repeat that comes while the last one is
     // still handled (a slow bring-up) is answered at once, not queued behind it. Past
     // `maxInFlight` borrowers being handled, a new one is refused at once; the monitor repeats it.
@@ -149,7 +152,7 @@ export class Lifecycle {
     for (const pressure of this.unserved?.take(now) ?? []) {
       this.log.info({ borrower: pressure.event.host, neededBytes: pressure.event.neededBytes }, 'retrying a pressure that had no lender');
       void context
-        .with(pressure.context, () => this.onPressure(pressure.event, pressure.at, pressure.receivedAt))
+        .with(pressure.context, () => this.onPressure(pressure.event, pressure.at, pressure.receivedAt, true))
         .catch((error: unknown) => {
           // Busy: it waits for the next offer again (until its time is up).
           if (errorCode(error) === ErrorCodes.NO_CAPACITY) this.unserved?.add(pressure, Date.now());
