@@ -177,25 +177,20 @@ program
     console.log(`lease ${released.id} is ${released.state}${replacement ? `; replaced by ${replacement.id} from ${replacement.lender}` : '; no replacement was needed or possible'}`);
   });
 
-program
-  .command('cordon')
-  .description('place no new lease on a lender (its current leases stay)')
-  .argument('<host>', 'host id')
-  .addOption(natsOption())
-  .action(async (host: string, o: { nats?: string }) => {
-    await cordonHost(natsUrl(o.nats), host, true);
-    console.log(`${host} is cordoned: no new leases on it`);
-  });
-
-program
-  .command('uncordon')
-  .description('let a cordoned lender take new leases again')
-  .argument('<host>', 'host id')
-  .addOption(natsOption())
-  .action(async (host: string, o: { nats?: string }) => {
-    await cordonHost(natsUrl(o.nats), host, false);
-    console.log(`${host} is uncordoned`);
-  });
+for (const [name, cordoned, description, done] of [
+  ['cordon', true, 'place no new lease on a lender (its current leases stay)', 'is cordoned: no new leases on it'],
+  ['uncordon', false, 'let a cordoned lender take new leases again', 'is uncordoned'],
+] as const) {
+  program
+    .command(name)
+    .description(description)
+    .argument('<host>', 'host id')
+    .addOption(natsOption())
+    .action(async (host: string, o: { nats?: string }) => {
+      await cordonHost(natsUrl(o.nats), host, cordoned);
+      console.log(`${host} ${done}`);
+    });
+}
 
 program
   .command('drain')

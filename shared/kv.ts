@@ -92,12 +92,12 @@ export class KvMirror<T> {
     this.following = true;
     try {
       const watch = await this.kv.watch({ include: '' });
+      this.watch = watch;
       for await (const entry of watch) {
         // Once caught up, every write comes next in the stream: a revision that skips one means the
         // watch lost an entry (seen under load). Such a copy cannot be trusted: start it over.
         if (this.caughtUpOnce && entry.revision > this.lastRevision + 1) {
           this.resync();
-          watch.stop();
           break;
         }
         this.lastRevision = Math.max(this.lastRevision, entry.revision);
@@ -135,6 +135,12 @@ export class KvMirror<T> {
   async list(): Promise<Array<Versioned<T> & { key: string }>> {
     if (!this.following) void this.follow();
     const last = (await this.kv.status()).streamInfo.state.last_seq;
+    // The bucket's revisions went backwards: it was deleted and made again (or restored). Nothing
+    // in the copy can be trusted: start over, reading key by key meanwhile.
+    if (last < this.applied) {
+      this.resync();
+      return listParsed(this.kv, this.schema);
+    }
     if (!(await this.caughtUp(last))) return listParsed(this.kv, this.schema);
     this.caughtUpOnce = true;
     return [...this.values].map(([key, entry]) => ({ key, ...entry }));
@@ -142,6 +148,8 @@ export class KvMirror<T> {
 
   /** Forgets the copy; the next list() starts a new watch (and reads key by key until it caught up). */
   private resync(): void {
+    this.watch?.stop();
+    this.watch = undefined;
     this.resyncs += 1;
     this.values.clear();
     this.seen.clear();
@@ -154,4 +162,5 @@ export class KvMirror<T> {
   resyncs = 0;
   private caughtUpOnce = false;
   private lastRevision = 0;
+  private watch?: { stop(): void };
 }

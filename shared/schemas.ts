@@ -202,8 +202,13 @@ export const LeaseRecord = z.object({
   target: Target.optional(),
   device: z.string().optional(),
   initiator: InitiatorKind.optional(),
-  /** The broker that drives the lease now, when one took it over after another stopped. */
+  /** The broker that took the lease's latest step (another takes it over if that step is overdue). */
   driver: z.string().optional(),
+  /**
+   * An end asked for (a release, a cool-down, a revoke, a drain) that the broker has not acted on
+   * yet: the lease's next step is `draining`. Gone once it is draining or ended.
+   */
+  end: z.object({ reason: z.string().max(500), at: Timestamp }).optional(),
   /** The lease this one replaces (make-before-break, when a lender reclaims its memory). */
   replaces: LeaseId.optional(),
   /** W3C traceparent of the span that created the lease: every later step joins this trace. */

@@ -55,6 +55,8 @@ export interface TestbedOptions {
   env?: Record<string, string>;
   /** More environment for one process, by its name ('host-b/attacher'): e.g. a skewed clock. */
   processEnv?: Record<string, Record<string, string>>;
+  /** More flags for one host's process, by its name ('host-c/attacher'), after those for every host. */
+  processArgs?: Record<string, string[]>;
   /** Extra flags for the broker and for every monitor/exporter/attacher. */
   brokerArgs?: string[];
   monitorArgs?: string[];
@@ -166,21 +168,21 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     const reserve = String(options.reserveBytes?.[i] ?? Math.floor(host.memoryBytes / 4));
     startDetached(
       // The exporter keeps the same reserve as the monitor (its own check counts promised bytes).
-      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, '--reserve-bytes', reserve, ...(options.exporterArgs ?? [])],
+      [...inNs, 'exporter', ...common, '--tgt-control-port', String(host.tgtControlPort), '--state-dir', exporterDir, '--memory-cgroup', host.cgroup, '--reserve-bytes', reserve, ...(options.exporterArgs ?? []), ...(options.processArgs?.[`${host.name}/exporter`] ?? [])],
       join(dir, host.name, 'exporter.log'),
       { ...options.env, ...options.processEnv?.[`${host.name}/exporter`] },
       `${host.name}/exporter`,
     );
     if (options.monitors !== false) {
       startDetached(
-        [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? [])],
+        [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? []), ...(options.processArgs?.[`${host.name}/monitor`] ?? [])],
         join(dir, host.name, 'monitor.log'),
         { ...options.env, ...options.processEnv?.[`${host.name}/monitor`] },
         `${host.name}/monitor`,
       );
     }
     startDetached(
-      [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? [])],
+      [...inNs, 'attacher', ...common, '--initiator', 'userspace', '--state-dir', join(dir, host.name, 'attacher'), ...(options.attacherArgs ?? []), ...(options.processArgs?.[`${host.name}/attacher`] ?? [])],
       join(dir, host.name, 'attacher.log'),
       { ...options.env, ...options.processEnv?.[`${host.name}/attacher`] },
       `${host.name}/attacher`,

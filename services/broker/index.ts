@@ -46,9 +46,9 @@ export async function startBroker(raw: Record<string, unknown>) {
   const nc = await connectNats(config.nats, `rswap-broker-${config.host}`, log);
   const stores = await openStores(nc);
   const hosts = new HostStore(stores.hosts);
-  const leases = new LeaseStore(stores.leases, nc, log);
   // Unique per process: two brokers named alike must still tell their marks apart.
   const brokerId = `${config.host}-${process.pid}-${randomBytes(2).toString('hex')}`;
+  const leases = new LeaseStore(stores.leases, nc, log, brokerId);
   // A pressure no lender can serve asks every monitor for a fresh offer, and waits for one.
   const unserved = new UnservedDemand({ ttlMs: config.unservedTtlMs, solicitEveryMs: config.solicitIntervalMs }, () => {
     log.info('no lender for a pressure: asking monitors for fresh offers');
@@ -148,23 +148,26 @@ export async function startBroker(raw: Record<string, unknown>) {
     return { lease };
   });
 
-  // Capacity promised to a lease that ended (or never got recorded) goes back to its lender.
+  // The level-based pass, every --sweep-interval-ms: capacity promised to a lease that ended (or
+  // never got recorded) goes back to its lender; cool-downs heard before a restart are acted on;
+  // every lease with a step to take is reconciled; ended leases past their retention are deleted.
   const sweep = async () => {
     const all = new Map((await leases.list()).map((l) => [l.id, l]));
     const now = Date.now();
+    const reserved = new Set<string>();
     for (const host of await hosts.list()) {
       for (const leaseId of Object.keys(host.reservations)) {
+        reserved.add(leaseId);
         // A lease created after the bulk read is not an orphan: look it up again before acting.
         const lease = all.get(leaseId) ?? (await leases.get(leaseId));
         if (!lease || isTerminal(lease.state)) await hosts.unreserveIfEnded(host.host, leaseId, lease);
       }
       if (host.clearSince !== undefined && now - host.clearSince >= config.releaseCooldownMs && !coolTimers.has(host.host)) await checkCool(host.host);
     }
-    await lifecycle.resumeStuck(now);
-    await lifecycle.expireGoneBorrowers(now);
-    // Ended leases are kept for `terminalRetentionMs` (for `rswap leases` and `rswap trace`),
-    // then deleted, once their lender holds no bytes for them: the bucket does not grow forever.
-    const reserved = new Set((await hosts.list()).flatMap((h) => Object.keys(h.reservations)));
+    await lifecycle.sweep(now);
+    // Ended leases are kept for `terminalRetentionMs` (for `rswap leases` and `rswap trace`), then
+    // deleted once their lender holds no bytes for them (as read above, before any give-back this
+    // pass: a lease freed now is deleted on the next): the bucket does not grow forever.
     for (const lease of all.values()) {
       if (isTerminal(lease.state) && now - lease.updatedAt > config.terminalRetentionMs && !reserved.has(lease.id)) await leases.remove(lease);
     }

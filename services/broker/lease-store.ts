@@ -8,7 +8,7 @@ import { publishJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
 import { LeaseRecord, type LeaseState } from '../../shared/schemas.js';
 import type { Logger } from '../../shared/log.js';
-import { transition, withStep } from './states.js';
+import { cutReason, transition, withStep } from './states.js';
 
 export function newLeaseId(): string {
   return `l-${randomBytes(6).toString('hex')}`;
@@ -21,6 +21,8 @@ export class LeaseStore {
     private readonly kv: KV,
     private readonly nc: NatsConnection,
     private readonly log: Logger,
+    /** This broker: every step it takes names it as the lease's driver. */
+    private readonly brokerId = 'broker',
   ) {
     this.mirror = new KvMirror(kv, LeaseRecord);
   }
@@ -53,9 +55,23 @@ export class LeaseStore {
   ): Promise<LeaseRecord> {
     const { value } = await casUpdate(this.kv, leaseId, LeaseRecord, (current) => {
       if (!current) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
-      return transition(current, to, Date.now(), changes);
+      return transition(current, to, Date.now(), { ...changes, driver: this.brokerId });
     });
     this.announce(value);
+    return value;
+  }
+
+  /**
+   * Records that the lease should end (a release, a cool-down, a revoke, a drain): its next step is
+   * `draining`. Only an active or exported lease takes it; one already draining or ended is
+   * returned as it is. A first reason asked for stays.
+   */
+  async askEnd(leaseId: string, reason: string): Promise<LeaseRecord> {
+    const { value } = await casUpdate(this.kv, leaseId, LeaseRecord, (current) => {
+      if (!current) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+      if (current.end || (current.state !== 'active' && current.state !== 'exported')) return current;
+      return { ...current, end: { reason: cutReason(reason), at: Date.now() } };
+    });
     return value;
   }
 

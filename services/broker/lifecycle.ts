@@ -1,35 +1,30 @@
 /**
- * Drives leases through their states: match demand to a lender, export, attach; release
- * (swap-off on the borrower first, then unexport on the lender); and on any failure, mark the lease
- * failed with the reason, return the capacity and ask both sides to clean up.
+ * What the broker's handlers ask of leases. Each records intent and leaves the driving to the
+ * reconciler (reconciler.ts): a pressure creates a lease record and reconciles it up; a release,
+ * cool-down, revoke, drain or reclaim marks a lease's `end` and reconciles it down; the sweep
+ * reconciles every lease that has a step to take. Make-before-break moves (revoke, drain, reclaim)
+ * bring a replacement up before they end the old lease.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { propagation, context, trace, SpanStatusCode } from '@opentelemetry/api';
-import { contextOf } from '../../shared/tracing.js';
+import { context, propagation } from '@opentelemetry/api';
 import { metrics } from '../../shared/metrics.js';
 import type { Logger } from '../../shared/log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
-import { requestJson } from '../../shared/messaging.js';
-import { subjects } from '../../shared/subjects.js';
-import { AttachReply, ExportReply, OkReply, type HostRecord, type LeaseRecord, type LostEvent, type PressureEvent } from '../../shared/schemas.js';
-import { formatBytes } from '../../shared/units.js';
-import type { HostStore } from './hosts.js';
-import { LeaseStore, newLeaseId } from './lease-store.js';
-import { chooseLender, type PolicyOptions } from './policy.js';
-import { isTerminal } from './states.js';
+import type { HostRecord, LeaseRecord, LostEvent, PressureEvent } from '../../shared/schemas.js';
 import { KeyedQueue } from '../../shared/serial.js';
 import { waitFor } from '../../shared/wait.js';
+import type { HostStore } from './hosts.js';
+import { LeaseStore, newLeaseId } from './lease-store.js';
+import { chooseLender } from './policy.js';
+import { isTerminal } from './states.js';
+import { Reconciler, decide, stuckAfterMs, type Outcome, type ReconcilerOptions } from './reconciler.js';
 import type { UnservedDemand } from './demand.js';
 
-export interface LifecycleOptions extends PolicyOptions {
-  exportTimeoutMs: number;
-  attachTimeoutMs: number;
-  detachTimeoutMs: number;
-  unexportTimeoutMs: number;
+export { stuckAfterMs };
+
+export interface LifecycleOptions extends ReconcilerOptions {
   /** How long a borrower must stay clear of pressure before its leases go back. */
   releaseCooldownMs: number;
-  /** A borrower whose attacher has not announced itself for this long is gone: its leases end. */
-  borrowerTimeoutMs: number;
   /** Open leases one borrower may hold. */
   maxLeasesPerBorrower: number;
   /** The first wait before a refused cool-down release is tried again (it doubles, up to 10 min). */
@@ -38,28 +33,23 @@ export interface LifecycleOptions extends PolicyOptions {
   maxInFlight: number;
 }
 
-/** How long a lease may sit in a state before another broker takes it over (its driver died). */
-export function stuckAfterMs(state: LeaseRecord['state'], o: LifecycleOptions): number {
-  const grace = 5_000;
-  if (state === 'requested' || state === 'exporting') return o.exportTimeoutMs + grace;
-  if (state === 'exported' || state === 'attaching') return o.exportTimeoutMs + o.attachTimeoutMs + grace;
-  if (state === 'draining') return o.detachTimeoutMs + o.unexportTimeoutMs + grace;
-  return Infinity;
-}
-
-const tracer = trace.getTracer('rswap.broker');
-
 /** The longest wait before a refused cool-down release is tried again. */
 const MAX_DRAIN_RETRY_MS = 600_000;
 
+type Moved = { released: LeaseRecord; replacement?: LeaseRecord };
+
 export class Lifecycle {
+  readonly reconciler: Reconciler;
+  /** Lending decisions for one borrower (and its cool-down) one at a time. */
   private readonly perBorrower = new KeyedQueue();
   private readonly perLender = new KeyedQueue();
+  /** Borrowers whose pressure is being handled now. */
+  private readonly pressureOf = new Set<string>();
   /** Leases whose cool-down swap-off was refused: not tried again before `until`. */
   private readonly drainBackoff = new Map<string, { until: number; delayMs: number }>();
 
   constructor(
-    private readonly nc: NatsConnection,
+    nc: NatsConnection,
     private readonly hosts: HostStore,
     private readonly leases: LeaseStore,
     private readonly options: LifecycleOptions,
@@ -68,7 +58,9 @@ export class Lifecycle {
     private readonly brokerId = 'broker',
     /** Pressure no lender could serve yet: retried when offers come (see demand.ts). */
     private readonly unserved?: UnservedDemand,
-  ) {}
+  ) {
+    this.reconciler = new Reconciler(nc, hosts, leases, options, log, brokerId);
+  }
 
   /**
    * Demand from a borrower: lend unless its existing leases already cover it. A pressure no lender
@@ -77,12 +69,12 @@ export class Lifecycle {
   async onPressure(event: PressureEvent, at: number, receivedAt = Date.now(), retry = false): Promise<LeaseRecord | undefined> {
     // A retry of a pressure that waited for a lender queues behind the borrower's current work:
     // there is at most one per borrower (in `unserved`), and dropping it would lose the rescue.
-    if (retry) return this.onPressureQueued(event, at, receivedAt);
+    if (retry) return this.perBorrower.run(event.host, () => this.lendFor(event, at, receivedAt));
     // Bounded work. One pressure per borrower at a time: a repeat that comes while the last one is
     // still handled (a slow bring-up) is answered at once, not queued behind it. Past
     // `maxInFlight` borrowers being handled, a new one is refused at once; the monitor repeats it.
     if (this.pressureOf.has(event.host)) {
-      this.log.debug({ borrower: event.host }, 'pressure ignored: this borrower\'s last pressure is still being handled');
+      this.log.debug({ borrower: event.host }, "pressure ignored: this borrower's last pressure is still being handled");
       return undefined;
     }
     if (this.pressureOf.size >= this.options.maxInFlight) {
@@ -90,58 +82,55 @@ export class Lifecycle {
     }
     this.pressureOf.add(event.host);
     try {
-      return await this.onPressureQueued(event, at, receivedAt);
+      return await this.perBorrower.run(event.host, () => this.lendFor(event, at, receivedAt));
     } finally {
       this.pressureOf.delete(event.host);
     }
   }
 
-  /** Borrowers whose pressure is being handled now. */
-  private readonly pressureOf = new Set<string>();
-
-  private async onPressureQueued(event: PressureEvent, at: number, receivedAt: number): Promise<LeaseRecord | undefined> {
-    return this.perBorrower.run(event.host, async () => {
-      const borrower = await this.hosts.recordPressure(event.host, event.neededBytes, at);
-      if (!borrower.attacher) {
-        throw new RswapError(ErrorCodes.BAD_MESSAGE, `host '${event.host}' has no attacher announced; it cannot borrow`);
-      }
-      // Another broker may handle this borrower's pressure at the same moment: the mark on its
-      // record (by CAS) lets one of them lend; the leases are read only after winning it.
-      const leaseId = newLeaseId();
-      if (!(await this.hosts.claimBorrower(event.host, leaseId, this.brokerId, Date.now(), stuckAfterMs('attaching', this.options)))) {
-        this.log.info({ borrower: event.host }, 'pressure ignored: another broker is lending to this host');
+  private async lendFor(event: PressureEvent, at: number, receivedAt: number): Promise<LeaseRecord | undefined> {
+    const borrower = await this.hosts.recordPressure(event.host, event.neededBytes, at);
+    if (!borrower.attacher) {
+      throw new RswapError(ErrorCodes.BAD_MESSAGE, `host '${event.host}' has no attacher announced; it cannot borrow`);
+    }
+    // Another broker may handle this borrower's pressure at the same moment: the mark on its
+    // record (by CAS) lets one of them lend; the leases are read only after winning it.
+    const leaseId = newLeaseId();
+    if (!(await this.hosts.claimBorrower(event.host, leaseId, this.brokerId, Date.now(), stuckAfterMs('attaching', this.options)))) {
+      this.log.info({ borrower: event.host }, 'pressure ignored: another broker is lending to this host');
+      return undefined;
+    }
+    try {
+      const open = (await this.leases.list()).filter((l) => l.borrower === event.host && !isTerminal(l.state));
+      if (open.some((l) => l.state !== 'active')) {
+        this.log.info({ borrower: event.host }, 'pressure ignored: a lease for this host is in progress');
         return undefined;
       }
-      try {
-        const open = (await this.leases.list()).filter((l) => l.borrower === event.host && !isTerminal(l.state));
-        if (open.some((l) => l.state !== 'active')) {
-          this.log.info({ borrower: event.host }, 'pressure ignored: a lease for this host is in progress');
-          return undefined;
-        }
-        // Each lease is a swap area, and the kernel takes only so many: never more than the cap.
-        if (open.length >= this.options.maxLeasesPerBorrower) {
-          this.unserved?.drop(event.host);
-          this.log.warn({ borrower: event.host, leases: open.length }, `pressure not served: the borrower holds ${open.length} leases, the most allowed (--max-leases-per-borrower)`);
-          return undefined;
-        }
-        const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
-        if (coveredBytes >= event.neededBytes) {
-          this.unserved?.drop(event.host);
-          this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
-          return undefined;
-        }
-        const lease = await this.lend(borrower, event.neededBytes - coveredBytes, new Set(), undefined, leaseId);
-        if (!lease) {
-          this.unserved?.add({ event, at, receivedAt, context: context.active() }, Date.now());
-          return undefined;
-        }
+      // Each lease is a swap area, and the kernel takes only so many: never more than the cap.
+      if (open.length >= this.options.maxLeasesPerBorrower) {
         this.unserved?.drop(event.host);
-        metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
-        return this.bringUp(lease);
-      } finally {
-        await this.hosts.releaseBorrower(event.host, leaseId);
+        this.log.warn({ borrower: event.host, leases: open.length }, `pressure not served: the borrower holds ${open.length} leases, the most allowed (--max-leases-per-borrower)`);
+        return undefined;
       }
-    });
+      const coveredBytes = open.reduce((sum, l) => sum + l.sizeBytes, 0);
+      if (coveredBytes >= event.neededBytes) {
+        this.unserved?.drop(event.host);
+        this.log.info({ borrower: event.host, coveredBytes }, 'pressure ignored: existing leases cover it');
+        return undefined;
+      }
+      const lease = await this.lend(borrower, event.neededBytes - coveredBytes, new Set(), undefined, leaseId);
+      const done = lease && (await this.reconciler.reconcile(lease.id));
+      // No lender, or its bytes were taken between the choice and the reservation: wait for offers.
+      if (!done || done.failedAt === 'reserve') {
+        this.unserved?.add({ event, at, receivedAt, context: context.active() }, Date.now());
+        return undefined;
+      }
+      this.unserved?.drop(event.host);
+      metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
+      return done.lease;
+    } finally {
+      await this.hosts.releaseBorrower(event.host, leaseId);
+    }
   }
 
   /**
@@ -167,8 +156,8 @@ export class Lifecycle {
   }
 
   /**
-   * Creates a lease for `bytes` on the best lender (other than those excluded) and reserves its
-   * capacity; undefined when no lender can serve it. The caller brings it up.
+   * Records a new lease for `bytes` on the best lender (other than those excluded), in the current
+   * trace; undefined when no lender can serve it. Reconciling it reserves the bytes and brings it up.
    */
   private async lend(borrower: HostRecord, bytes: number, exclude: ReadonlySet<string> = new Set(), replaces?: string, id = newLeaseId()): Promise<LeaseRecord | undefined> {
     const now = Date.now();
@@ -179,7 +168,7 @@ export class Lifecycle {
     }
     const carrier: Record<string, string> = {};
     propagation.inject(context.active(), carrier);
-    const lease = await this.leases.create({
+    return this.leases.create({
       id,
       borrower: borrower.host,
       lender: placement.lender,
@@ -190,281 +179,62 @@ export class Lifecycle {
       history: [{ state: 'requested', at: now }],
       borrowerIqn: borrower.attacher!.iqn,
       borrowerAddress: borrower.attacher!.address,
+      driver: this.brokerId,
       ...(replaces ? { replaces } : {}),
       ...(carrier.traceparent ? { traceparent: carrier.traceparent } : {}),
     });
-    try {
-      await this.hosts.reserve(lease.lender, lease.id, lease.sizeBytes, now, this.options);
-    } catch (error) {
-      await this.fail(lease.id, `reserving ${formatBytes(lease.sizeBytes)} on ${lease.lender}: ${errorMessage(error)}`, false);
-      return undefined;
-    }
-    return lease;
   }
 
   /**
-   * Export, then attach, from whatever state the lease is in before active: a lease taken over
-   * from a broker that died resumes here. Both commands are idempotent on the agents, so repeating
-   * one that had already run only returns its result again.
+   * Every lease with a step to take, by the table (a lease whose broker died, a silent borrower, an
+   * end asked for and not yet acted on), is reconciled, all at once; resolves when they rest.
+   * Returns their ids. (Sweeps may overlap: a reconcile joins the one already running.)
    */
-  private async bringUp(lease: LeaseRecord): Promise<LeaseRecord | undefined> {
-    let step = 'export';
-    let current = lease;
-    try {
-      if (current.state === 'requested') current = await this.leases.move(lease.id, 'exporting');
-      const exported = await requestJson(
-        this.nc,
-        subjects.exportCmd(lease.lender),
-        { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } },
-        ExportReply,
-        this.options.exportTimeoutMs,
-      );
-      if (current.state === 'exporting') current = await this.leases.move(lease.id, 'exported', { target: exported.target });
-      step = 'attach';
-      if (current.state === 'exported') current = await this.leases.move(lease.id, 'attaching');
-      const attached = await requestJson(
-        this.nc,
-        subjects.attachCmd(lease.borrower),
-        { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap },
-        AttachReply,
-        this.options.attachTimeoutMs,
-      );
-      const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator });
-      metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
-      return active;
-    } catch (error) {
-      return this.fail(lease.id, `${step} failed: ${errorMessage(error)}`, true);
-    }
-  }
-
-  /**
-   * Takes over leases whose broker stopped mid-step (stuck in a state longer than that step may
-   * take) and drives them on: a bring-up resumes, a release completes. Exactly one broker wins each
-   * lease (CAS on its record). Returns the ids taken over.
-   */
-  async resumeStuck(now: number): Promise<string[]> {
-    const taken: string[] = [];
+  async sweep(now: number): Promise<string[]> {
+    const seen = new Map((await this.hosts.list()).map((h) => [h.host, h.attacher?.at]));
+    const started = new Map<string, Promise<unknown>>();
     for (const lease of await this.leases.list()) {
-      if (isTerminal(lease.state) || lease.state === 'active' || now - lease.updatedAt < stuckAfterMs(lease.state, this.options)) continue;
-      let claimed: LeaseRecord;
-      try {
-        claimed = await this.leases.claim(lease.id, lease.updatedAt, this.brokerId);
-      } catch {
-        continue; // another broker took it, or it moved on
-      }
-      taken.push(lease.id);
-      this.log.warn({ leaseId: lease.id, state: lease.state }, 'taking over a lease whose broker stopped');
-      void this.perBorrower
-        .run(lease.borrower, () =>
-          this.inLeaseTrace(claimed, `resume ${lease.id} from ${lease.state}`, async () => {
-            if (claimed.state === 'draining') return this.finishRelease(claimed, true);
-            if (claimed.state === 'requested') {
-              try {
-                await this.hosts.reserve(claimed.lender, claimed.id, claimed.sizeBytes, Date.now(), this.options);
-              } catch (error) {
-                return this.fail(claimed.id, `reserving ${formatBytes(claimed.sizeBytes)} on ${claimed.lender}: ${errorMessage(error)}`, false);
-              }
-            }
-            return this.bringUp(claimed);
-          }),
-        )
-        .catch((error: unknown) => this.log.error({ leaseId: lease.id, err: errorMessage(error) }, 'resume failed'));
+      const borrowerSeenAt = seen.get(lease.borrower);
+      const facts = { me: this.brokerId, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }) };
+      if (decide(lease, facts, this.options).do === 'rest') continue;
+      started.set(lease.id, this.reconciler.reconcile(lease.id).catch((error: unknown) => this.log.error({ leaseId: lease.id, err: errorMessage(error) }, 'reconcile failed; the next sweep tries again')));
     }
-    return taken;
-  }
-
-  /**
-   * Ends the active leases of borrowers whose attacher has been silent for `borrowerTimeoutMs`
-   * (host down, or cut off): the lender gets its memory back. Their pages are gone with the host.
-   */
-  async expireGoneBorrowers(now: number): Promise<string[]> {
-    const hosts = new Map((await this.hosts.list()).map((h) => [h.host, h]));
-    const expired: string[] = [];
-    for (const lease of (await this.leases.list()).filter((l) => l.state === 'active')) {
-      // Silence is measured from the last announce this broker received (its own clock). A
-      // missing or unreadable host record is no evidence that the borrower is gone: skip it.
-      const seen = hosts.get(lease.borrower)?.attacher?.at;
-      if (seen === undefined) {
-        this.log.warn({ leaseId: lease.id, borrower: lease.borrower }, 'no announce on record for this borrower; not judging it gone');
-        continue;
-      }
-      if (now - seen < this.options.borrowerTimeoutMs) continue;
-      await this.perBorrower.run(lease.borrower, async () => {
-        const reason = `borrower ${lease.borrower} silent for ${Math.round((now - seen) / 1000)}s`;
-        this.log.warn({ leaseId: lease.id, borrower: lease.borrower }, `${reason}: ending the lease`);
-        await this.inLeaseTrace(lease, `expire ${lease.id}`, () => this.fail(lease.id, reason, true, true));
-        expired.push(lease.id);
-      });
-    }
-    return expired;
-  }
-
-  /** Marks a lease failed, returns its capacity and (if anything may exist) asks both hosts to clean up. */
-  private async fail(leaseId: string, reason: string, cleanUp: boolean, borrowerGone = false): Promise<LeaseRecord | undefined> {
-    trace.getActiveSpan()?.setStatus({ code: SpanStatusCode.ERROR, message: `lease ${leaseId} failed: ${reason}` });
-    let lease: LeaseRecord | undefined;
-    try {
-      lease = await this.leases.move(leaseId, 'failed', { reason });
-    } catch (error) {
-      lease = await this.leases.get(leaseId);
-      if (lease && isTerminal(lease.state)) {
-        // Another broker ended it first (and cleans up): nothing more to do here.
-        this.log.info({ leaseId, state: lease.state }, 'lease already ended elsewhere');
-        return lease;
-      }
-      this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
-    }
-    if (!lease) return undefined;
-    // The bytes stay promised while the lender still holds the target (a borrower may swap on it).
-    const targetGone = cleanUp ? await this.tearDown(lease, borrowerGone) : false;
-    await this.giveBack(lease, targetGone);
-    return lease;
-  }
-
-  /**
-   * Swap-off and logout on the borrower, then target removal on the lender. If the borrower refuses
-   * the swap-off (its pages would not fit), the target stays: the lender keeps serving those pages
-   * (its exporter does not remove a target the borrower still uses) until the borrower's own
-   * reconciler manages the swap-off. Only a borrower known to be gone is torn down regardless.
-   */
-  /** Returns true when the lender confirmed the target gone (its unexport answered ok). */
-  private async tearDown(lease: LeaseRecord, borrowerGone = false): Promise<boolean> {
-    if (!borrowerGone) {
-      try {
-        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
-      } catch (error) {
-        this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'cleanup: detach failed');
-        if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) return false;
-      }
-    }
-    // The lender removes the target only when it sees no session on it (its own view, which
-    // tgtd's NOP-In probing keeps true for a dead borrower); else its reconciler does, later.
-    return this.unexport(lease);
-  }
-
-  /**
-   * Asks the lender to remove the lease's target; true when it answered that it did. The lease's
-   * bytes go back to the lender then, or, if it refused (a session is still logged in), once the
-   * lender reports that it no longer serves the lease (its announce; see reservationEnded).
-   */
-  private async unexport(lease: LeaseRecord): Promise<boolean> {
-    try {
-      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
-      return true;
-    } catch (error) {
-      this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'unexport refused or failed; the lender removes the target once no session is left');
-      return false;
-    }
-  }
-
-  /** The lease's bytes back to its lender: at once when it confirmed the target gone, else once it reports so. */
-  private async giveBack(lease: LeaseRecord, targetGone: boolean): Promise<void> {
-    if (targetGone) await this.hosts.unreserve(lease.lender, lease.id);
-    else await this.hosts.unreserveIfEnded(lease.lender, lease.id, lease);
-  }
-
-  /**
-   * A borrower lost the lender of a lease: the lease fails (its pages on that lender are gone), the
-   * lender is not chosen again until its exporter announces itself, and the borrower's next
-   * pressure is served by another lender.
-   */
-  async onLost(event: LostEvent): Promise<LeaseRecord | undefined> {
-    const lease = await this.leases.require(event.leaseId);
-    if (lease.borrower !== event.host) throw new RswapError(ErrorCodes.WRONG_HOST, `lease ${lease.id} is not borrowed by '${event.host}'`);
-    if (isTerminal(lease.state)) return lease;
-    return this.perBorrower.run(lease.borrower, () =>
-      this.inLeaseTrace(lease, `lost ${lease.id}`, async () => {
-        await this.hosts.forgetExporter(lease.lender, Date.now());
-        return this.fail(lease.id, `lender ${lease.lender} lost: ${event.reason}`, true);
-      }),
-    );
+    await Promise.all(started.values());
+    return [...started.keys()];
   }
 
   /**
    * Gives a lease back: the borrower swaps off first (or refuses, when its pages would not fit, and
-   * the lease stays active), then the lender removes the target. Releasing a released or failed
-   * lease again answers with its state and does nothing.
+   * the lease stays active: this throws RSWAP_E_SWAPOFF_UNSAFE), then the lender removes the
+   * target. Releasing a released or failed lease again answers with it and does nothing.
    */
-  async release(leaseId: string, reason?: string): Promise<LeaseRecord> {
+  async release(leaseId: string, reason = 'released on request'): Promise<LeaseRecord> {
     const lease = await this.leases.require(leaseId);
-    return this.perBorrower.run(lease.borrower, () => this.drain(leaseId, reason));
-  }
-
-  /**
-   * Runs `task` in a span of the lease's own trace (from its traceparent), so a release or reclaim
-   * that starts from a timer, an operator or another host's event still shows in the lease's trace.
-   */
-  private inLeaseTrace<T>(lease: LeaseRecord, name: string, task: () => Promise<T>): Promise<T> {
-    return tracer.startActiveSpan(name, { attributes: { 'rswap.lease.id': lease.id } }, contextOf(lease.traceparent), async (span) => {
-      try {
-        return await task();
-      } catch (error) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) });
-        throw error;
-      } finally {
-        span.end();
-      }
-    });
-  }
-
-  /** `release` for a caller that already holds the borrower's queue. */
-  private async drain(leaseId: string, reason?: string): Promise<LeaseRecord> {
-    let current = await this.leases.require(leaseId);
-    if (current.state === 'draining') {
-      // Another broker is releasing it (a duplicated request): answer with how that ends.
-      current = await waitFor(`lease ${leaseId} to finish draining`, async () => {
-        const now = await this.leases.require(leaseId);
-        return now.state === 'draining' ? undefined : now;
-      }, { timeoutMs: this.options.detachTimeoutMs + this.options.unexportTimeoutMs, intervalMs: 100 });
+    if (isTerminal(lease.state)) return lease;
+    if (lease.state !== 'active' && lease.state !== 'exported' && lease.state !== 'draining') {
+      throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${lease.state}; release it once it is active`);
     }
-    if (isTerminal(current.state)) return current;
-    return this.inLeaseTrace(current, `release ${leaseId}`, () => this.drainTraced(current, reason));
-  }
-
-  private async drainTraced(current: LeaseRecord, reason?: string): Promise<LeaseRecord> {
-    const leaseId = current.id;
-    if (current.state !== 'active' && current.state !== 'exported') {
-      throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; release it once it is active`);
+    await this.leases.askEnd(leaseId, reason);
+    let done: Outcome = await this.reconciler.reconcile(leaseId);
+    if (done.lease?.state === 'draining') {
+      // Another broker is releasing it: answer with how that ends.
+      const ended = await waitFor(`lease ${leaseId} to finish draining`, async () => {
+        const now = await this.leases.get(leaseId);
+        return now?.state === 'draining' ? undefined : now;
+      }, { timeoutMs: stuckAfterMs('draining', this.options), intervalMs: 100 });
+      done = { lease: ended };
     }
-    try {
-      await this.leases.move(leaseId, 'draining', reason ? { reason } : {});
-    } catch (error) {
-      // Another broker started the same release a moment earlier: answer with how it ends.
-      if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) return this.drain(leaseId, reason);
-      throw error;
-    }
-    try {
-      await requestJson(this.nc, subjects.detachCmd(current.borrower), { leaseId, borrower: current.borrower }, OkReply, this.options.detachTimeoutMs);
-    } catch (error) {
-      if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
-        await this.leases.move(leaseId, 'active', { reason: errorMessage(error) });
-        throw error;
-      }
-      await this.fail(leaseId, `detach failed: ${errorMessage(error)}`, true);
-      throw error;
-    }
-    return this.finishRelease(current, false);
-  }
-
-  /**
-   * The end of a release: unexport, then released. A release taken over from a broker that died
-   * detaches first (again, maybe: a no-op on a borrower that already let go).
-   */
-  private async finishRelease(lease: LeaseRecord, detachFirst: boolean): Promise<LeaseRecord> {
-    const leaseId = lease.id;
-    if (detachFirst) await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
-    // The borrower has swapped off; if the unexport fails anyway, the lender's reconciler removes
-    // the target of a released lease once no session is left.
-    const targetGone = await this.unexport(lease);
-    const released = await this.leases.move(leaseId, 'released');
-    await this.giveBack(released, targetGone);
-    return released;
+    if (!done.lease) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+    if (done.lease.state === 'released') return done.lease;
+    if (done.error !== undefined) throw done.error;
+    const code = done.lease.state === 'active' ? ErrorCodes.SWAPOFF_UNSAFE : ErrorCodes.ILLEGAL_STATE;
+    throw new RswapError(code, `lease ${leaseId} is ${done.lease.state}: ${done.lease.reason ?? 'not released'}`);
   }
 
   /**
    * A borrower clear of pressure for the cool-down gets its leases taken back, newest first. A
-   * refused swap-off (its pages would not fit in RAM) leaves that lease active; the next check
-   * tries again. Returns the leases released.
+   * refused swap-off (its pages would not fit in RAM) leaves that lease active and is tried again
+   * after a wait that doubles each time, up to 10 minutes. Returns the leases released.
    */
   async releaseIfCool(host: string, now: number): Promise<LeaseRecord[]> {
     return this.perBorrower.run(host, async () => {
@@ -474,12 +244,10 @@ export class Lifecycle {
       for (const [leaseId, b] of this.drainBackoff) if (now - b.until > MAX_DRAIN_RETRY_MS) this.drainBackoff.delete(leaseId); // long over
       const released: LeaseRecord[] = [];
       for (const lease of active) {
-        // A swap-off the borrower refused (its pages would not fit) is tried again after a wait
-        // that doubles each time, up to 10 minutes: not on every heartbeat.
         const backoff = this.drainBackoff.get(lease.id);
         if (backoff && now < backoff.until) break;
         try {
-          released.push(await this.drain(lease.id, `pressure clear for ${Math.round((now - record.clearSince) / 1000)}s`));
+          released.push(await this.release(lease.id, `pressure clear for ${Math.round((now - record.clearSince) / 1000)}s`));
           this.drainBackoff.delete(lease.id);
         } catch (error) {
           if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
@@ -497,43 +265,58 @@ export class Lifecycle {
   }
 
   /**
-   * A lender under its reserve takes memory back, make-before-break: for each of its active leases
-   * (largest first, until the deficit is covered) the borrower first gets a replacement lease from
-   * another lender, and only then swaps off the old one; then the lender tears it down. With no
-   * replacement the swap-off goes ahead only if the borrower's pages fit elsewhere (its attacher
-   * checks, and refuses otherwise). A deficit reported before a reclaim of this lender finished is
-   * stale and ignored.
+   * A borrower lost the lender of a lease: the lease fails (its pages on that lender are gone), the
+   * lender is not chosen again until its exporter announces itself, and the borrower's next
+   * pressure is served by another lender. The bytes stay promised while the lender still serves
+   * the target: a forged `lost` frees nothing.
    */
+  async onLost(event: LostEvent): Promise<LeaseRecord | undefined> {
+    const lease = await this.leases.require(event.leaseId);
+    if (lease.borrower !== event.host) throw new RswapError(ErrorCodes.WRONG_HOST, `lease ${lease.id} is not borrowed by '${event.host}'`);
+    if (isTerminal(lease.state)) return lease;
+    return this.reconciler.exclusive(lease.id, () =>
+      this.reconciler.inLeaseTrace(lease, `lost ${lease.id}`, async () => {
+        await this.hosts.forgetExporter(lease.lender, Date.now());
+        return this.reconciler.fail(lease.id, `lender ${lease.lender} lost: ${event.reason}`, true);
+      }),
+    );
+  }
+
   /**
    * Make-before-break, for a caller holding the borrower's queue: a replacement lease from another
    * lender comes up first, then the old lease is released (swap-off, then teardown). Without a
    * replacement the swap-off still goes ahead if the borrower's pages fit elsewhere; if not, the
    * attacher refuses, this throws RSWAP_E_SWAPOFF_UNSAFE and the old lease stays active.
    */
-  private async replaceThenRelease(old: LeaseRecord, why: string): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
-    const borrower = await this.hosts.get(old.borrower);
-    let replacement: LeaseRecord | undefined;
-    if (borrower?.attacher) {
-      const lease = await this.lend(borrower, old.sizeBytes, new Set([old.lender]), old.id);
-      replacement = lease && (await this.bringUp(lease));
-    }
-    const replaced = replacement?.state === 'active';
-    if (!replaced) this.log.warn({ leaseId: old.id }, 'no replacement lease; swapping off only if the pages fit');
-    const released = await this.drain(old.id, `${why}${replaced ? `, replaced by ${replacement!.id}` : ''}`);
-    return { released, ...(replaced ? { replacement } : {}) };
+  private async replaceThenRelease(old: LeaseRecord, why: string): Promise<Moved> {
+    return this.reconciler.inLeaseTrace(old, `move ${old.id}: ${why}`, async () => {
+      const borrower = await this.hosts.get(old.borrower);
+      const lease = borrower?.attacher && (await this.lend(borrower, old.sizeBytes, new Set([old.lender]), old.id));
+      const replacement = lease ? (await this.reconciler.reconcile(lease.id)).lease : undefined;
+      const replaced = replacement?.state === 'active';
+      if (!replaced) this.log.warn({ leaseId: old.id }, 'no replacement lease; swapping off only if the pages fit');
+      const released = await this.release(old.id, `${why}${replaced ? `, replaced by ${replacement.id}` : ''}`);
+      return { released, ...(replaced ? { replacement } : {}) };
+    });
+  }
+
+  /** An active lease, read again inside the borrower's queue, moved make-before-break; undefined if it ended meanwhile. */
+  private moveLease(seen: LeaseRecord, why: string): Promise<Moved | undefined> {
+    return this.perBorrower.run(seen.borrower, async () => {
+      const old = await this.leases.require(seen.id);
+      return old.state === 'active' ? this.replaceThenRelease(old, why) : undefined;
+    });
   }
 
   /**
    * An operator takes a lease back from its lender (maintenance, rebalancing): make-before-break,
    * as a reclaim. Answers with the old lease (released) and its replacement.
    */
-  async revoke(leaseId: string): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
+  async revoke(leaseId: string): Promise<Moved> {
     const lease = await this.leases.require(leaseId);
-    return this.perBorrower.run(lease.borrower, async () => {
-      const current = await this.leases.require(leaseId);
-      if (current.state !== 'active') throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}; only an active lease can be revoked`);
-      return this.inLeaseTrace(current, `revoke ${leaseId}`, () => this.replaceThenRelease(current, 'revoked'));
-    });
+    const moved = await this.moveLease(lease, 'revoked');
+    if (!moved) throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${(await this.leases.require(leaseId)).state}; only an active lease can be revoked`);
+    return moved;
   }
 
   /**
@@ -564,14 +347,9 @@ export class Lifecycle {
         }
         for (const seen of active) {
           tried.add(seen.id);
+          this.log.warn({ leaseId: seen.id, lender, borrower: seen.borrower }, 'draining a cordoned lender: moving the lease');
           try {
-            const done = await this.perBorrower.run(seen.borrower, async () => {
-              // Read again inside the borrower's queue: a release or expiry may have ended it meanwhile.
-              const old = await this.leases.require(seen.id);
-              if (old.state !== 'active') return undefined;
-              this.log.warn({ leaseId: old.id, lender, borrower: old.borrower }, 'draining a cordoned lender: moving the lease');
-              return this.inLeaseTrace(old, `drain ${lender}: move ${old.id}`, () => this.replaceThenRelease(old, `lender ${lender} drained`));
-            });
+            const done = await this.moveLease(seen, `lender ${lender} drained`);
             if (done) moved.push({ from: seen.id, ...(done.replacement ? { to: done.replacement.id } : {}) });
           } catch (error) {
             stayed.push({ leaseId: seen.id, reason: errorMessage(error) });
@@ -582,6 +360,11 @@ export class Lifecycle {
     });
   }
 
+  /**
+   * A lender under its reserve takes memory back, make-before-break: its active leases, largest
+   * first, are moved until the deficit is covered. A deficit reported before a reclaim of this
+   * lender finished is stale and ignored.
+   */
   async reclaim(lender: string, deficitBytes: number, reportedAt: number): Promise<LeaseRecord[]> {
     return this.perLender.run(lender, async () => {
       const leases = await this.leases.list();
@@ -593,12 +376,10 @@ export class Lifecycle {
       for (const old of victims) {
         if (covered >= deficitBytes) break;
         this.log.warn({ leaseId: old.id, lender, borrower: old.borrower, deficitBytes }, 'lender under its reserve: reclaiming');
-        const done = await this.perBorrower
-          .run(old.borrower, () => this.replaceThenRelease(old, `reclaimed by ${lender}`))
-          .catch((error: unknown) => {
-            this.log.error({ leaseId: old.id, err: errorMessage(error) }, 'reclaim: swap-off refused; the lender stays under its reserve');
-            return undefined;
-          });
+        const done = await this.moveLease(old, `reclaimed by ${lender}`).catch((error: unknown) => {
+          this.log.error({ leaseId: old.id, err: errorMessage(error) }, 'reclaim: swap-off refused; the lender stays under its reserve');
+          return undefined;
+        });
         if (done) {
           reclaimed.push(done.released);
           covered += old.sizeBytes;

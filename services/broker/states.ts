@@ -43,14 +43,18 @@ export function transition(
   lease: LeaseRecord,
   to: LeaseState,
   now: number,
-  changes: Partial<Pick<LeaseRecord, 'target' | 'device' | 'initiator' | 'reason'>> = {},
+  changes: Partial<Pick<LeaseRecord, 'target' | 'device' | 'initiator' | 'reason' | 'driver'>> = {},
 ): LeaseRecord {
   if (!canTransition(lease.state, to)) {
     throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${lease.id} is ${lease.state}; it cannot become ${to}`);
   }
   const reason = changes.reason === undefined ? undefined : cutReason(changes.reason);
+  // An end asked for is acted on by draining (or moot once the lease has ended): it goes.
+  const { end, ...rest } = lease;
+  const keepEnd = end && to !== 'draining' && !isTerminal(to);
   return {
-    ...lease,
+    ...rest,
+    ...(keepEnd ? { end } : {}),
     ...changes,
     ...(reason === undefined ? {} : { reason }),
     state: to,

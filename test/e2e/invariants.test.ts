@@ -19,7 +19,7 @@ import { casUpdate } from '../../shared/kv.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
 import { LeaseRecord } from '../../shared/schemas.js';
-import { testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { listHosts, listLeases } from '../../cli/operator.js';
 import { startWorkload, type Progress } from '../../bench/run-workload.js';
 import { execa } from 'execa';
@@ -53,6 +53,8 @@ before(async () => {
     brokerArgs: ['--borrower-timeout-ms', '5000', '--sweep-interval-ms', '1000'],
     // host-b's clock runs 10 minutes behind (libfaketime): every borrower here is a skewed one.
     processEnv: { 'host-b/attacher': { LD_PRELOAD: await libfaketime(), FAKETIME: '-10m', DONT_FAKE_MONOTONIC: '1' } },
+    // host-c's attacher refuses every swap-off (it would keep 64 TiB free), until a test restarts it.
+    processArgs: { 'host-c/attacher': ['--swapoff-margin-bytes', '64TiB'] },
   });
   nc = await connect({ servers: tb.natsUrl });
 });
@@ -188,6 +190,42 @@ test('invariants - a deleted lease record leaves the target serving and reported
   }
   const report = await workload.result;
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact');
+});
+
+test('invariants - a swap-off the borrower refuses, asked again 240 times, leaves the lease active and its record under 64 KiB', async () => {
+  // Fails on main before commit 145066f: every refused drain appended two steps with the refusal's
+  // long reason, unbounded, until the record passed the payload limit and CAS writes failed. 240
+  // refusals are more than ten minutes of the old retry on every 5 s heartbeat would make.
+  assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 512 * MiB, at: Date.now() })).ok, true);
+  const reply = (await ask(subjects.pressure('host-c'), { host: 'host-c', neededBytes: 64 * MiB, at: Date.now() })) as { leaseId?: string; state?: string };
+  assert.equal(reply.state, 'active', JSON.stringify(reply));
+  const leaseId = reply.leaseId!;
+  for (let i = 0; i < 240; i += 1) {
+    const refused = await ask(subjects.release, { leaseId });
+    assert.equal(refused.error?.code, 'RSWAP_E_SWAPOFF_UNSAFE', `refusal ${i}: ${JSON.stringify(refused)}`);
+  }
+  const lease = (await listLeases(tb.natsUrl)).find((l) => l.id === leaseId)!;
+  assert.equal(lease.state, 'active');
+  assert.match(lease.reason!, /swap-off would not fit/);
+  assert.ok(lease.history.length <= 32 && (lease.historyDropped ?? 0) >= 2 * 240 - 32, `bounded history: ${lease.history.length} steps, ${lease.historyDropped} dropped`);
+  const bytes = Buffer.byteLength(JSON.stringify(lease));
+  assert.ok(bytes < 64 * 1024, `the record is ${bytes} bytes`);
+  assert.deepEqual((await targetOf(lease)).sessions, ['198.18.0.13'], 'host-c still swaps on its target');
+  assert.ok((await readSwaps()).some((a) => a.path === lease.device), 'its swap area is still on');
+  // host-c's attacher again with the usual margin: now the same release goes through.
+  const name = 'host-c/attacher';
+  await killTestbedProcess(tb, name);
+  const p = tb.processes.find((x) => x.name === name)!;
+  p.command = p.command.slice(0, p.command.indexOf('--swapoff-margin-bytes'));
+  const announced = new Promise((resolve) => {
+    const sub = nc.subscribe(subjects.announce('host-c'), { callback: (_e, m) => {
+      if (m.json<{ role: string }>().role === 'attacher') resolve(sub.unsubscribe());
+    } });
+  });
+  startTestbedProcess(tb, name);
+  await announced;
+  const released = (await ask(subjects.release, { leaseId })) as { lease?: { state: string } };
+  assert.equal(released.lease?.state, 'released', JSON.stringify(released));
 });
 
 test('invariants - a borrower that dies hard (no logout, its network gone) gives its lender the memory back, decided by the lender', async () => {

@@ -73,3 +73,18 @@ test('kv mirror - when the watch cannot catch up, list reads key by key', async 
   assert.deepEqual(sorted(await mirror.list()), sorted(await listParsed(kv, Item)), 'the fallback gives the same answer');
   await closed.close();
 });
+
+test('kv mirror - a bucket deleted and made again (revisions go backwards) is listed as it is now, not as it was', async () => {
+  const kvm = new Kvm(nc);
+  const first = await kvm.create('mirror-reborn', { history: 1 });
+  const mirror = new KvMirror(first, Item);
+  for (let i = 0; i < 20; i += 1) await first.put(`old${i}`, JSON.stringify({ n: i }));
+  assert.equal((await mirror.list()).length, 20);
+  await first.destroy();
+  const again = await new Kvm(other).create('mirror-reborn', { history: 1 });
+  await again.put('new0', JSON.stringify({ n: 1 }));
+  assert.deepEqual(sorted(await mirror.list()), ['new0=1'], 'nothing of the old bucket');
+  assert.equal(mirror.resyncs, 1);
+  await again.put('new1', JSON.stringify({ n: 2 }));
+  assert.deepEqual(sorted(await mirror.list()), ['new0=1', 'new1=2'], 'a new watch follows the new bucket');
+});

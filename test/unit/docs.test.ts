@@ -27,3 +27,22 @@ test('docs - docs/operations.md lists every setting of every service as a flag',
   }
   assert.deepEqual(missing, []);
 });
+
+test('docs - every file a doc links to or names in backquotes is in the repository, and the README lists every doc', async () => {
+  const { readdir, access } = await import('node:fs/promises');
+  const docs = ['README.md', ...(await readdir(resolve(ROOT, 'docs'))).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+  const missing: string[] = [];
+  for (const doc of docs) {
+    const text = await readFile(resolve(ROOT, doc), 'utf8');
+    const base = resolve(ROOT, doc, '..');
+    const links = [...text.matchAll(/\]\(([^)#\s]+)(#[^)]*)?\)/g)].map((m) => m[1]!).filter((l) => !/^[a-z]+:/.test(l));
+    for (const link of links) await access(resolve(base, link)).catch(() => missing.push(`${doc} -> ${link}`));
+    // Source files named in backquotes (`services/broker/reconciler.ts`), from the repository root.
+    for (const [, path] of text.matchAll(/`((?:services|shared|cli|bench|test|deploy|scripts)\/[\w./-]+\.(?:ts|sh|service|mjs))`/g)) {
+      await access(resolve(ROOT, path!)).catch(() => missing.push(`${doc} -> ${path}`));
+    }
+  }
+  assert.deepEqual(missing, []);
+  const readme = await readFile(resolve(ROOT, 'README.md'), 'utf8');
+  assert.deepEqual(docs.filter((d) => d !== 'README.md' && !readme.includes(`(${d})`)), [], 'the README links every doc');
+});

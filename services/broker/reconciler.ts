@@ -1,0 +1,345 @@
+/**
+ * The lease reconciler: the one path that drives a lease, step by step, toward where it should be.
+ *
+ * Handlers never drive a lease themselves. They record intent (a new lease record; `end` on an
+ * existing one) and call `reconcile(id)`. A reconcile reads the lease and what the agents report,
+ * picks the next step by the state table in shared/lease-states.ts (`decide`, a pure function) and
+ * takes it, again and again, until the lease rests: active with nothing to do, ended, or driven by
+ * another broker that is not overdue. The broker's sweep calls it for every lease `decide` finds
+ * work for, so a lease whose broker died, a borrower gone silent and an end asked for just before
+ * a crash all take the same path as a fresh bring-up.
+ *
+ * One reconcile per lease runs at a time. A call while one runs joins the next run, which reads
+ * the lease after the running one is done: sweeps never pile up behind a slow step.
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import type { z } from 'zod';
+import { trace, SpanStatusCode } from '@opentelemetry/api';
+import { contextOf } from '../../shared/tracing.js';
+import { metrics } from '../../shared/metrics.js';
+import type { Logger } from '../../shared/log.js';
+import { ErrorCodes, errorCode, errorMessage } from '../../shared/errors.js';
+import { requestJson } from '../../shared/messaging.js';
+import { subjects } from '../../shared/subjects.js';
+import { LEASE_STATES } from '../../shared/lease-states.js';
+import { AttachReply, ExportReply, OkReply, type LeaseRecord, type LeaseState } from '../../shared/schemas.js';
+import { formatBytes } from '../../shared/units.js';
+import { KeyedQueue } from '../../shared/serial.js';
+import type { HostStore } from './hosts.js';
+import type { LeaseStore } from './lease-store.js';
+import type { PolicyOptions } from './policy.js';
+
+export interface ReconcilerOptions extends PolicyOptions {
+  exportTimeoutMs: number;
+  attachTimeoutMs: number;
+  detachTimeoutMs: number;
+  unexportTimeoutMs: number;
+  /** A borrower whose attacher has not announced itself for this long is gone: its leases end. */
+  borrowerTimeoutMs: number;
+}
+
+/** How long a lease may sit in a state before another broker takes it over (its driver died). */
+export function stuckAfterMs(state: LeaseState, o: ReconcilerOptions): number {
+  const bounds = LEASE_STATES[state].boundBy;
+  if (bounds.length === 0) return Infinity;
+  const timeouts = { export: o.exportTimeoutMs, attach: o.attachTimeoutMs, detach: o.detachTimeoutMs, unexport: o.unexportTimeoutMs };
+  return bounds.reduce((sum, b) => sum + timeouts[b], 5_000);
+}
+
+/** What the reconciler does next with a lease. */
+export type Action =
+  | { do: 'rest'; why: string }
+  | { do: 'claim' }
+  | { do: 'reserve' }
+  | { do: 'export' }
+  | { do: 'attach' }
+  | { do: 'release' }
+  | { do: 'move'; to: LeaseState; reason?: string }
+  | { do: 'fail'; reason: string; borrowerGone: boolean };
+
+export interface Facts {
+  /** This broker (lease records name their driver). */
+  me: string;
+  now: number;
+  /** When this broker last heard the borrower's attacher (its own clock); undefined if unknown. */
+  borrowerSeenAt?: number;
+}
+
+/** The next step for a lease, from the state table: pure, so every rule is unit-tested. */
+export function decide(lease: LeaseRecord, facts: Facts, o: ReconcilerOptions): Action {
+  const row = LEASE_STATES[lease.state];
+  if (row.step === 'none') return { do: 'rest', why: `${lease.state}` };
+  // Mid-step states belong to the broker that took the last step until it is overdue.
+  if (row.boundBy.length > 0 && lease.driver !== facts.me) {
+    const age = facts.now - lease.updatedAt;
+    if (age < stuckAfterMs(lease.state, o)) return { do: 'rest', why: `${lease.state}, driven by ${lease.driver ?? 'another broker'}` };
+    return { do: 'claim' };
+  }
+  switch (row.step) {
+    case 'reserve':
+      return { do: 'reserve' };
+    case 'export':
+      return { do: 'export' };
+    case 'advance':
+      return lease.end ? { do: 'move', to: 'draining', reason: lease.end.reason } : { do: 'move', to: 'attaching' };
+    case 'attach':
+      return { do: 'attach' };
+    case 'release':
+      return { do: 'release' };
+    case 'watch': {
+      // Silence counts from the last announce this broker received (its own clock). A missing
+      // host record is no evidence that the borrower is gone.
+      const seen = facts.borrowerSeenAt;
+      if (seen !== undefined && facts.now - seen >= o.borrowerTimeoutMs) {
+        return { do: 'fail', reason: `borrower ${lease.borrower} silent for ${Math.round((facts.now - seen) / 1000)}s`, borrowerGone: true };
+      }
+      if (lease.end) return { do: 'move', to: 'draining', reason: lease.end.reason };
+      return { do: 'rest', why: 'active' };
+    }
+  }
+}
+
+/** How a reconcile ended: the lease as it rests, and the error of the step that failed or was refused. */
+export interface Outcome {
+  lease: LeaseRecord | undefined;
+  error?: unknown;
+  /** The step that failed, when one did. */
+  failedAt?: Action['do'];
+}
+
+const tracer = trace.getTracer('rswap.broker');
+
+type Exported = Extract<z.infer<typeof ExportReply>, { ok: true }>;
+
+export class Reconciler {
+  private readonly serial = new KeyedQueue();
+  /** A reconcile queued behind a running one, per lease: later calls join it. */
+  private readonly queued = new Map<string, Promise<Outcome>>();
+  /** Target and CHAP from an export, for the attach that follows (never written to KV). */
+  private readonly exported = new Map<string, Exported>();
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly hosts: HostStore,
+    private readonly leases: LeaseStore,
+    private readonly options: ReconcilerOptions,
+    private readonly log: Logger,
+    /** This broker's name in lease records. */
+    readonly me: string,
+  ) {}
+
+  /** Drives the lease until it rests; resolves with where it rests. Never throws for a step that failed. */
+  reconcile(leaseId: string): Promise<Outcome> {
+    const queued = this.queued.get(leaseId);
+    if (queued) return queued;
+    const run = this.serial.run(leaseId, () => {
+      this.queued.delete(leaseId);
+      return this.run(leaseId);
+    });
+    this.queued.set(leaseId, run);
+    return run;
+  }
+
+  /** Runs `task` on the lease between reconciles (a lost lender fails it at once). */
+  exclusive<T>(leaseId: string, task: () => Promise<T>): Promise<T> {
+    return this.serial.run(leaseId, task);
+  }
+
+  private async run(leaseId: string): Promise<Outcome> {
+    let outcome: Outcome = { lease: undefined };
+    // Each step moves the lease along the table; a lease cannot take more steps than this.
+    for (let steps = 0; steps < 12; steps += 1) {
+      const lease = await this.leases.get(leaseId);
+      if (!lease) return { ...outcome, lease: undefined };
+      const borrowerSeenAt = lease.state === 'active' ? (await this.hosts.get(lease.borrower))?.attacher?.at : undefined;
+      const action = decide(lease, { me: this.me, now: Date.now(), ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }) }, this.options);
+      if (action.do === 'rest') return { ...outcome, lease };
+      const error = await this.inLeaseTrace(lease, `${action.do} ${lease.id}`, () => this.take(lease, action));
+      if (error !== undefined) outcome = { lease, error, failedAt: action.do };
+    }
+    return { ...outcome, lease: await this.leases.get(leaseId) };
+  }
+
+  /** Takes one step; returns the error of a step that failed (the lease has been moved accordingly). */
+  private async take(lease: LeaseRecord, action: Exclude<Action, { do: 'rest' }>): Promise<unknown> {
+    try {
+      switch (action.do) {
+        case 'claim':
+          this.log.warn({ leaseId: lease.id, state: lease.state }, 'taking over a lease whose broker stopped');
+          await this.leases.claim(lease.id, lease.updatedAt, this.me);
+          return undefined;
+        case 'move':
+          await this.leases.move(lease.id, action.to, action.reason ? { reason: action.reason } : {});
+          return undefined;
+        case 'fail':
+          this.log.warn({ leaseId: lease.id, borrower: lease.borrower }, `${action.reason}: ending the lease`);
+          await this.fail(lease.id, action.reason, true, action.borrowerGone);
+          return undefined;
+        case 'reserve':
+          return await this.reserve(lease);
+        case 'export':
+          return await this.export(lease);
+        case 'attach':
+          return await this.attach(lease);
+        case 'release':
+          return await this.release(lease);
+      }
+    } catch (error) {
+      // Another broker (or a handler here) changed the lease first: read it again.
+      if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) return undefined;
+      throw error;
+    }
+  }
+
+  private async reserve(lease: LeaseRecord): Promise<unknown> {
+    try {
+      await this.hosts.reserve(lease.lender, lease.id, lease.sizeBytes, Date.now(), this.options);
+    } catch (error) {
+      await this.fail(lease.id, `reserving ${formatBytes(lease.sizeBytes)} on ${lease.lender}: ${errorMessage(error)}`, false);
+      return error;
+    }
+    await this.leases.move(lease.id, 'exporting');
+    return undefined;
+  }
+
+  private async export(lease: LeaseRecord): Promise<unknown> {
+    let reply: Exported;
+    try {
+      reply = await this.requestExport(lease);
+    } catch (error) {
+      if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error; // the lender saw the lease move on
+      await this.fail(lease.id, `export failed: ${errorMessage(error)}`, true);
+      return error;
+    }
+    await this.leases.move(lease.id, 'exported', { target: reply.target });
+    return undefined;
+  }
+
+  private requestExport(lease: LeaseRecord): Promise<Exported> {
+    const body = { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } };
+    return requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs).then((reply) => {
+      this.exported.set(lease.id, reply);
+      return reply;
+    });
+  }
+
+  private async attach(lease: LeaseRecord): Promise<unknown> {
+    try {
+      // The CHAP secret is never in KV: a lease taken over asks the lender again (idempotent there).
+      const exported = this.exported.get(lease.id) ?? (await this.requestExport(lease));
+      const body = { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap };
+      const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs);
+      const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator });
+      metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
+      return undefined;
+    } catch (error) {
+      if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error;
+      await this.fail(lease.id, `attach failed: ${errorMessage(error)}`, true);
+      return error;
+    } finally {
+      this.exported.delete(lease.id);
+    }
+  }
+
+  /**
+   * The borrower swaps off first (or refuses, when its pages would not fit: the lease goes back to
+   * active), then the lender removes the target. A release taken over from a broker that died
+   * detaches again: a no-op on a borrower that already let go.
+   */
+  private async release(lease: LeaseRecord): Promise<unknown> {
+    try {
+      await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+    } catch (error) {
+      if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error; // the borrower saw the lease move on
+      if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
+        await this.leases.move(lease.id, 'active', { reason: errorMessage(error) });
+      } else {
+        await this.fail(lease.id, `detach failed: ${errorMessage(error)}`, true);
+      }
+      return error;
+    }
+    // The borrower has swapped off; if the unexport fails anyway, the lender's reconciler removes
+    // the target of a released lease once no session is left.
+    const targetGone = await this.unexport(lease);
+    const released = await this.leases.move(lease.id, 'released');
+    await this.giveBack(released, targetGone);
+    return undefined;
+  }
+
+  /**
+   * Marks a lease failed, then (with `cleanUp`) asks the borrower to swap off and the lender to
+   * remove the target, and gives the bytes back once the target is gone. A borrower that refuses
+   * the swap-off keeps its target: the lender never removes one with a session. Only a borrower
+   * known to be gone is not asked.
+   */
+  async fail(leaseId: string, reason: string, cleanUp: boolean, borrowerGone = false): Promise<LeaseRecord | undefined> {
+    trace.getActiveSpan()?.setStatus({ code: SpanStatusCode.ERROR, message: `lease ${leaseId} failed: ${reason}` });
+    let lease: LeaseRecord | undefined;
+    try {
+      lease = await this.leases.move(leaseId, 'failed', { reason });
+    } catch (error) {
+      lease = await this.leases.get(leaseId);
+      if (lease && lease.state === 'released') return lease; // ended another way first: nothing to do
+      if (lease?.state === 'failed') {
+        this.log.info({ leaseId, state: lease.state }, 'lease already ended elsewhere');
+        return lease;
+      }
+      this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
+    }
+    if (!lease) return undefined;
+    let targetGone = false;
+    if (cleanUp) {
+      let swappedOff = true;
+      if (!borrowerGone) {
+        try {
+          await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+        } catch (error) {
+          this.log.warn({ leaseId, err: errorMessage(error) }, 'cleanup: detach failed');
+          swappedOff = errorCode(error) !== ErrorCodes.SWAPOFF_UNSAFE;
+        }
+      }
+      // The lender removes the target only when it sees no session on it (its own view, which
+      // tgtd's NOP-In probing keeps true for a dead borrower); else its reconciler does, later.
+      targetGone = swappedOff && (await this.unexport(lease));
+    }
+    await this.giveBack(lease, targetGone);
+    return lease;
+  }
+
+  /**
+   * Asks the lender to remove the lease's target; true when it answered that it did. The lease's
+   * bytes go back to the lender then, or, if it refused (a session is still logged in), once the
+   * lender reports that it no longer serves the lease (its announce; see reservationEnded).
+   */
+  private async unexport(lease: LeaseRecord): Promise<boolean> {
+    try {
+      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
+      return true;
+    } catch (error) {
+      this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'unexport refused or failed; the lender removes the target once no session is left');
+      return false;
+    }
+  }
+
+  private async giveBack(lease: LeaseRecord, targetGone: boolean): Promise<void> {
+    if (targetGone) await this.hosts.unreserve(lease.lender, lease.id);
+    else await this.hosts.unreserveIfEnded(lease.lender, lease.id, lease);
+  }
+
+  /**
+   * Runs `task` in a span of the lease's own trace (from its traceparent), so a step that starts
+   * from a sweep, an operator or another host's event still shows in the lease's trace.
+   */
+  inLeaseTrace<T>(lease: LeaseRecord, name: string, task: () => Promise<T>): Promise<T> {
+    return tracer.startActiveSpan(name, { attributes: { 'rswap.lease.id': lease.id } }, contextOf(lease.traceparent), async (span) => {
+      try {
+        return await task();
+      } catch (error) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) });
+        throw error;
+      } finally {
+        span.end();
+      }
+    });
+  }
+}
