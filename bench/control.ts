@@ -113,7 +113,7 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
   try {
     nats = await startNatsServer();
     const url = nats.url;
-    broker = spawn(process.execPath, [CLI, 'broker', '--nats', url], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
+    broker = spawn(process.execPath, [CLI, 'broker', '--nats', url, '--insecure'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
     let brokerOutput = '';
     const keep = (c: Buffer) => void (brokerOutput = (brokerOutput + c.toString()).slice(-20_000));
     broker.stdout!.on('data', keep);
@@ -186,7 +186,7 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
     const pressureSeconds = (performance.now() - pressureStarted) / 1000;
     stop = true;
     await background;
-    const leases = await listLeases(url);
+    const leases = await listLeases(nats.access);
     const matches = leases.filter((l) => pressureAt.has(l.borrower)).map((l) => l.createdAt - pressureAt.get(l.borrower)!).sort((a, b) => a - b);
     const memory = await rssOf(broker.pid!);
     if (broker.exitCode !== null) throw new Error(`the broker exited: ${brokerOutput}`);

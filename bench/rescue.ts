@@ -15,14 +15,14 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { connect } from '@nats-io/transport-node';
+import { connectAs } from '../shared/nats.js';
 import pino from 'pino';
 import { createRunner } from '../shared/runner.js';
 import { subjects } from '../shared/subjects.js';
 import { LeaseStateEvent, PressureEvent, type LeaseRecord } from '../shared/schemas.js';
 import { MiB } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
-import { testbedDown, testbedUp } from '../cli/testbed/testbed.js';
+import { testbedBus, testbedDown, testbedUp } from '../cli/testbed/testbed.js';
 import { startWorkload } from './run-workload.js';
 import { openSource } from '../services/monitor/sources.js';
 
@@ -67,7 +67,7 @@ async function main(): Promise<void> {
     // The monitor's own reader of a cgroup: swap in use is total_swap (v1) or memory.swap.current (v2).
     const cgroup = await openSource(`cgroup:${borrower.cgroup}`);
     const swapUsed = async () => (await cgroup.read()).swapUsedBytes;
-    const nc = await connect({ servers: tb.natsUrl });
+    const nc = await connectAs(testbedBus(tb, 'observer'), 'rswap-bench-rescue');
     const pressures: PressureEvent[] = [];
     const leases = new Map<string, LeaseRecord>();
     nc.subscribe(subjects.pressure(borrower.name), { callback: (_e, m) => void pressures.push(PressureEvent.parse(m.json())) });

@@ -18,7 +18,7 @@ import { LeaseStateEvent, PressureEvent, type LeaseRecord } from '../shared/sche
 import { MiB, formatBytes } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
 import { startWorkload, type Progress, type WorkloadReport } from '../bench/run-workload.js';
-import { NETNS_PREFIX, testbedDown, testbedUp, type Testbed } from './testbed/testbed.js';
+import { NETNS_PREFIX, testbedBus, testbedDown, testbedUp, type Testbed } from './testbed/testbed.js';
 import { withNats } from './operator.js';
 
 const BORROWER_MEMORY = 128 * MiB;
@@ -149,7 +149,7 @@ export async function runDemo(dir: string): Promise<void> {
 
     const leases = new Map<string, LeaseRecord>();
     const onsets: number[] = [];
-    const { report, rescueMs } = await withNats(tb.natsUrl, async (nc) => {
+    const { report, rescueMs } = await withNats(testbedBus(tb), async (nc) => {
       followTimeline(nc, borrower.name, say, leases, onsets);
       await nc.flush();
       say(`run 2, with rswap: the same workload on ${borrower.name}; nobody types a command from here on`);

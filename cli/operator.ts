@@ -1,5 +1,6 @@
 /** The operator's commands: inject events, list leases and hosts, release a lease. */
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { connectAs, type NatsAccess } from '../shared/nats.js';
 import { z } from 'zod';
 import { Kvm, type KV } from '@nats-io/kv';
 import { getParsed, listParsed } from '../shared/kv.js';
@@ -11,12 +12,13 @@ import { reservedBytes } from '../services/broker/policy.js';
 import { RswapError, ErrorCodes } from '../shared/errors.js';
 import { traceIdOf } from '../shared/tracing.js';
 
-export async function withNats<T>(url: string, task: (nc: NatsConnection) => Promise<T>): Promise<T> {
+export async function withNats<T>(bus: NatsAccess, task: (nc: NatsConnection) => Promise<T>): Promise<T> {
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: url.split(','), timeout: 3_000, name: 'rswap-cli' });
+    nc = await connectAs(bus, 'rswap-cli');
   } catch (error) {
-    throw new RswapError(ErrorCodes.CONFIG, `cannot reach NATS at ${url} (${(error as Error).message}); pass --nats URL or set RSWAP_NATS_URL`);
+    if (error instanceof RswapError) throw error;
+    throw new RswapError(ErrorCodes.CONFIG, `cannot reach NATS at ${bus.url} (${(error as Error).message}); pass --nats URL or set RSWAP_NATS_URL, and --creds FILE or RSWAP_CREDS`);
   }
   try {
     return await task(nc);
@@ -25,27 +27,27 @@ export async function withNats<T>(url: string, task: (nc: NatsConnection) => Pro
   }
 }
 
-export async function injectPressure(url: string, host: string, bytes: string): Promise<PressureEvent> {
+export async function injectPressure(bus: NatsAccess, host: string, bytes: string): Promise<PressureEvent> {
   const event = PressureEvent.parse({ host, neededBytes: parseBytes(bytes), at: Date.now(), source: 'inject' });
-  await withNats(url, async (nc) => {
+  await withNats(bus, async (nc) => {
     publishJson(nc, subjects.pressure(host), event);
     await nc.flush();
   });
   return event;
 }
 
-export async function injectSurplus(url: string, host: string, bytes: string, lent: string, deficit = '0'): Promise<SurplusEvent> {
+export async function injectSurplus(bus: NatsAccess, host: string, bytes: string, lent: string, deficit = '0'): Promise<SurplusEvent> {
   const event = SurplusEvent.parse({ host, lendableBytes: parseBytes(bytes), lentBytes: parseBytes(lent), deficitBytes: parseBytes(deficit), at: Date.now(), source: 'inject' });
-  await withNats(url, async (nc) => {
+  await withNats(bus, async (nc) => {
     publishJson(nc, subjects.surplus(host), event);
     await nc.flush();
   });
   return event;
 }
 
-export async function injectRelief(url: string, host: string): Promise<ReliefEvent> {
+export async function injectRelief(bus: NatsAccess, host: string): Promise<ReliefEvent> {
   const event = ReliefEvent.parse({ host, at: Date.now(), source: 'inject' });
-  await withNats(url, async (nc) => {
+  await withNats(bus, async (nc) => {
     publishJson(nc, subjects.relief(host), event);
     await nc.flush();
   });
@@ -66,35 +68,35 @@ async function readBucket<T>(nc: NatsConnection, bucket: string, schema: Paramet
   return (await withBucket(nc, bucket, async (kv) => (await listParsed(kv, schema)).map((e) => e.value))) ?? [];
 }
 
-export async function listLeases(url: string): Promise<LeaseRecord[]> {
-  const leases = await withNats(url, (nc) => readBucket(nc, buckets.leases, LeaseRecord));
+export async function listLeases(bus: NatsAccess): Promise<LeaseRecord[]> {
+  const leases = await withNats(bus, (nc) => readBucket(nc, buckets.leases, LeaseRecord));
   return leases.sort((a, b) => a.createdAt - b.createdAt);
 }
 
-export async function listHosts(url: string): Promise<HostRecord[]> {
-  const hosts = await withNats(url, (nc) => readBucket(nc, buckets.hosts, HostRecord));
+export async function listHosts(bus: NatsAccess): Promise<HostRecord[]> {
+  const hosts = await withNats(bus, (nc) => readBucket(nc, buckets.hosts, HostRecord));
   return hosts.sort((a, b) => a.host.localeCompare(b.host));
 }
 
-export async function releaseLease(url: string, leaseId: string, timeoutMs = 330_000): Promise<LeaseRecord> {
-  const reply = await withNats(url, (nc) => requestJson(nc, subjects.release, { leaseId }, replySchema({ lease: LeaseRecord }), timeoutMs));
+export async function releaseLease(bus: NatsAccess, leaseId: string, timeoutMs = 330_000): Promise<LeaseRecord> {
+  const reply = await withNats(bus, (nc) => requestJson(nc, subjects.release, { leaseId }, replySchema({ lease: LeaseRecord }), timeoutMs));
   return reply.lease;
 }
 
-export async function revokeLease(url: string, leaseId: string, timeoutMs = 420_000): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
-  return withNats(url, (nc) => requestJson(nc, subjects.revoke, { leaseId }, replySchema({ released: LeaseRecord, replacement: LeaseRecord.optional() }), timeoutMs));
+export async function revokeLease(bus: NatsAccess, leaseId: string, timeoutMs = 420_000): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
+  return withNats(bus, (nc) => requestJson(nc, subjects.revoke, { leaseId }, replySchema({ released: LeaseRecord, replacement: LeaseRecord.optional() }), timeoutMs));
 }
 
 /** Cordons (no new leases), uncordons, or drains (cordon, then move every lease off, make-before-break) a lender. */
-export async function cordonHost(url: string, host: string, cordoned: boolean): Promise<HostRecord> {
-  const reply = await withNats(url, (nc) => requestJson(nc, cordoned ? subjects.cordon : subjects.uncordon, { host }, replySchema({ host: HostRecord }), 30_000));
+export async function cordonHost(bus: NatsAccess, host: string, cordoned: boolean): Promise<HostRecord> {
+  const reply = await withNats(bus, (nc) => requestJson(nc, cordoned ? subjects.cordon : subjects.uncordon, { host }, replySchema({ host: HostRecord }), 30_000));
   return reply.host;
 }
 
-export async function drainHost(url: string, host: string, timeoutMs = 3_600_000): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
+export async function drainHost(bus: NatsAccess, host: string, timeoutMs = 3_600_000): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
   const Moved = z.array(z.object({ from: z.string(), to: z.string().optional() }));
   const Stayed = z.array(z.object({ leaseId: z.string(), reason: z.string() }));
-  return withNats(url, (nc) => requestJson(nc, subjects.drain, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
+  return withNats(bus, (nc) => requestJson(nc, subjects.drain, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
 }
 
 export function table(rows: string[][]): string {
@@ -138,10 +140,10 @@ export function leaseTimeline(lease: LeaseRecord, jaegerUrl = process.env.RSWAP_
   return lines.join('\n');
 }
 
-export async function getLease(url: string, leaseId: string): Promise<LeaseRecord> {
+export async function getLease(bus: NatsAccess, leaseId: string): Promise<LeaseRecord> {
   const parsed = LeaseId.safeParse(leaseId);
   if (!parsed.success) throw new RswapError(ErrorCodes.BAD_MESSAGE, `'${leaseId}' is not a lease id (like l-0123456789ab)`);
-  const lease = await withNats(url, (nc) => withBucket(nc, buckets.leases, async (kv) => (await getParsed(kv, leaseId, LeaseRecord))?.value));
+  const lease = await withNats(bus, (nc) => withBucket(nc, buckets.leases, async (kv) => (await getParsed(kv, leaseId, LeaseRecord))?.value));
   if (!lease) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
   return lease;
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 /** rswap: start any service, and do the operator's work (inject, list, release, testbed, demo). */
 import { Command, Option } from 'commander';
-import { natsUrl, fromEnv } from '../shared/config.js';
+import { natsUrl, credsFile, fromEnv } from '../shared/config.js';
+import type { NatsAccess } from '../shared/nats.js';
+import { addIdentity, authInit } from '../shared/auth.js';
+import { HostId } from '../shared/schemas.js';
 import { createLogger } from '../shared/log.js';
 import { createRunner } from '../shared/runner.js';
 import { RswapError, errorMessage } from '../shared/errors.js';
@@ -21,20 +24,25 @@ const program = new Command('rswap')
   .showHelpAfterError('(run with --help for usage)');
 
 const natsOption = () => new Option('--nats <url>', 'NATS server URL (env RSWAP_NATS_URL, default nats://127.0.0.1:4222)');
+const credsOption = () => new Option('--creds <file>', 'credentials of this identity, from rswap auth (env RSWAP_CREDS)');
+const insecureOption = () => new Option('--insecure', 'connect without identity or TLS (warned about; never in production)');
+/** The bus options every command takes. */
+const withBus = (command: Command) => command.addOption(natsOption()).addOption(credsOption()).addOption(insecureOption());
+/** How an operator command reaches NATS. */
+type BusFlags = { nats?: string; creds?: string; insecure?: boolean };
+const busOf = (o: BusFlags): NatsAccess => ({ url: natsUrl(o.nats), creds: credsFile(o.creds), insecure: o.insecure === true || process.env.RSWAP_INSECURE === '1' || process.env.RSWAP_INSECURE === 'true' });
 const hostOption = () => new Option('--host <id>', 'this host id: [a-z0-9-] (env RSWAP_HOST)');
 
 const services: Array<{ command: Command; keys: string[] }> = [];
 
 function serviceCommand(name: string, description: string, keys: string[], start: (raw: Record<string, unknown>) => Promise<unknown>) {
-  const command = program
-    .command(name)
-    .description(description)
-    .addOption(natsOption())
+  const command = withBus(program.command(name).description(description))
     .addOption(hostOption())
     .option('--metrics-port <port>', 'serve Prometheus metrics on this port at /metrics (default off)')
     .action(async (options: Record<string, unknown>) => {
       const raw = fromEnv(keys, options);
       raw.nats = natsUrl(options.nats as string | undefined);
+      raw.creds = credsFile(options.creds as string | undefined);
       startTracing(name, typeof raw.host === 'string' ? raw.host : undefined);
       await start(raw);
     });
@@ -98,42 +106,42 @@ const inject = program.command('inject').description('publish an event by hand, 
 inject
   .command('pressure')
   .description('host H needs N more bytes of memory')
-  .addOption(natsOption())
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
   .requiredOption('--host <id>', 'the borrower')
   .requiredOption('--bytes <size>', 'how much it needs, e.g. 256MiB')
-  .action(async (o: { nats?: string; host: string; bytes: string }) => {
-    const event = await injectPressure(natsUrl(o.nats), o.host, o.bytes);
+  .action(async (o: { nats?: string; creds?: string; insecure?: boolean; host: string; bytes: string }) => {
+    const event = await injectPressure(busOf(o), o.host, o.bytes);
     console.log(`published pressure: ${JSON.stringify(event)}`);
   });
 inject
   .command('surplus')
   .description('host H can lend N bytes')
-  .addOption(natsOption())
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
   .requiredOption('--host <id>', 'the lender')
   .requiredOption('--bytes <size>', 'how much it can lend now, e.g. 1GiB')
   .option('--lent <size>', 'how much it already lends', '0')
   .option('--deficit <size>', 'how far it is under its reserve (more than 0 makes the broker reclaim)', '0')
-  .action(async (o: { nats?: string; host: string; bytes: string; lent: string; deficit: string }) => {
-    const event = await injectSurplus(natsUrl(o.nats), o.host, o.bytes, o.lent, o.deficit);
+  .action(async (o: { nats?: string; creds?: string; insecure?: boolean; host: string; bytes: string; lent: string; deficit: string }) => {
+    const event = await injectSurplus(busOf(o), o.host, o.bytes, o.lent, o.deficit);
     console.log(`published surplus: ${JSON.stringify(event)}`);
   });
 inject
   .command('relief')
   .description('host H is no longer under pressure (its leases go back after the cool-down)')
-  .addOption(natsOption())
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
   .requiredOption('--host <id>', 'the borrower')
-  .action(async (o: { nats?: string; host: string }) => {
-    const event = await injectRelief(natsUrl(o.nats), o.host);
+  .action(async (o: { nats?: string; creds?: string; insecure?: boolean; host: string }) => {
+    const event = await injectRelief(busOf(o), o.host);
     console.log(`published relief: ${JSON.stringify(event)}`);
   });
 
 program
   .command('leases')
   .description('list leases (the table also shows orphan targets: kept by a lender without a lease record)')
-  .addOption(natsOption())
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
   .option('--json', 'print JSON')
-  .action(async (o: { nats?: string; json?: boolean }) => {
-    const [leases, hosts] = await Promise.all([listLeases(natsUrl(o.nats)), listHosts(natsUrl(o.nats))]);
+  .action(async (o: { nats?: string; creds?: string; insecure?: boolean; json?: boolean }) => {
+    const [leases, hosts] = await Promise.all([listLeases(busOf(o)), listHosts(busOf(o))]);
     console.log(o.json ? JSON.stringify(leases, null, 2) : leasesTable(leases, hosts));
   });
 
@@ -141,19 +149,19 @@ program
   .command('trace')
   .description("a lease's timeline (each state, when, how long each step took) and its trace in Jaeger")
   .argument('<lease>', 'lease id, e.g. l-0123456789ab')
-  .addOption(natsOption())
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
   .option('--jaeger <url>', 'Jaeger UI (env RSWAP_JAEGER_URL, default http://localhost:16686)')
-  .action(async (leaseId: string, o: { nats?: string; jaeger?: string }) => {
-    console.log(leaseTimeline(await getLease(natsUrl(o.nats), leaseId), o.jaeger));
+  .action(async (leaseId: string, o: { nats?: string; creds?: string; insecure?: boolean; jaeger?: string }) => {
+    console.log(leaseTimeline(await getLease(busOf(o), leaseId), o.jaeger));
   });
 
 program
   .command('hosts')
   .description('list hosts: portals, initiators, offers, reservations, pressure')
-  .addOption(natsOption())
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
   .option('--json', 'print JSON')
-  .action(async (o: { nats?: string; json?: boolean }) => {
-    const hosts = await listHosts(natsUrl(o.nats));
+  .action(async (o: { nats?: string; creds?: string; insecure?: boolean; json?: boolean }) => {
+    const hosts = await listHosts(busOf(o));
     console.log(o.json ? JSON.stringify(hosts, null, 2) : hostsTable(hosts));
   });
 
@@ -161,9 +169,9 @@ program
   .command('release')
   .description('give a lease back: swap-off on the borrower, then teardown on the lender')
   .argument('<lease>', 'lease id, e.g. l-0123456789ab')
-  .addOption(natsOption())
-  .action(async (leaseId: string, o: { nats?: string }) => {
-    const lease = await releaseLease(natsUrl(o.nats), leaseId);
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
+  .action(async (leaseId: string, o: BusFlags) => {
+    const lease = await releaseLease(busOf(o), leaseId);
     console.log(`lease ${lease.id} is ${lease.state}`);
   });
 
@@ -171,9 +179,9 @@ program
   .command('revoke')
   .description('move a lease off its lender, make-before-break: a replacement first, then swap-off and teardown')
   .argument('<lease>', 'lease id, e.g. l-0123456789ab')
-  .addOption(natsOption())
-  .action(async (leaseId: string, o: { nats?: string }) => {
-    const { released, replacement } = await revokeLease(natsUrl(o.nats), leaseId);
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
+  .action(async (leaseId: string, o: BusFlags) => {
+    const { released, replacement } = await revokeLease(busOf(o), leaseId);
     console.log(`lease ${released.id} is ${released.state}${replacement ? `; replaced by ${replacement.id} from ${replacement.lender}` : '; no replacement was needed or possible'}`);
   });
 
@@ -185,9 +193,9 @@ for (const [name, cordoned, description, done] of [
     .command(name)
     .description(description)
     .argument('<host>', 'host id')
-    .addOption(natsOption())
-    .action(async (host: string, o: { nats?: string }) => {
-      await cordonHost(natsUrl(o.nats), host, cordoned);
+    .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
+    .action(async (host: string, o: BusFlags) => {
+      await cordonHost(busOf(o), host, cordoned);
       console.log(`${host} ${done}`);
     });
 }
@@ -196,14 +204,40 @@ program
   .command('drain')
   .description('cordon a lender, then move every lease off it make-before-break (before a reboot)')
   .argument('<host>', 'host id')
-  .addOption(natsOption())
-  .action(async (host: string, o: { nats?: string }) => {
-    const { moved, stayed } = await drainHost(natsUrl(o.nats), host);
+  .addOption(natsOption()).addOption(credsOption()).addOption(insecureOption())
+  .action(async (host: string, o: BusFlags) => {
+    const { moved, stayed } = await drainHost(busOf(o), host);
     for (const m of moved) console.log(`moved ${m.from}${m.to ? ` -> ${m.to}` : ' (given back: the borrower no longer needed it elsewhere)'}`);
     for (const s of stayed) console.log(`STAYED ${s.leaseId}: ${s.reason}`);
     console.log(stayed.length === 0 ? `${host} is drained and cordoned: it serves no lease` : `${host} is cordoned; ${stayed.length} lease(s) could not move`);
     if (stayed.length > 0) process.exitCode = 1;
   });
+
+const auth = program.command('auth').description('identities and TLS for NATS: an NKey per host, broker, operator and observer, and a CA');
+const authDirOption = () => new Option('--dir <path>', 'the auth folder').default('/etc/rswap/auth');
+auth
+  .command('init')
+  .description('make a CA, nats-server\'s certificate, identities (broker, operator, observer, and --host ...) and nats.conf')
+  .addOption(authDirOption())
+  .option('--server-name <names...>', 'DNS names clients use to reach nats-server', [])
+  .option('--server-ip <ips...>', 'IP addresses clients use to reach nats-server', [])
+  .option('--host <ids...>', 'hosts to make identities for now (more later with add-host)', [])
+  .action(async (o: { dir: string; serverName: string[]; serverIp: string[]; host: string[] }) => {
+    await authInit(o.dir, { serverNames: o.serverName, serverIps: o.serverIp, hosts: o.host });
+    console.log(`auth folder ${o.dir}: run nats-server with -c ${o.dir}/nats.conf (plus -js, --store_dir, ...)`);
+    console.log(`give each process its own file from ${o.dir}/creds/ (0600) with --creds or RSWAP_CREDS; keep ${o.dir}/ca-key.pem offline`);
+  });
+for (const role of ['host', 'broker', 'operator', 'observer'] as const) {
+  auth
+    .command(`add-${role}`)
+    .description(`add a${role === 'operator' || role === 'observer' ? 'n' : ''} ${role} identity; then reload nats-server (nats-server --signal reload)`)
+    .argument('<name>', role === 'host' ? 'host id' : 'identity name ([a-z0-9-])')
+    .addOption(authDirOption())
+    .action(async (name: string, o: { dir: string }) => {
+      const file = await addIdentity(o.dir, HostId.parse(name), role);
+      console.log(`${role} ${name}: ${file}; ${o.dir}/nats.conf updated, reload nats-server`);
+    });
+}
 
 const testbed = program.command('testbed').description('several hosts on this machine, as network namespaces (root only)');
 testbed

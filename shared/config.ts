@@ -12,11 +12,29 @@ export const SizeSetting = z.union([z.string(), z.number()]).transform((value, c
   }
 });
 
+/** A yes/no setting: a flag without a value, or true/false/1/0 from the environment. */
+export const BoolSetting = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', ''])]).transform((v) => v === true || v === 'true' || v === '1');
+
+/**
+ * How every service reaches NATS: the URL, its credentials file (`rswap auth`), or an explicit
+ * --insecure (no identity, no TLS; warned about on every start).
+ */
+export const natsSettings = {
+  nats: z.string().min(1),
+  creds: z.string().min(1).optional(),
+  insecure: BoolSetting.default(false),
+};
+
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 
 /** The NATS URL from a flag, else RSWAP_NATS_URL, else localhost. */
 export function natsUrl(flag?: string): string {
   return flag ?? process.env.RSWAP_NATS_URL ?? DEFAULT_NATS_URL;
+}
+
+/** The credentials file from a flag, else RSWAP_CREDS. */
+export function credsFile(flag?: string): string | undefined {
+  return flag ?? (process.env.RSWAP_CREDS || undefined);
 }
 
 /**

@@ -1,23 +1,34 @@
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Logger } from './log.js';
 import { buckets } from './subjects.js';
 import { stopTracing } from './tracing.js';
+import { authInit, connectionOptions, INSECURE_WARNING, type NatsAccess, type Role } from './auth.js';
+import { ErrorCodes, RswapError } from './errors.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export type { NatsConnection, KV };
+export type { NatsConnection, KV, NatsAccess };
 
 /**
  * Connects with endless reconnects (a service outlives a nats-server restart) and logs every
  * status change. The first connect fails fast so a wrong URL is reported, not retried forever.
+ * With credentials it signs in with the identity's NKey over TLS (rswap's CA) and refuses to start
+ * as another identity than `expect` says; without them it connects only if `insecure` was asked
+ * for, and warns on every start.
  */
-export async function connectNats(url: string, name: string, log: Logger): Promise<NatsConnection> {
+export async function connectNats(access: NatsAccess, name: string, log: Logger, expect?: { role: Role; name?: string }): Promise<NatsConnection> {
+  const { options, creds } = await connectionOptions(access);
+  if (creds && expect && (creds.role !== expect.role || (expect.name !== undefined && creds.name !== expect.name))) {
+    throw new RswapError(ErrorCodes.CONFIG, `${access.creds} is ${creds.role} '${creds.name}'; this process needs ${expect.role}${expect.name ? ` '${expect.name}'` : ''} credentials`);
+  }
+  if (!creds) log.warn(INSECURE_WARNING);
   const nc = await connect({
-    servers: url.split(','),
+    ...options,
+    servers: access.url.split(','),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500, // ms between attempts
@@ -26,10 +37,20 @@ export async function connectNats(url: string, name: string, log: Logger): Promi
   void (async () => {
     for await (const status of nc.status()) {
       if (status.type === 'reconnecting' || status.type === 'ping') continue;
-      log.info({ nats: status.type }, 'nats status');
+      log.info({ nats: status.type, ...(status.type === 'error' ? { err: String((status as { error?: unknown }).error ?? '') } : {}) }, 'nats status');
     }
   })();
   return nc;
+}
+
+/**
+ * A connection as one identity for a short task (the CLI, a test, a bench): TLS and NKey from the
+ * credentials, or plaintext only when `insecure` was asked for (with a warning on stderr).
+ */
+export async function connectAs(access: NatsAccess, name: string, extra: Partial<ConnectionOptions> = {}): Promise<NatsConnection> {
+  const { options, creds } = await connectionOptions(access);
+  if (!creds) process.stderr.write(`${INSECURE_WARNING}\n`);
+  return connect({ ...options, servers: access.url.split(','), name, timeout: 5_000, ...extra });
 }
 
 export interface Stores {
@@ -38,16 +59,29 @@ export interface Stores {
 }
 
 /**
- * Opens (creating if needed) the two KV buckets. File storage so lease state survives a
- * nats-server restart; a little history for debugging.
+ * Opens the two KV buckets. A broker creates them if needed (file storage, so lease state
+ * survives a nats-server restart; a little history for debugging); an agent, which may only read
+ * them, waits until a broker has.
  */
-export async function openStores(nc: NatsConnection): Promise<Stores> {
+export async function openStores(nc: NatsConnection, options: { create: boolean; log?: Logger } = { create: true }): Promise<Stores> {
   const kvm = new Kvm(nc);
-  const [leases, hosts] = await Promise.all([
-    kvm.create(buckets.leases, { history: 5, storage: 'file' }),
-    kvm.create(buckets.hosts, { history: 3, storage: 'file' }),
-  ]);
-  return { leases, hosts };
+  if (options.create) {
+    const [leases, hosts] = await Promise.all([
+      kvm.create(buckets.leases, { history: 5, storage: 'file' }),
+      kvm.create(buckets.hosts, { history: 3, storage: 'file' }),
+    ]);
+    return { leases, hosts };
+  }
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      const [leases, hosts] = await Promise.all([kvm.open(buckets.leases), kvm.open(buckets.hosts)]);
+      return { leases, hosts };
+    } catch (error) {
+      if (!/stream not found|bucket not found|no responders/i.test(String(error))) throw error;
+      if (attempt === 0) options.log?.info('waiting for a broker to create the KV buckets');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
 }
 
 /** Drains the connection on SIGINT/SIGTERM, then runs `onStop`, then exits. */
@@ -84,14 +118,26 @@ export async function freePort(): Promise<number> {
 
 export interface NatsServer {
   url: string;
+  /** How to reach it: insecurely for a server without auth, else as the broker. */
+  access: NatsAccess;
+  /** With auth: how to reach it as one identity (broker, operator, observer, each host). */
+  as(identity: string): NatsAccess;
   stop(): Promise<void>;
 }
 
-/** A real nats-server with JetStream on a free loopback port and a fresh store, for a test or bench. */
-export async function startNatsServer(): Promise<NatsServer> {
+/**
+ * A real nats-server with JetStream on a free loopback port and a fresh store, for a test or bench.
+ * Without `auth` it has no identities and no TLS (for tests of the broker's logic, which script
+ * many hosts on one connection); with it, an auth folder as `rswap auth init` makes one, with an
+ * identity for each of `auth.hosts`, and TLS required.
+ */
+export async function startNatsServer(options: { auth?: { hosts: string[] } } = {}): Promise<NatsServer> {
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), 'rswap-nats-'));
-  const child: ChildProcess = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const authDir = join(dir, 'auth');
+  if (options.auth) await authInit(authDir, { serverNames: ['localhost'], serverIps: ['127.0.0.1'], hosts: options.auth.hosts });
+  const args = [...(options.auth ? ['-c', join(authDir, 'nats.conf')] : []), '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir];
+  const child: ChildProcess = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   await new Promise<void>((resolve, reject) => {
     let output = '';
     const timer = setTimeout(() => reject(new Error(`nats-server did not start: ${output}`)), 10_000);
@@ -104,8 +150,15 @@ export async function startNatsServer(): Promise<NatsServer> {
     });
     child.once('error', reject);
   });
+  const url = `nats://127.0.0.1:${port}`;
+  const as = (identity: string): NatsAccess => {
+    if (!options.auth) return { url, insecure: true };
+    return { url, creds: join(authDir, 'creds', `${identity}.creds`) };
+  };
   return {
-    url: `nats://127.0.0.1:${port}`,
+    url,
+    access: as('broker'),
+    as,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGKILL');

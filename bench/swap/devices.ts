@@ -19,7 +19,7 @@ import type { Runner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { MiB } from '../../shared/units.js';
 import { waitFor } from '../../shared/wait.js';
-import { testbedDown, testbedUp } from '../../cli/testbed/testbed.js';
+import { testbedDown, testbedUp, testbedBus } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
 import { chooseSwapPriority } from '../../services/attacher/swap.js';
 import { stopGracefully } from '../../shared/process.js';
@@ -190,9 +190,9 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
         ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
         ...(options.attacherArgs ? { attacherArgs: options.attacherArgs } : {}),
       });
-      await injectSurplus(tb.natsUrl, 'host-a', `${size + 256 * MiB}`, '0');
-      await injectPressure(tb.natsUrl, 'host-b', String(size));
-      const lease = await waitFor('the bench lease active', async () => (await listLeases(tb.natsUrl)).find((l) => l.state === 'active' || l.state === 'failed'), { timeoutMs: 60_000 });
+      await injectSurplus(testbedBus(tb), 'host-a', `${size + 256 * MiB}`, '0');
+      await injectPressure(testbedBus(tb), 'host-b', String(size));
+      const lease = await waitFor('the bench lease active', async () => (await listLeases(testbedBus(tb))).find((l) => l.state === 'active' || l.state === 'failed'), { timeoutMs: 60_000 });
       if (lease.state !== 'active' || !lease.device) throw new Error(`the bench lease failed: ${lease.reason ?? 'no reason given'}`);
       const area = (await readSwaps()).find((a) => a.path === lease.device);
       if (!area) throw new Error(`lease ${lease.id} is active but ${lease.device} is not in /proc/swaps`);
@@ -202,7 +202,7 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
         priority: area.priority,
         teardown: async () => {
           // Release through rswap (swap-off first, then the lender tears down), then everything else.
-          await releaseLease(tb.natsUrl, lease.id).catch((error: Error) => log.warn({ err: error.message }, 'release failed; cleaning up by force'));
+          await releaseLease(testbedBus(tb), lease.id).catch((error: Error) => log.warn({ err: error.message }, 'release failed; cleaning up by force'));
           await teardown();
         },
       };

@@ -14,7 +14,6 @@
  * state file.
  */
 import { spawn } from 'node:child_process';
-import { connect } from '@nats-io/transport-node';
 import { subjects, hostOfSubject } from '../../shared/subjects.js';
 import { closeSync, openSync } from 'node:fs';
 import { chmod, mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
@@ -29,6 +28,8 @@ import { listHosts } from '../operator.js';
 import { createMemoryCgroup, memoryCgroupRoot, removeCgroup } from '../../shared/cgroup.js';
 import { GiB, MiB } from '../../shared/units.js';
 import { recordedLoops } from '../../services/attacher/userspace.js';
+import { authInit, readIdentities } from '../../shared/auth.js';
+import { connectAs, type NatsAccess } from '../../shared/nats.js';
 
 export const BRIDGE = 'rswap-br0';
 export const BRIDGE_ADDRESS = '198.18.0.1';
@@ -62,6 +63,11 @@ export interface TestbedOptions {
   monitorArgs?: string[];
   exporterArgs?: string[];
   attacherArgs?: string[];
+  /**
+   * Run NATS with no identities and no TLS (default false: the testbed makes an auth folder, every
+   * process signs in with its own credentials over TLS). Every service then warns on each start.
+   */
+  insecure?: boolean;
 }
 
 export interface TestbedHost {
@@ -88,6 +94,19 @@ export interface Testbed {
   hosts: TestbedHost[];
   localSwap?: string;
   processes: TestbedProcess[];
+  /** Credentials file of each identity (broker, operator, observer, each host), unless insecure. */
+  creds?: Record<string, string>;
+}
+
+/**
+ * How to reach a testbed's NATS as one of its identities (default the operator). 'broker' is what
+ * a test uses to forge commands or write records, as only a broker may.
+ */
+export function testbedBus(tb: Pick<Testbed, 'natsUrl' | 'creds'>, identity = 'operator'): NatsAccess {
+  if (!tb.creds) return { url: tb.natsUrl, insecure: true };
+  const creds = tb.creds[identity];
+  if (!creds) throw new Error(`the testbed has no identity '${identity}' (have: ${Object.keys(tb.creds).join(', ')})`);
+  return { url: tb.natsUrl, creds };
 }
 
 const CLI = resolve(fileURLToPath(import.meta.url), '../../rswap.js');
@@ -145,25 +164,33 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     await run('swapon', ['-p', '5', localSwap]);
   }
 
+  // Secure by default: an identity per process, least privilege, TLS with the testbed's own CA.
+  let creds: Record<string, string> | undefined;
+  const authDir = join(dir, 'auth');
+  if (!options.insecure) {
+    await authInit(authDir, { serverNames: ['localhost'], serverIps: [BRIDGE_ADDRESS, '127.0.0.1'], hosts: hosts.map((h) => h.name) });
+    creds = Object.fromEntries((await readIdentities(authDir)).map((i) => [i.name, join(authDir, 'creds', `${i.name}.creds`)]));
+  }
+  const credsOf = (name: string) => (creds ? ['--creds', creds[name]!] : ['--insecure']);
   const natsDir = join(dir, 'nats');
   await mkdir(natsDir, { recursive: true });
-  const natsPid = startDetached(['nats-server', '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'), {}, 'nats');
+  const natsPid = startDetached(['nats-server', ...(creds ? ['-c', join(authDir, 'nats.conf')] : []), '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'), {}, 'nats');
   await writeFile(join(dir, 'nats.pid'), `${natsPid}\n`);
   await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
 
   const node = process.execPath;
   const startBroker = async () => {
-    const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
+    const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...credsOf('broker'), ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
     await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
   };
   // With the broker last: listen for the monitors' first offers before they start.
   const offered = new Set<string>();
-  const watcher = options.brokerLast && options.monitors !== false ? await connect({ servers: natsUrl }) : undefined;
+  const watcher = options.brokerLast && options.monitors !== false ? await connectAs(testbedBus({ natsUrl, ...(creds ? { creds } : {}) }, 'observer'), 'rswap-testbed') : undefined;
   watcher?.subscribe(subjects.allSurplus, { callback: (_e, msg) => void offered.add(hostOfSubject(msg.subject) ?? '') });
   if (!options.brokerLast) await startBroker();
   for (const [i, host] of hosts.entries()) {
     const inNs = ['nsenter', `--net=/run/netns/${host.netns}`, node, CLI];
-    const common = ['--nats', natsUrl, '--host', host.name, '--address', host.address];
+    const common = ['--nats', natsUrl, ...credsOf(host.name), '--host', host.name, '--address', host.address];
     const exporterDir = join(dir, host.name, 'exporter');
     const reserve = String(options.reserveBytes?.[i] ?? Math.floor(host.memoryBytes / 4));
     startDetached(
@@ -175,7 +202,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     );
     if (options.monitors !== false) {
       startDetached(
-        [...inNs, 'monitor', '--nats', natsUrl, '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? []), ...(options.processArgs?.[`${host.name}/monitor`] ?? [])],
+        [...inNs, 'monitor', '--nats', natsUrl, ...credsOf(host.name), '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? []), ...(options.processArgs?.[`${host.name}/monitor`] ?? [])],
         join(dir, host.name, 'monitor.log'),
         { ...options.env, ...options.processEnv?.[`${host.name}/monitor`] },
         `${host.name}/monitor`,
@@ -196,12 +223,12 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     }
     await startBroker();
   }
-  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0) };
+  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0), ...(creds ? { creds } : {}) };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
   // Ready when the broker has recorded every host's exporter and attacher.
   await waitFor('testbed: agents announced to the broker', async () => {
     // NATS may refuse for a moment while the broker creates the buckets: not ready yet.
-    const known = await listHosts(natsUrl).catch(() => []);
+    const known = await listHosts(testbedBus(testbed)).catch(() => []);
     return hosts.every((h) => known.some((k) => k.host === h.name && k.exporter && k.attacher));
   }, { timeoutMs: 30_000 });
   log.info({ dir, natsUrl, hosts: hosts.map((h) => `${h.name}=${h.address}`) }, 'testbed up');

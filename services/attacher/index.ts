@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { createLogger, type Logger } from '../../shared/log.js';
 import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, publishJson, RejectCounter } from '../../shared/messaging.js';
-import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { createRunner, type Runner } from '../../shared/runner.js';
 import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
@@ -21,7 +21,7 @@ import { UserspaceInitiator } from './userspace.js';
 import { IQN_PREFIX } from '../exporter/exporter.js';
 
 export const AttacherConfig = z.strictObject({
-  nats: z.string().min(1),
+  ...natsSettings,
   host: HostId,
   address: Ipv4,
   iqn: Iqn.optional(), // default iqn.2026-11.io.rswap:<host>
@@ -63,8 +63,8 @@ export async function startAttacher(raw: Record<string, unknown>) {
   const iqn = config.iqn ?? `${IQN_PREFIX}:${config.host}`;
   const kind = await pickInitiator(config.initiator, run);
   const attacher = new Attacher(run, makeInitiator(kind, run, log, config, iqn), config, log);
-  const nc = await connectNats(config.nats, `rswap-attacher-${config.host}`, log);
-  const stores = await openStores(nc);
+  const nc = await connectNats({ url: config.nats, creds: config.creds, insecure: config.insecure }, `rswap-attacher-${config.host}`, log, { role: 'host', name: config.host });
+  const stores = await openStores(nc, { create: false, log });
   const rejects = new RejectCounter();
   const me = config.host;
 

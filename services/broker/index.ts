@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { createLogger } from '../../shared/log.js';
 import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
-import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
 import { AnnounceEvent, HostRequest, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
@@ -16,7 +16,7 @@ import { scrapeGauge, serveMetrics } from '../../shared/metrics.js';
 import { measuredAt, noteSkew } from '../../shared/clock.js';
 
 export const BrokerConfig = z.strictObject({
-  nats: z.string().min(1),
+  ...natsSettings,
   host: z.string().default('broker'),
   offerTtlMs: z.coerce.number().int().positive().default(30_000), // 30 s: monitors republish every 5 s
   announceTtlMs: z.coerce.number().int().positive().default(60_000), // 60 s: agents announce every 10 s
@@ -43,7 +43,7 @@ export type BrokerConfig = z.infer<typeof BrokerConfig>;
 export async function startBroker(raw: Record<string, unknown>) {
   const config = parseConfig(BrokerConfig, raw);
   const log = createLogger('broker', config.host);
-  const nc = await connectNats(config.nats, `rswap-broker-${config.host}`, log);
+  const nc = await connectNats({ url: config.nats, creds: config.creds, insecure: config.insecure }, `rswap-broker-${config.host}`, log, { role: 'broker' });
   const stores = await openStores(nc);
   const hosts = new HostStore(stores.hosts);
   // Unique per process: two brokers named alike must still tell their marks apart.

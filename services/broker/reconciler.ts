@@ -18,7 +18,7 @@ import { trace, SpanStatusCode } from '@opentelemetry/api';
 import { contextOf } from '../../shared/tracing.js';
 import { metrics } from '../../shared/metrics.js';
 import type { Logger } from '../../shared/log.js';
-import { ErrorCodes, errorCode, errorMessage } from '../../shared/errors.js';
+import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
 import { requestJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
 import { LEASE_STATES } from '../../shared/lease-states.js';
@@ -215,12 +215,20 @@ export class Reconciler {
     return undefined;
   }
 
-  private requestExport(lease: LeaseRecord): Promise<Exported> {
+  /**
+   * Asks the lender for the lease's target and CHAP. The borrower will log in to the portal in the
+   * reply, so it must be the one the lender announced itself (only the lender's identity can
+   * announce for it): a reply naming any other portal is refused.
+   */
+  private async requestExport(lease: LeaseRecord): Promise<Exported> {
     const body = { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } };
-    return requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs).then((reply) => {
-      this.exported.set(lease.id, reply);
-      return reply;
-    });
+    const reply = await requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs);
+    const announced = (await this.hosts.get(lease.lender))?.exporter?.portal;
+    if (reply.target.portal !== announced) {
+      throw new RswapError(ErrorCodes.WRONG_HOST, `the lender answered with portal ${reply.target.portal}, not its announced ${announced ?? '(none)'}`);
+    }
+    this.exported.set(lease.id, reply);
+    return reply;
   }
 
   private async attach(lease: LeaseRecord): Promise<unknown> {

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { createLogger } from '../../shared/log.js';
 import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, publishJson, RejectCounter } from '../../shared/messaging.js';
-import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { createRunner } from '../../shared/runner.js';
 import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
@@ -50,7 +50,7 @@ export const IscsiParams = z.string().transform((text, ctx) => {
 });
 
 export const ExporterConfig = z.strictObject({
-  nats: z.string().min(1),
+  ...natsSettings,
   host: HostId,
   address: Ipv4,
   portalPort: z.coerce.number().int().min(1).max(65535).default(3260),
@@ -112,8 +112,8 @@ export async function startExporter(raw: Record<string, unknown>) {
   // Targets made before this exporter (an adopted tgtd) get the same session probing.
   await tgt.applyParams(['nop_interval', 'nop_count']).catch((error: unknown) => log.warn({ err: (error as Error).message }, 'could not set NOP-In on existing targets'));
   const orphans = new Gauge({ name: 'rswap_exporter_orphan_targets', help: 'Targets with a session whose lease record is missing: kept, for an operator to look at', registers: [registry] });
-  const nc = await connectNats(config.nats, `rswap-exporter-${config.host}`, log);
-  const stores = await openStores(nc);
+  const nc = await connectNats({ url: config.nats, creds: config.creds, insecure: config.insecure }, `rswap-exporter-${config.host}`, log, { role: 'host', name: config.host });
+  const stores = await openStores(nc, { create: false, log });
   const rejects = new RejectCounter();
   const me = config.host;
 

@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { createLogger } from '../../shared/log.js';
 import { connectNats, stopOnSignals } from '../../shared/nats.js';
-import { SizeSetting, parseConfig } from '../../shared/config.js';
+import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { HostId } from '../../shared/schemas.js';
 import { MiB } from '../../shared/units.js';
 import { DEFAULT_DETECTOR as D } from './detector.js';
@@ -16,7 +16,7 @@ const pct = () => z.coerce.number().min(0).max(100);
 
 export const MonitorConfig = z
   .strictObject({
-    nats: z.string().min(1),
+    ...natsSettings,
     host: HostId,
     /** 'machine' or 'cgroup:<absolute path of a memory cgroup folder>' */
     scope: z.string().regex(/^(machine|cgroup:\/.*)$/, "scope must be 'machine' or 'cgroup:/path/of/the/cgroup'").default('machine'),
@@ -50,7 +50,7 @@ export async function startMonitor(raw: Record<string, unknown>) {
   const { waker, reason } = await openWaker(source, config.triggerStallMs);
   if (waker) log.info({ waker: waker.kind }, 'kernel pressure notifications on');
   else log.warn({ reason }, `no kernel pressure notifications: sampling every ${config.intervalMs}ms only`);
-  const nc = await connectNats(config.nats, `rswap-monitor-${config.host}`, log);
+  const nc = await connectNats({ url: config.nats, creds: config.creds, insecure: config.insecure }, `rswap-monitor-${config.host}`, log, { role: 'host', name: config.host });
   const monitor = new Monitor(nc, source, waker, config, log);
   monitor.start();
   const metricsServer = await serveMetrics(config.metricsPort, { service: 'monitor', host: config.host }, log);

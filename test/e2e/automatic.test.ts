@@ -8,12 +8,12 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { access, rm, writeFile } from 'node:fs/promises';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { TestBus } from '../helpers/bus.js';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { startWorkload, type RunningWorkload } from '../../bench/run-workload.js';
 import { subjects } from '../../shared/subjects.js';
-import { testbedDown, testbedUp, type Testbed, type TestbedHost } from '../../cli/testbed/testbed.js';
+import { testbedDown, testbedUp, type Testbed, type TestbedHost, testbedBus } from '../../cli/testbed/testbed.js';
 import { listLeases } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
@@ -26,7 +26,7 @@ const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
 let loopsBefore: string[] = [];
-let nc: NatsConnection;
+let nc: TestBus;
 const pressureSources: string[] = [];
 const controlFiles: string[] = [];
 
@@ -43,7 +43,7 @@ before(async () => {
     brokerArgs: ['--release-cooldown-ms', '3000'],
     monitorArgs: ['--exit-hold-ms', '2000'],
   });
-  nc = await connect({ servers: tb.natsUrl });
+  nc = await TestBus.open(tb);
   nc.subscribe(subjects.allPressure, { callback: (_e, msg) => {
       pressureSources.push(PressureEvent.parse(msg.json()).source);
     },
@@ -60,7 +60,7 @@ after(async () => {
 const host = (name: string): TestbedHost => tb.hosts.find((h) => h.name === name)!;
 
 async function leasesOf(borrower: string): Promise<LeaseRecord[]> {
-  return (await listLeases(tb.natsUrl)).filter((l) => l.borrower === borrower);
+  return (await listLeases(testbedBus(tb))).filter((l) => l.borrower === borrower);
 }
 
 test('automatic - a thrashing workload gets remote memory with no event injected, verifies every byte, and gives it back after the cool-down', async () => {

@@ -11,7 +11,7 @@ import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
 import { cordonHost, drainHost, injectPressure, listHosts, listLeases, releaseLease, revokeLease, withNats } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
@@ -56,11 +56,11 @@ after(async () => {
   assert.deepEqual(problems, []);
 });
 
-const leasesOf = async (borrower: string) => (await listLeases(tb.natsUrl)).filter((l) => l.borrower === borrower);
+const leasesOf = async (borrower: string) => (await listLeases(testbedBus(tb))).filter((l) => l.borrower === borrower);
 
 async function allReleased(): Promise<LeaseRecord[]> {
   return waitFor('every lease ended', async () => {
-    const all = await listLeases(tb.natsUrl);
+    const all = await listLeases(testbedBus(tb));
     return all.every((l) => l.state === 'released' || l.state === 'failed') ? all : undefined;
   }, { timeoutMs: 90_000, intervalMs: 250 });
 }
@@ -83,7 +83,7 @@ test('faults - kill -9 of every rswap service while a lease serves swap under lo
       await new Promise((r) => setTimeout(r, 1_500));
     }
     // Every agent is back: the broker has fresh announcements from both hosts.
-    await waitFor('agents announced again', async () => (await listHosts(tb.natsUrl)).every((h) => h.exporter && h.attacher && Date.now() - h.attacher.at < 15_000), { timeoutMs: 30_000 });
+    await waitFor('agents announced again', async () => (await listHosts(testbedBus(tb))).every((h) => h.exporter && h.attacher && Date.now() - h.attacher.at < 15_000), { timeoutMs: 30_000 });
     const now = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
     assert.equal(now.state, 'active', 'the lease served throughout and is still active');
     assert.ok((await readSwaps()).some((a) => a.path === now.device), 'its swap area is still on');
@@ -141,13 +141,13 @@ test('faults - a broker killed in the middle of a bring-up: another start takes 
 test('faults - nats-server restarts: services reconnect, lease state survives, no lease is made twice', async () => {
   // host-b's monitor is stopped for this test: its relief would give the injected lease back.
   assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1);
-  await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+  await injectPressure(testbedBus(tb), 'host-b', '64MiB');
   const lease = await waitFor('an active lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
   assert.equal(await killTestbedProcess(tb, 'nats'), 1);
   await new Promise((r) => setTimeout(r, 1_000));
   startTestbedProcess(tb, 'nats');
   await waitFor('agents reconnected and announcing', async () => {
-    const hosts = await listHosts(tb.natsUrl).catch(() => []);
+    const hosts = await listHosts(testbedBus(tb)).catch(() => []);
     return hosts.length === 3 && hosts.every((h) => h.attacher && Date.now() - h.attacher.at < 12_000);
   }, { timeoutMs: 60_000, intervalMs: 500 });
   const after = (await leasesOf('host-b')).find((l) => l.id === lease.id)!;
@@ -156,7 +156,7 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
   // from before the restart may look fresh while the broker is still reconnecting: until it has
   // subscribed again, NATS says "no responders", and the request is sent again.
   const answer = await waitFor('the broker back and answering the same pressure', () =>
-    withNats(tb.natsUrl, async (c) =>
+    withNats(testbedBus(tb, 'host-b'), async (c) =>
       c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: 64 * 1024 ** 2, at: Date.now(), source: 'inject' }), { timeout: 60_000 }).then(
         (m) => m.json<{ ok: boolean; leaseId?: string }>(),
         (error: Error) => (/no responders/i.test(error.message) ? undefined : Promise.reject(error)),
@@ -164,7 +164,7 @@ test('faults - nats-server restarts: services reconnect, lease state survives, n
     ), { timeoutMs: 60_000, intervalMs: 250 });
   assert.deepEqual(answer, { ok: true }, 'the broker answered: covered, nothing to do');
   assert.equal((await leasesOf('host-b')).filter((l) => l.state !== 'released' && l.state !== 'failed').length, 1, 'the same demand again makes no second lease');
-  assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
+  assert.equal((await releaseLease(testbedBus(tb), lease.id)).state, 'released');
   startTestbedProcess(tb, 'host-b/monitor');
   await allReleased();
   await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
@@ -181,7 +181,7 @@ test('faults - 20 revoke/replace cycles while the workload runs: zero corrupted 
     for (let i = 0; i < 20; i += 1) {
       const current = (await leasesOf('host-b')).find((l) => l.state === 'active')!;
       const started = Date.now();
-      const { released, replacement } = await revokeLease(tb.natsUrl, current.id);
+      const { released, replacement } = await revokeLease(testbedBus(tb), current.id);
       assert.equal(released.state, 'released', `cycle ${i + 1}`);
       assert.ok(replacement && replacement.state === 'active', `cycle ${i + 1}: a replacement came up first`);
       assert.notEqual(replacement.lender, current.lender);
@@ -203,8 +203,8 @@ test('faults - 20 revoke/replace cycles while the workload runs: zero corrupted 
 test('faults - a lender that disappears: the borrower reports the lease lost, and its next pressure is served elsewhere', async () => {
   assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
   try {
-    await waitFor('both lenders offering', async () => (await listHosts(tb.natsUrl)).filter((h) => (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
-    await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+    await waitFor('both lenders offering', async () => (await listHosts(testbedBus(tb))).filter((h) => (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
+    await injectPressure(testbedBus(tb), 'host-b', '64MiB');
     const lease = await waitFor('an active lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
     const lender = tb.hosts.find((h) => h.name === lease.lender)!;
     // The lender's agents and its tgtd vanish at once.
@@ -215,10 +215,10 @@ test('faults - a lender that disappears: the borrower reports the lease lost, an
     assert.match(lost.reason!, new RegExp(`lender ${lender.name} lost: (no answer from the lender for \\d+s|read from the lender failed)`));
     await waitFor('its swap area gone from the borrower', async () => !(await readSwaps()).some((a) => a.path === lease.device), { timeoutMs: 30_000, intervalMs: 250 });
     // The same need again: served by the other lender.
-    await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+    await injectPressure(testbedBus(tb), 'host-b', '64MiB');
     const next = await waitFor('a new lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
     assert.notEqual(next.lender, lender.name, 'not from the lender that vanished');
-    assert.equal((await releaseLease(tb.natsUrl, next.id)).state, 'released');
+    assert.equal((await releaseLease(testbedBus(tb), next.id)).state, 'released');
     // The lender comes back: its exporter removes what the lost lease left there.
     startTestbedProcess(tb, `${lender.name}/exporter`);
     startTestbedProcess(tb, `${lender.name}/monitor`);
@@ -235,7 +235,7 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
   const nc: NatsConnection = await connect({ servers: tb.natsUrl });
   try {
     for (const [state, role] of [['exporting', 'exporter'], ['attaching', 'attacher']] as const) {
-      await waitFor('lenders offering', async () => (await listHosts(tb.natsUrl)).filter((h) => h.exporter && h.exporter.lostAt === undefined && (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
+      await waitFor('lenders offering', async () => (await listHosts(testbedBus(tb))).filter((h) => h.exporter && h.exporter.lostAt === undefined && (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
       let victim: string | undefined;
       let leaseId: string | undefined;
       const sub = nc.subscribe(subjects.allLeaseStates, {
@@ -249,7 +249,7 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
         },
       });
       await nc.flush();
-      await injectPressure(tb.natsUrl, 'host-b', '64MiB');
+      await injectPressure(testbedBus(tb), 'host-b', '64MiB');
       await waitFor(`the ${role} killed while ${state}`, async () => victim !== undefined, { timeoutMs: 30_000, intervalMs: 50 });
       sub.unsubscribe();
       await new Promise((r) => setTimeout(r, 1_000));
@@ -258,7 +258,7 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
         const l = (await leasesOf('host-b')).find((x) => x.id === leaseId);
         return l && (l.state === 'active' || l.state === 'failed') ? l : undefined;
       }, { timeoutMs: 60_000, intervalMs: 250 });
-      if (ended.state === 'active') await releaseLease(tb.natsUrl, ended.id);
+      if (ended.state === 'active') await releaseLease(testbedBus(tb), ended.id);
       // Whatever the outcome, the restarted agents' reconcilers leave nothing of it behind.
       await waitFor(`nothing left of ${ended.id} (${ended.state}: ${ended.reason ?? ''})`, async () => {
         const mounts = (await readMounts()).filter((m) => m.target.includes(ended.id));
@@ -276,23 +276,23 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
 test('faults - rswap drain of a lender with two leases under a verifying workload: both move, no byte lost, the lender serves nothing', async () => {
   assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
   const pressure = (bytes: number) =>
-    withNats(tb.natsUrl, async (c) => (await c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: bytes, at: Date.now(), source: 'inject' }), { timeout: 120_000 })).json<{ leaseId?: string; state?: string }>());
+    withNats(testbedBus(tb, 'host-b'), async (c) => (await c.request(subjects.pressure('host-b'), JSON.stringify({ host: 'host-b', neededBytes: bytes, at: Date.now(), source: 'inject' }), { timeout: 120_000 })).json<{ leaseId?: string; state?: string }>());
   await rm(stopFile, { force: true });
   const phases: string[] = [];
   let workload: ReturnType<typeof startWorkload> | undefined;
   try {
     // Both leases on host-a: host-c is cordoned while they come up.
-    await cordonHost(tb.natsUrl, 'host-c', true);
+    await cordonHost(testbedBus(tb), 'host-c', true);
     assert.equal((await pressure(100 * MiB)).state, 'active');
     assert.equal((await pressure(250 * MiB)).state, 'active', 'the grown need gets a second lease');
-    await cordonHost(tb.natsUrl, 'host-c', false);
+    await cordonHost(testbedBus(tb), 'host-c', false);
     const onA = (await leasesOf('host-b')).filter((l) => l.state === 'active');
     assert.deepEqual(onA.map((l) => l.lender), ['host-a', 'host-a']);
     workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB', '--until-file', stopFile], (p) => phases.push(p.phase));
     workload.result.catch(() => undefined);
     await waitFor('host-b reading back through remote swap', async () => phases.some((p) => p.startsWith('verify')), { timeoutMs: 60_000, intervalMs: 250 });
 
-    const { moved, stayed } = await drainHost(tb.natsUrl, 'host-a');
+    const { moved, stayed } = await drainHost(testbedBus(tb), 'host-a');
     assert.deepEqual(stayed, []);
     assert.deepEqual(moved.map((m) => m.from).sort(), onA.map((l) => l.id).sort(), 'both leases moved');
     const now = await leasesOf('host-b');
@@ -304,20 +304,20 @@ test('faults - rswap drain of a lender with two leases under a verifying workloa
     }
     const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
     assert.equal(targets.stdout.trim(), '', 'host-a serves nothing');
-    assert.ok((await listHosts(tb.natsUrl)).find((h) => h.host === 'host-a')!.cordoned, 'and stays cordoned');
+    assert.ok((await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')!.cordoned, 'and stays cordoned');
     // Cordoned: a new need goes elsewhere.
     const more = await pressure(600 * MiB);
     assert.equal(more.state, 'active', JSON.stringify(more));
     assert.equal((await leasesOf('host-b')).find((l) => l.id === more.leaseId)!.lender, 'host-c');
   } finally {
     await writeFile(stopFile, '');
-    await cordonHost(tb.natsUrl, 'host-a', false).catch(() => undefined);
-    await cordonHost(tb.natsUrl, 'host-c', false).catch(() => undefined);
+    await cordonHost(testbedBus(tb), 'host-a', false).catch(() => undefined);
+    await cordonHost(testbedBus(tb), 'host-c', false).catch(() => undefined);
     startTestbedProcess(tb, 'host-b/monitor');
   }
   const report = await workload!.result;
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact');
-  for (const l of (await leasesOf('host-b')).filter((x) => x.state === 'active')) await releaseLease(tb.natsUrl, l.id);
+  for (const l of (await leasesOf('host-b')).filter((x) => x.state === 'active')) await releaseLease(testbedBus(tb), l.id);
   await allReleased();
   await assertNothingLeft(tb, run, loopsBefore, { reservations: true });
 });

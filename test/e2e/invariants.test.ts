@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { TestBus } from '../helpers/bus.js';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { readSwaps } from '../../shared/procfs.js';
@@ -19,7 +19,7 @@ import { casUpdate } from '../../shared/kv.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
 import { LeaseRecord } from '../../shared/schemas.js';
-import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
 import { listHosts, listLeases } from '../../cli/operator.js';
 import { startWorkload, type Progress } from '../../bench/run-workload.js';
 import { execa } from 'execa';
@@ -33,7 +33,7 @@ const CLI = resolve(fileURLToPath(import.meta.url), '../../../cli/rswap.js');
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
-let nc: NatsConnection;
+let nc: TestBus;
 
 before(async () => {
   tb = await testbedUp(run, log, {
@@ -56,7 +56,7 @@ before(async () => {
     // host-c's attacher refuses every swap-off (it would keep 64 TiB free), until a test restarts it.
     processArgs: { 'host-c/attacher': ['--swapoff-margin-bytes', '64TiB'] },
   });
-  nc = await connect({ servers: tb.natsUrl });
+  nc = await TestBus.open(tb);
 });
 
 after(async () => {
@@ -87,7 +87,7 @@ async function leaseUnderLoad(stopFile: string) {
   assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 512 * MiB, at: Date.now() })).ok, true);
   const reply = (await ask(subjects.pressure('host-b'), { host: 'host-b', neededBytes: 256 * MiB, at: Date.now() })) as { ok: boolean; leaseId?: string; state?: string };
   assert.equal(reply.state, 'active', JSON.stringify(reply));
-  const lease = (await listLeases(tb.natsUrl)).find((l) => l.id === reply.leaseId)!;
+  const lease = (await listLeases(testbedBus(tb))).find((l) => l.id === reply.leaseId)!;
   await rm(stopFile, { force: true });
   const progress: Progress[] = [];
   const workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB', '--until-file', stopFile], (p) => progress.push(p));
@@ -116,7 +116,7 @@ test('invariants - a borrower whose clock runs 10 minutes behind keeps its lease
     // Past the 5 s borrower timeout several times over, with a sweep every second.
     const passes = passesDone();
     await waitFor('two more full read-back passes', async () => passesDone() >= passes + 2, { timeoutMs: 300_000, intervalMs: 200 });
-    const now = (await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)!;
+    const now = (await listLeases(testbedBus(tb))).find((l) => l.id === lease.id)!;
     assert.equal(now.state, 'active', `still active: ${now.reason ?? ''}`);
     assert.equal((await targetOf(lease)).present, true);
   } finally {
@@ -133,7 +133,7 @@ test('invariants - an unexport while the borrower is logged in is refused in dra
   try {
     assert.deepEqual((await targetOf(lease)).sessions, ['198.18.0.12'], 'host-b is logged in');
     // As a release racing a second unexport would: the record says draining, the borrower still swaps.
-    const stores = await openStores(nc);
+    const stores = await openStores(nc.as('broker'));
     await casUpdate(stores.leases, lease.id, LeaseRecord, (l) => ({ ...l!, state: 'draining' as const }));
     const reply = await ask(subjects.unexportCmd('host-a'), { leaseId: lease.id, lender: 'host-a' });
     assert.equal(reply.ok, false);
@@ -160,7 +160,7 @@ test('invariants - promised bytes count: an export that would take the lender un
   assert.equal(first.state, 'active', 'the first 512 MiB fit');
   const second = (await ask(subjects.pressure('host-c'), { host: 'host-c', neededBytes: 512 * MiB, at: Date.now() })) as { leaseId?: string; state?: string };
   assert.equal(second.state, 'failed', 'the second would overcommit host-a');
-  const failed = (await listLeases(tb.natsUrl)).find((l) => l.id === second.leaseId)!;
+  const failed = (await listLeases(testbedBus(tb))).find((l) => l.id === second.leaseId)!;
   assert.match(failed.reason!, /export failed: .*once every lease is written.*under the reserve/);
   const released = (await ask(subjects.release, { leaseId: first.leaseId })) as { lease?: { state: string } };
   assert.equal(released.lease?.state, 'released');
@@ -172,15 +172,15 @@ test('invariants - a deleted lease record leaves the target serving and reported
   const exporterLog = join(DIR, 'host-a', 'exporter.log');
   const orphanLines = async () => (await readFile(exporterLog, 'utf8')).split('\n').filter((l) => l.includes('orphan target') && l.includes(lease.id)).length;
   try {
-    await (await openStores(nc)).leases.delete(lease.id);
+    await (await openStores(nc.as('broker'))).leases.delete(lease.id);
     // The exporter reconciles every second here: wait until it has looked at the target twice.
     await waitFor('the exporter reporting the orphan twice', async () => (await orphanLines()) >= 2, { timeoutMs: 60_000, intervalMs: 200 });
     const target = await targetOf(lease);
     assert.equal(target.present, true, 'the target is kept');
     assert.deepEqual(target.sessions, ['198.18.0.12']);
     // The operator sees it: host-a reports it, and `rswap leases` lists it.
-    await waitFor('host-a reporting the orphan to the broker', async () => (await listHosts(tb.natsUrl)).find((h) => h.host === 'host-a')?.exporter?.orphans?.includes(lease.id), { timeoutMs: 30_000 });
-    const { stdout } = await execa(process.execPath, [CLI, 'leases', '--nats', tb.natsUrl]);
+    await waitFor('host-a reporting the orphan to the broker', async () => (await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')?.exporter?.orphans?.includes(lease.id), { timeoutMs: 30_000 });
+    const { stdout } = await execa(process.execPath, [CLI, 'leases', '--nats', tb.natsUrl, '--creds', tb.creds!.operator!]);
     assert.match(stdout, new RegExp(`${lease.id}\\s+orphan\\s+\\?\\s+host-a`), stdout);
     // Every page read back once more after the record went: a pass begun after this point.
     const passes = passesDone();
@@ -204,7 +204,7 @@ test('invariants - a swap-off the borrower refuses, asked again 240 times, leave
     const refused = await ask(subjects.release, { leaseId });
     assert.equal(refused.error?.code, 'RSWAP_E_SWAPOFF_UNSAFE', `refusal ${i}: ${JSON.stringify(refused)}`);
   }
-  const lease = (await listLeases(tb.natsUrl)).find((l) => l.id === leaseId)!;
+  const lease = (await listLeases(testbedBus(tb))).find((l) => l.id === leaseId)!;
   assert.equal(lease.state, 'active');
   assert.match(lease.reason!, /swap-off would not fit/);
   assert.ok(lease.history.length <= 32 && (lease.historyDropped ?? 0) >= 2 * 240 - 32, `bounded history: ${lease.history.length} steps, ${lease.historyDropped} dropped`);
@@ -232,7 +232,7 @@ test('invariants - a borrower that dies hard (no logout, its network gone) gives
   assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 512 * MiB, at: Date.now() })).ok, true);
   const reply = (await ask(subjects.pressure('host-c'), { host: 'host-c', neededBytes: 64 * MiB, at: Date.now() })) as { leaseId?: string; state?: string };
   assert.equal(reply.state, 'active', JSON.stringify(reply));
-  const lease = (await listLeases(tb.natsUrl)).find((l) => l.id === reply.leaseId)!;
+  const lease = (await listLeases(testbedBus(tb))).find((l) => l.id === reply.leaseId)!;
   assert.deepEqual((await targetOf(lease)).sessions, ['198.18.0.13'], 'host-c is logged in');
   // host-c dies: its link goes first (no FIN, no logout ever reaches host-a), then every process in it.
   const cutAt = Date.now();
@@ -241,7 +241,7 @@ test('invariants - a borrower that dies hard (no logout, its network gone) gives
   for (const pid of stdout.split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
   // The broker calls it gone after 5 s of silence and asks for the target; host-a refuses while
   // tgtd still lists the session, and removes it once tgtd's pings have dropped it.
-  const failed = await waitFor('the broker ending the lease', async () => (await listLeases(tb.natsUrl)).find((l) => l.id === lease.id && l.state === 'failed'), { timeoutMs: 60_000, intervalMs: 250 });
+  const failed = await waitFor('the broker ending the lease', async () => (await listLeases(testbedBus(tb))).find((l) => l.id === lease.id && l.state === 'failed'), { timeoutMs: 60_000, intervalMs: 250 });
   assert.match(failed.reason!, /borrower host-c silent/);
   await waitFor('the target and its ramfs gone from host-a', async () => {
     const mounted = (await readFile('/proc/mounts', 'utf8')).includes(`/host-a/exporter/leases/${lease.id} `);
@@ -250,7 +250,7 @@ test('invariants - a borrower that dies hard (no logout, its network gone) gives
   const backAfterS = (Date.now() - cutAt) / 1000;
   console.log(`hard death: host-a had the memory back ${backAfterS.toFixed(1)} s after host-c died (borrower timeout 5 s, NOP-In 5 s x 6, grace 3 s, reconcile 1 s)`);
   // And the broker gives the bytes back once host-a no longer lists the lease.
-  await waitFor('the lease\'s bytes back on host-a', async () => (await listHosts(tb.natsUrl)).find((h) => h.host === 'host-a')?.reservations[lease.id] === undefined, { timeoutMs: 30_000, intervalMs: 250 });
+  await waitFor('the lease\'s bytes back on host-a', async () => (await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')?.reservations[lease.id] === undefined, { timeoutMs: 30_000, intervalMs: 250 });
   const log = await readFile(join(DIR, 'host-a', 'exporter.log'), 'utf8');
   assert.match(log, new RegExp(`"leaseId":"${lease.id}"[^\n]*RSWAP_E_IN_USE|RSWAP_E_IN_USE[^\n]*${lease.id}|${lease.id}[^\n]*still logged in`), 'the target was refused while the session was listed');
 });

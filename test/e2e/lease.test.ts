@@ -10,13 +10,13 @@ import { access, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { TestBus } from '../helpers/bus.js';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { localSwapPath, loopDevicesUnder, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { localSwapPath, loopDevicesUnder, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
 import { ask as askOn, freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
@@ -29,14 +29,14 @@ const log = pino({ level: 'silent' });
 const run = createRunner(log);
 const LOCAL_SWAP = localSwapPath(DIR);
 let tb: Testbed;
-let nc: NatsConnection;
+let nc: TestBus;
 let parentExisted = true;
 
 before(async () => {
   parentExisted = await access('/run/rswap').then(() => true, () => false);
   // A local swap file, so "above local swap" is measured against a real area.
   tb = await testbedUp(run, log, { dir: DIR, hosts: 3, natsPort: await freePort(), monitors: false, localSwapBytes: 32 * MiB, exporterArgs: ['--reserve-bytes', '256MiB'] });
-  nc = await connect({ servers: tb.natsUrl });
+  nc = await TestBus.open(tb);
 });
 
 after(async () => {
@@ -49,8 +49,8 @@ after(async () => {
 });
 
 async function waitForLease(predicate: (l: LeaseRecord) => boolean, timeoutMs = 30_000): Promise<LeaseRecord> {
-  return waitFor('a matching lease', async () => (await listLeases(tb.natsUrl)).find(predicate), { timeoutMs }).catch(async (error: Error) => {
-    throw new Error(`${error.message}: ${JSON.stringify(await listLeases(tb.natsUrl))}`);
+  return waitFor('a matching lease', async () => (await listLeases(testbedBus(tb))).find(predicate), { timeoutMs }).catch(async (error: Error) => {
+    throw new Error(`${error.message}: ${JSON.stringify(await listLeases(testbedBus(tb)))}`);
   });
 }
 
@@ -62,8 +62,8 @@ async function iscsiInq(netns: string, url: string): Promise<string> {
 }
 
 test('lease - inject, active above local swap, data intact under swapping, CHAP and address enforced, forged commands refused, released clean', async () => {
-  await injectSurplus(tb.natsUrl, 'host-a', '512MiB', '0');
-  await injectPressure(tb.natsUrl, 'host-b', '256MiB');
+  await injectSurplus(testbedBus(tb), 'host-a', '512MiB', '0');
+  await injectPressure(testbedBus(tb), 'host-b', '256MiB');
   const lease = await waitForLease((l) => l.borrower === 'host-b' && l.state === 'active');
   assert.equal(lease.lender, 'host-a');
   assert.equal(lease.sizeBytes, 256 * MiB);
@@ -121,9 +121,9 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
   assert.match(await iscsiInq('rswap-host-b', `iscsi://${chap.user}%${chap.secret}@${lun}`), /Peripheral|Vendor|Product/i);
 
   // Release: swap-off on host-b, then the target, file and mount on host-a; nothing is left.
-  const released = await releaseLease(tb.natsUrl, lease.id);
+  const released = await releaseLease(testbedBus(tb), lease.id);
   assert.equal(released.state, 'released');
-  assert.equal((await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)?.state, 'released');
+  assert.equal((await listLeases(testbedBus(tb))).find((l) => l.id === lease.id)?.state, 'released');
   assert.equal((await readSwaps()).find((a) => a.path === lease.device), undefined, 'no swap area');
   assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
   const mounts = (await readMounts()).filter((m) => m.target.startsWith(DIR));
@@ -131,18 +131,18 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
   const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
   assert.equal(targets.stdout.trim(), '', 'no target');
   // Releasing again is answered with the state and does nothing.
-  assert.equal((await releaseLease(tb.natsUrl, lease.id)).state, 'released');
+  assert.equal((await releaseLease(testbedBus(tb), lease.id)).state, 'released');
 });
 
 test('lease - a demand no lender can serve creates no lease and leaks nothing', async () => {
-  const before = (await listLeases(tb.natsUrl)).length;
+  const before = (await listLeases(testbedBus(tb))).length;
   let solicited = 0;
   const sub = nc.subscribe(subjects.brokerSolicit, { callback: () => void (solicited += 1) });
   // As requests: once the broker has answered each, it has decided (no waiting for a time).
   assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 0, lentBytes: 0, at: Date.now() })).ok, true);
   const answer = await ask(subjects.pressure('host-c'), { host: 'host-c', neededBytes: 256 * MiB, at: Date.now() });
   assert.deepEqual(answer, { ok: true }, 'answered, with no lease');
-  assert.equal((await listLeases(tb.natsUrl)).length, before, 'no lease without an offer');
+  assert.equal((await listLeases(testbedBus(tb))).length, before, 'no lease without an offer');
   await waitFor('the broker asking for fresh offers', async () => solicited >= 1, { timeoutMs: 10_000 });
   sub.unsubscribe();
   // The pressure is over: the broker stops waiting for a lender for it.

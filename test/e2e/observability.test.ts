@@ -8,10 +8,10 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { TestBus } from '../helpers/bus.js';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
-import { BRIDGE_ADDRESS, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { BRIDGE_ADDRESS, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, leaseTimeline, listLeases } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp.js';
@@ -29,7 +29,7 @@ const PORTS = { monitor: 9464, exporter: 9465, attacher: 9466 };
 let tb: Testbed;
 let receiver: OtlpReceiver;
 let brokerMetricsPort: number;
-let nc: NatsConnection;
+let nc: TestBus;
 
 before(async () => {
   const otlpPort = await freePort();
@@ -48,7 +48,7 @@ before(async () => {
     exporterArgs: ['--metrics-port', String(PORTS.exporter)],
     attacherArgs: ['--metrics-port', String(PORTS.attacher)],
   });
-  nc = await connect({ servers: tb.natsUrl });
+  nc = await TestBus.open(tb);
 });
 
 after(async () => {
@@ -78,7 +78,7 @@ let lease: LeaseRecord;
 test('tracing - a lease is one trace from the pressure event to swapon, across monitor, broker, exporter and attacher', async () => {
   const report = await startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB']).result;
   assert.equal(report.corruptedChunks, 0);
-  lease = (await listLeases(tb.natsUrl)).find((l) => l.borrower === 'host-b' && l.history.some((h) => h.state === 'active'))!;
+  lease = (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-b' && l.history.some((h) => h.state === 'active'))!;
   assert.ok(lease, 'a lease came up');
   const traceId = traceIdOf(lease.traceparent);
   assert.ok(traceId, `the lease records its trace: ${lease.traceparent}`);
@@ -127,9 +127,9 @@ test('tracing - a lease is one trace from the pressure event to swapon, across m
 
 test('tracing - the release after the cool-down joins the same trace; rswap trace prints the timeline and the link', async () => {
   const traceId = traceIdOf(lease.traceparent)!;
-  await waitFor('the lease released', async () => (await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)?.state === 'released', { timeoutMs: 60_000, intervalMs: 250 });
+  await waitFor('the lease released', async () => (await listLeases(testbedBus(tb))).find((l) => l.id === lease.id)?.state === 'released', { timeoutMs: 60_000, intervalMs: 250 });
   await waitFor('swapoff in the lease trace', async () => spansOf(traceId).some((s) => s.name === 'exec swapoff'), { timeoutMs: 10_000 });
-  const released = (await listLeases(tb.natsUrl)).find((l) => l.id === lease.id)!;
+  const released = (await listLeases(testbedBus(tb))).find((l) => l.id === lease.id)!;
   const text = leaseTimeline(released, 'http://jaeger.example:16686');
   assert.match(text, new RegExp(`trace ${traceId}: http://jaeger.example:16686/trace/${traceId}`));
   for (const state of ['requested', 'exporting', 'exported', 'attaching', 'active', 'draining', 'released']) assert.match(text, new RegExp(`\\s${state}\\b`));
@@ -139,9 +139,9 @@ test('tracing - a lease made to fail marks its spans as errors with the reason',
   // host-c's attacher is gone: the attach command finds no responder.
   const { stdout } = await run('pgrep', ['-f', 'rswap.js attacher .*--host host-c']);
   for (const pid of stdout.split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
-  await injectSurplus(tb.natsUrl, 'host-a', '512MiB', '0');
-  await injectPressure(tb.natsUrl, 'host-c', '64MiB');
-  const failed = await waitFor('a failed lease for host-c', async () => (await listLeases(tb.natsUrl)).find((l) => l.borrower === 'host-c' && l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 250 });
+  await injectSurplus(testbedBus(tb), 'host-a', '512MiB', '0');
+  await injectPressure(testbedBus(tb), 'host-c', '64MiB');
+  const failed = await waitFor('a failed lease for host-c', async () => (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-c' && l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 250 });
   assert.match(failed.reason!, /attach failed: no responders/);
   const traceId = traceIdOf(failed.traceparent)!;
   await waitFor('error spans', async () => spansOf(traceId).some((s) => s.status.code === 2 && s.name === 'publish rswap.v1.cmd.host-c.attach'), { timeoutMs: 10_000, intervalMs: 250 });

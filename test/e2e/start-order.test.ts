@@ -8,10 +8,10 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { TestBus } from '../helpers/bus.js';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
-import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
 import { subjects } from '../../shared/subjects.js';
@@ -23,7 +23,7 @@ const DIR = '/run/rswap/test-start-order';
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
-let nc: NatsConnection;
+let nc: TestBus;
 let loopsBefore: string[] = [];
 
 before(async () => {
@@ -36,7 +36,7 @@ before(async () => {
     reserveBytes: [256 * MiB, 32 * MiB, 32 * MiB],
     brokerLast: true, // every monitor has published its first offer before the broker starts
   });
-  nc = await connect({ servers: tb.natsUrl });
+  nc = await TestBus.open(tb);
 });
 
 after(async () => {
@@ -61,7 +61,7 @@ test('start order - a broker that starts after the whole fleet lends to a pressu
   await new Promise((r) => setTimeout(r, 1_000)); // the scenario: 1 s after the broker is up
   const reply = await pressure('host-b');
   assert.equal(reply.state, 'active', `the pressure got a lease at once: ${JSON.stringify(reply)}`);
-  const lease = (await listLeases(tb.natsUrl)).find((l) => l.id === reply.leaseId)!;
+  const lease = (await listLeases(testbedBus(tb))).find((l) => l.id === reply.leaseId)!;
   assert.equal(lease.lender, 'host-a');
   assert.equal((await release(lease.id)).lease?.state, 'released');
   await assertNothingLeft(tb, run, loopsBefore);

@@ -34,6 +34,8 @@ export interface ScriptedAgents {
   serving: Map<string, string[]>;
   /** Lease ids whose unexport the exporter refuses (a session is still logged in). */
   refuseUnexport: Set<string>;
+  /** Per lender, a portal its exporter answers exports with instead of the one it announced. */
+  exportPortal: Map<string, string>;
   /** While set, the exporter answers exports only once this promise resolves (a slow lender). */
   exportGate: Promise<void> | undefined;
   announce(host: string, at?: number): void;
@@ -44,8 +46,12 @@ export function addressOf(index: number): string {
   return `198.18.0.${20 + index}`;
 }
 
-/** `announceEveryMs`: announce every host that often, as real agents do (every 10 s); default once. */
-export function scriptedAgents(nc: NatsConnection, hosts: string[], { announceEveryMs }: { announceEveryMs?: number } = {}): ScriptedAgents {
+/**
+ * `announceEveryMs`: announce every host that often, as real agents do (every 10 s); default once.
+ * `nc`: one connection for every host (a bus without identities), or each host's own.
+ */
+export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConnection), hosts: string[], { announceEveryMs }: { announceEveryMs?: number } = {}): ScriptedAgents {
+  const connOf = typeof nc === 'function' ? nc : () => nc;
   let timer: NodeJS.Timeout | undefined;
   const agents: ScriptedAgents = {
     commands: [],
@@ -54,25 +60,26 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[], { announceEv
     silenced: new Set(),
     serving: new Map(),
     refuseUnexport: new Set(),
+    exportPortal: new Map(),
     exportGate: undefined,
     stop: () => clearInterval(timer),
     announce: (host, at = Date.now() + (agents.clockOffsetMs.get(host) ?? 0)) => {
       if (agents.silenced.has(host)) return;
       const address = addressOf(hosts.indexOf(host));
       const serving = agents.serving.get(host);
-      nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at, ...(serving ? { serving } : {}) }));
-      nc.publish(subjects.announce(host), JSON.stringify({ host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address, initiator: 'userspace', at }));
+      connOf(host).publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at, ...(serving ? { serving } : {}) }));
+      connOf(host).publish(subjects.announce(host), JSON.stringify({ host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address, initiator: 'userspace', at }));
     },
   };
   for (const [index, host] of hosts.entries()) {
     const address = addressOf(index);
-    nc.subscribe(`rswap.v1.cmd.${host}.*`, {
+    connOf(host).subscribe(`rswap.v1.cmd.${host}.*`, {
       callback: (_e, msg) => {
         const verb = msg.subject.split('.').pop()!;
         const body = msg.json<{ leaseId: string; force?: boolean }>();
         agents.commands.push(`${verb} ${host} ${body.leaseId}${body.force ? ' force' : ''}`);
         if (verb === 'export') {
-          const reply = JSON.stringify({ ok: true, target: { portal: `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } });
+          const reply = JSON.stringify({ ok: true, target: { portal: agents.exportPortal.get(host) ?? `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } });
           if (agents.exportGate) void agents.exportGate.then(() => msg.respond(reply));
           else msg.respond(reply);
         } else if (verb === 'attach') {
@@ -89,7 +96,7 @@ export function scriptedAgents(nc: NatsConnection, hosts: string[], { announceEv
     agents.announce(host);
   }
   // Like the real agents: announce again when a broker says hello (it may have started after us).
-  nc.subscribe(subjects.brokerHello, { callback: () => hosts.forEach((host) => agents.announce(host)) });
+  for (const host of hosts) connOf(host).subscribe(subjects.brokerHello, { callback: () => agents.announce(host) });
   if (announceEveryMs) {
     timer = setInterval(() => hosts.forEach((host) => agents.announce(host)), announceEveryMs);
     timer.unref();

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import type { Runner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
-import { loopDevicesUnder, type Testbed } from '../../cli/testbed/testbed.js';
+import { loopDevicesUnder, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
 import { listHosts } from '../../cli/operator.js';
 import { reservedBytes } from '../../services/broker/policy.js';
 import { waitFor } from '../../shared/wait.js';
@@ -30,8 +30,8 @@ export async function assertNothingLeft(tb: Testbed, run: Runner, loopsBefore: s
   if (options.reservations) {
     // A lender's bytes go back when it reports that it no longer serves the lease (its announce
     // right after it removes a target): wait for that, not for a time.
-    await waitFor('no capacity still promised on any host', async () => (await listHosts(tb.natsUrl)).every((h) => reservedBytes(h) === 0), { timeoutMs: 30_000, intervalMs: 250 }).catch(async (error: Error) => {
-      throw new Error(`${error.message}: ${JSON.stringify((await listHosts(tb.natsUrl)).map((h) => [h.host, h.reservations, h.exporter?.serving]))}`);
+    await waitFor('no capacity still promised on any host', async () => (await listHosts(testbedBus(tb))).every((h) => reservedBytes(h) === 0), { timeoutMs: 30_000, intervalMs: 250 }).catch(async (error: Error) => {
+      throw new Error(`${error.message}: ${JSON.stringify((await listHosts(testbedBus(tb))).map((h) => [h.host, h.reservations, h.exporter?.serving]))}`);
     });
   }
 }

@@ -37,7 +37,7 @@ async function leases(borrower?: string): Promise<LeaseRecord[]> {
 before(async () => {
   process.env.RSWAP_LOG_LEVEL = 'silent';
   server = await startNatsServer();
-  broker = await startBroker({ nats: server.url, host: 'broker-auto', releaseCooldownMs: COOLDOWN_MS, sweepIntervalMs: 500 });
+  broker = await startBroker({ nats: server.url, insecure: true, host: 'broker-auto', releaseCooldownMs: COOLDOWN_MS, sweepIntervalMs: 500 });
   nc = await connect({ servers: server.url });
   agents = scriptedAgents(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
   await nc.flush();

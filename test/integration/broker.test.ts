@@ -19,7 +19,7 @@ let nc: NatsConnection;
 before(async () => {
   process.env.RSWAP_LOG_LEVEL = 'silent';
   server = await startNatsServer();
-  broker = await startBroker({ nats: server.url, host: 'broker-test' });
+  broker = await startBroker({ nats: server.url, insecure: true, host: 'broker-test' });
   nc = await connect({ servers: server.url });
 });
 

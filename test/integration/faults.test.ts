@@ -29,7 +29,7 @@ before(async () => {
   process.env.RSWAP_LOG_LEVEL = 'silent';
   server = await startNatsServer();
   // Agents announce every 500 ms here (10 s in real life); a borrower silent for 3 s is gone.
-  const settings = { nats: server.url, releaseCooldownMs: 60_000, sweepIntervalMs: 300, borrowerTimeoutMs: 3_000 };
+  const settings = { nats: server.url, insecure: true, releaseCooldownMs: 60_000, sweepIntervalMs: 300, borrowerTimeoutMs: 3_000 };
   // Two brokers sharing the work, as two processes would.
   brokers = [await startBroker({ ...settings, host: 'broker-1' }), await startBroker({ ...settings, host: 'broker-2' })];
   nc = await connect({ servers: server.url });

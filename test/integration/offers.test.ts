@@ -28,7 +28,7 @@ let broker: Awaited<ReturnType<typeof startBroker>> | undefined;
 const offers: number[] = [];
 let solicits = 0;
 
-const startTheBroker = () => startBroker({ nats: server.url, host: 'broker-offers', offerTtlMs: OFFER_TTL_MS, sweepIntervalMs: 60_000 });
+const startTheBroker = () => startBroker({ nats: server.url, insecure: true, host: 'broker-offers', offerTtlMs: OFFER_TTL_MS, sweepIntervalMs: 60_000 });
 const pressure = async (host: string) =>
   (await nc.request(subjects.pressure(host), JSON.stringify({ host, neededBytes: 64 * MiB, at: Date.now(), source: 'inject' }), { timeout: 30_000 })).json<{ ok: boolean; leaseId?: string; state?: string }>();
 const leaseOf = async (borrower: string) =>
@@ -44,7 +44,7 @@ before(async () => {
   // The monitor sends an offer on its first sample and then only when asked: no step is big
   // enough and the refresh is 10 minutes away, so whatever the broker learns later, it asked for.
   monitor = await startMonitor({
-    nats: server.url,
+    nats: server.url, insecure: true,
     host: 'lender-m',
     scope: `cgroup:${cgroup.path}`,
     reserveBytes: 64 * MiB,

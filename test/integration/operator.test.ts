@@ -15,10 +15,10 @@ after(async () => {
 });
 
 test('operator - reads answer "nothing" before the buckets exist, and find a lease by id after', async () => {
-  assert.deepEqual(await listLeases(server.url), []);
-  assert.deepEqual(await listHosts(server.url), []);
-  await assert.rejects(getLease(server.url, 'l-0123456789ab'), /unknown lease 'l-0123456789ab'/);
-  await assert.rejects(getLease(server.url, 'nope'), /not a lease id/);
+  assert.deepEqual(await listLeases(server.access), []);
+  assert.deepEqual(await listHosts(server.access), []);
+  await assert.rejects(getLease(server.access, 'l-0123456789ab'), /unknown lease 'l-0123456789ab'/);
+  await assert.rejects(getLease(server.access, 'nope'), /not a lease id/);
   const nc = await connect({ servers: server.url });
   try {
     const stores = await openStores(nc);
@@ -28,7 +28,7 @@ test('operator - reads answer "nothing" before the buckets exist, and find a lea
   } finally {
     await nc.drain();
   }
-  assert.equal((await getLease(server.url, 'l-0123456789ab')).borrower, 'b');
-  await assert.rejects(getLease(server.url, 'l-ffffffffffff'), /unknown lease 'l-ffffffffffff'/);
-  assert.equal((await listLeases(server.url)).length, 1);
+  assert.equal((await getLease(server.access, 'l-0123456789ab')).borrower, 'b');
+  await assert.rejects(getLease(server.access, 'l-ffffffffffff'), /unknown lease 'l-ffffffffffff'/);
+  assert.equal((await listLeases(server.access)).length, 1);
 });
