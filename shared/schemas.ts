@@ -129,6 +129,9 @@ export type Target = z.infer<typeof Target>;
 export const Chap = z.strictObject({
   user: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
   secret: z.string().regex(/^[A-Za-z0-9]{12,64}$/),
+  /** The target's own credentials (mutual CHAP): an initiator that can checks them at login. */
+  targetUser: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).optional(),
+  targetSecret: z.string().regex(/^[A-Za-z0-9]{12,64}$/).optional(),
 });
 export type Chap = z.infer<typeof Chap>;
 

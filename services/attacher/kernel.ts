@@ -62,6 +62,11 @@ export class KernelInitiator implements Initiator {
     await this.update(target, 'node.session.auth.username', chap.user);
     // iscsiadm takes the secret only as an argument; the runner redacts it from logs and errors.
     await this.update(target, 'node.session.auth.password', chap.secret, [chap.secret]);
+    // Mutual CHAP: the login fails unless the target proves it holds the lease's target secret.
+    if (chap.targetUser && chap.targetSecret) {
+      await this.update(target, 'node.session.auth.username_in', chap.targetUser);
+      await this.update(target, 'node.session.auth.password_in', chap.targetSecret, [chap.targetSecret]);
+    }
     await this.update(target, 'node.session.timeo.replacement_timeout', String(this.options.replacementTimeoutS));
     await this.run('iscsiadm', [...this.node(target), '--login'], { okExitCodes: [ISCSI_ERR_SESS_EXISTS], timeoutMs: 30_000 });
     for (let waited = 0; ; waited += 100) {

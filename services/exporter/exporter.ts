@@ -16,6 +16,9 @@ import { formatBytes } from '../../shared/units.js';
 import type { TargetInfo, Tgt } from './tgt.js';
 import { KeyedQueue } from '../../shared/serial.js';
 
+
+/** The tgt account the target answers mutual CHAP with. */
+const targetUserOf = (leaseId: string) => `${leaseId}-target`;
 export const IQN_PREFIX = 'iqn.2026-11.io.rswap';
 
 export interface ExporterOptions {
@@ -80,9 +83,10 @@ export class Exporter {
         const image = join(dir, 'image');
         await writeFile(image, '', { mode: 0o600 });
         await truncate(image, request.sizeBytes);
-        const chap = { user: request.leaseId, secret: randomSecret() };
+        // The borrower's secret, and the target's own for mutual CHAP (the borrower checks it where its initiator can).
+        const chap = { user: request.leaseId, secret: randomSecret(), targetUser: targetUserOf(request.leaseId), targetSecret: randomSecret() };
         await writeFile(join(dir, 'chap.json'), JSON.stringify(chap), { mode: 0o600 });
-        const tid = await this.tgt.create(iqn, image, request.borrower.address, chap.user, chap.secret, targets);
+        const tid = await this.tgt.create(iqn, image, request.borrower.address, chap, targets);
         this.log.info({ leaseId: request.leaseId, tid, sizeBytes: request.sizeBytes, borrower: request.borrower.host }, 'exported');
         return { target: { ...this.target(), iqn }, chap };
       } catch (error) {
@@ -118,7 +122,7 @@ export class Exporter {
       if (target && target.sessions.length > 0) {
         throw new RswapError(ErrorCodes.IN_USE, `lease ${leaseId}: ${target.sessions.join(', ')} still logged in to its target; it stays until the session ends`);
       }
-      await this.tgt.remove(target?.tid, leaseId);
+      await this.tgt.remove(target?.tid, [leaseId, targetUserOf(leaseId)]);
       await this.unmountRamfs(leaseId);
       this.log.info({ leaseId, hadTarget: Boolean(target) }, 'unexported');
     });

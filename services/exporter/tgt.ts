@@ -3,6 +3,7 @@
  * by tgtadm. tgtd is started detached so it keeps serving when the exporter dies; a restarted
  * exporter adopts it.
  */
+import type { Chap } from '../../shared/schemas.js';
 import { spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -129,11 +130,13 @@ export class Tgt {
   }
 
   /**
-   * Creates a target with LUN 1 on `backingStore` (rdwr: ramfs has no O_DIRECT), admits only
-   * `initiatorAddress`, and requires CHAP with `user`/`secret`. Rolls back on any failure.
+   * Creates a target with LUN 1 on `backingStore` (rdwr: ramfs has no O_DIRECT) that requires CHAP
+   * (`chap.user`), answers mutual CHAP as `chap.targetUser` when given, and admits only
+   * `initiatorAddress`. The accounts are bound before the address: a target with an address but no
+   * account would admit that address without CHAP, even for an instant. Rolls back on any failure.
    * `existing`: a fresh listing the caller already has (saves a tgtadm call).
    */
-  async create(iqn: string, backingStore: string, initiatorAddress: string, user: string, secret: string, existing?: TargetInfo[]): Promise<number> {
+  async create(iqn: string, backingStore: string, initiatorAddress: string, chap: Chap, existing?: TargetInfo[]): Promise<number> {
     const tids = (existing ?? (await this.list())).map((t) => t.tid);
     const tid = Math.max(0, ...tids) + 1;
     try {
@@ -142,13 +145,17 @@ export class Tgt {
       for (const [name, value] of Object.entries(this.targetParams)) {
         await this.adm(['--mode', 'target', '--op', 'update', '--tid', String(tid), '--name', name, '--value', value]);
       }
+      await this.adm(['--mode', 'account', '--op', 'new', '--user', chap.user, '--password', chap.secret], [chap.secret]);
+      await this.adm(['--mode', 'account', '--op', 'bind', '--tid', String(tid), '--user', chap.user]);
+      if (chap.targetUser && chap.targetSecret) {
+        await this.adm(['--mode', 'account', '--op', 'new', '--user', chap.targetUser, '--password', chap.targetSecret], [chap.targetSecret]);
+        await this.adm(['--mode', 'account', '--op', 'bind', '--tid', String(tid), '--user', chap.targetUser, '--outgoing']);
+      }
       // tgt admits an initiator if its address OR its name is listed, so only the address is bound.
       await this.adm(['--mode', 'target', '--op', 'bind', '--tid', String(tid), '--initiator-address', initiatorAddress]);
-      await this.adm(['--mode', 'account', '--op', 'new', '--user', user, '--password', secret], [secret]);
-      await this.adm(['--mode', 'account', '--op', 'bind', '--tid', String(tid), '--user', user]);
       return tid;
     } catch (error) {
-      await this.remove(tid, user);
+      await this.remove(tid, [chap.user, ...(chap.targetUser ? [chap.targetUser] : [])]);
       throw error;
     }
   }
@@ -162,13 +169,13 @@ export class Tgt {
     }
   }
 
-  /** Deletes the target (even with sessions) and its account; absent ones are fine. */
-  async remove(tid: number | undefined, user: string): Promise<void> {
+  /** Deletes the target (even with sessions) and its accounts; absent ones are fine. */
+  async remove(tid: number | undefined, users: string[]): Promise<void> {
     if (tid !== undefined) {
       await this.adm(['--mode', 'target', '--op', 'delete', '--force', '--tid', String(tid)]).catch((error: unknown) => {
         if (!/can't find the target/i.test(String((error as Error).message))) throw error;
       });
     }
-    await this.adm(['--mode', 'account', '--op', 'delete', '--user', user]).catch(() => undefined);
+    for (const user of users) await this.adm(['--mode', 'account', '--op', 'delete', '--user', user]).catch(() => undefined);
   }
 }

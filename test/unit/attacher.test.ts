@@ -73,3 +73,16 @@ test('kernel initiator - a failed credential update stops before login', async (
   await assert.rejects(initiator.login('l-0123456789ab', target, chap));
   assert.equal(calls.some((c) => c.args.includes('--login')), false);
 });
+
+test('kernel initiator - mutual CHAP: the target must prove its own secret (username_in/password_in), before login', async () => {
+  const { run, calls } = recordingRunner();
+  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 100 });
+  const mutual = { ...chap, targetUser: 'l-0123456789ab-target', targetSecret: 'T4rgetT4rgetT4rget' };
+  await assert.rejects(initiator.login('l-0123456789ab', target, mutual), /did not appear/);
+  const lines = calls.map((c) => c.args.join(' '));
+  const userIn = lines.findIndex((l) => l.endsWith('-n node.session.auth.username_in -v l-0123456789ab-target'));
+  const passwordIn = calls.findIndex((c) => c.args.includes('node.session.auth.password_in'));
+  assert.ok(userIn >= 0 && passwordIn >= 0);
+  assert.deepEqual(calls[passwordIn]!.options?.secrets, ['T4rgetT4rgetT4rget']);
+  assert.ok(lines.findIndex((l) => l.endsWith('--login')) > Math.max(userIn, passwordIn), 'login comes after');
+});

@@ -69,3 +69,22 @@ test('tgt - parses targets, LUN backing stores, sessions, accounts and ACLs', ()
   assert.deepEqual(targets[1]?.sessions, []);
   assert.deepEqual(parseTargets(''), []);
 });
+
+test('tgt - a new target gets its CHAP accounts (the borrower\'s, and its own for mutual CHAP) before the address that admits the borrower', async () => {
+  const { Tgt } = await import('../../services/exporter/tgt.js');
+  const pino = (await import('pino')).default;
+  const calls: string[][] = [];
+  const run = async (_file: string, args: string[]) => {
+    calls.push(args);
+    return { stdout: '', stderr: '', exitCode: 0 };
+  };
+  const tgt = new Tgt(run, pino({ level: 'silent' }), 3300, '198.18.0.11:3260', '/nonexistent');
+  await tgt.create('iqn.2026-11.io.rswap:host-a.l-0123456789ab', '/x/image', '198.18.0.12', { user: 'l-0123456789ab', secret: 'S3cretS3cretS3cret', targetUser: 'l-0123456789ab-target', targetSecret: 'T4rgetT4rgetT4rget' }, []);
+  const ops = calls.map((a) => a.slice(a.indexOf('--mode') + 1).join(' '));
+  const at = (re: RegExp) => ops.findIndex((o) => re.test(o));
+  const address = at(/^target --op bind .*--initiator-address 198\.18\.0\.12/);
+  assert.ok(address > 0);
+  assert.ok(at(/^account --op bind --tid 1 --user l-0123456789ab$/) < address, 'the borrower\'s account first');
+  assert.ok(at(/^account --op bind --tid 1 --user l-0123456789ab-target --outgoing$/) < address, 'the target\'s own account first');
+  assert.equal(address, ops.length - 1, 'the address is the last step');
+});
