@@ -118,6 +118,7 @@ export function checkCompose(text: string): string[] {
     if (!cmd.some((a) => a === '-sd' || a === '--store_dir')) problems.push('nats: no --store_dir: lease state would not survive a restart');
     if (!nats.healthcheck?.test || nats.healthcheck.disable) problems.push('nats: no health check: the services cannot wait for it');
     if (!publishes(nats, 4222)) problems.push('nats: port 4222 is not published: host agents on the host network cannot reach it');
+    if (!cmd.some((a) => a === '-c' || a === '--config')) problems.push('nats: no -c nats.conf from rswap auth: it would run without identities and TLS');
   }
   const jaeger = services.jaeger;
   if (jaeger) {
@@ -138,6 +139,8 @@ export function checkCompose(text: string): string[] {
     const otlp = interpolate(env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '');
     if (!/^nats:\/\/[^/]+:4222$/.test(natsUrl)) problems.push(`${role}: RSWAP_NATS_URL '${natsUrl}' does not reach NATS on port 4222`);
     if (!/^http:\/\/[^/]+:4318\/?$/.test(otlp)) problems.push(`${role}: OTEL_EXPORTER_OTLP_ENDPOINT '${otlp}' is not Jaeger's OTLP/HTTP port 4318`);
+    if (!env.RSWAP_CREDS) problems.push(`${role}: RSWAP_CREDS is not set: it needs its NATS credentials (rswap auth)`);
+    if (env.RSWAP_INSECURE !== undefined || cmd.includes('--insecure')) problems.push(`${role}: runs without NATS identity and TLS (--insecure / RSWAP_INSECURE)`);
     if (agent) {
       if (s.privileged !== true) problems.push(`${role}: host agents must be privileged (swap, mounts, loop devices, iSCSI)`);
       if (s.network_mode !== 'host') problems.push(`${role}: host agents must use network_mode: host (portals and initiators use the host's addresses)`);
@@ -154,6 +157,16 @@ export function checkCompose(text: string): string[] {
   return problems;
 }
 
+/** Every unit signs in to NATS with its credentials (systemd's LoadCredential) and never runs insecure. */
+function checkUnitAuth(where: string, text: string): string[] {
+  const problems: string[] = [];
+  if (!/^LoadCredential=creds:\S+$/m.test(text) || !/^Environment=RSWAP_CREDS=%d\/creds$/m.test(text)) {
+    problems.push(`${where}: NATS credentials are needed: LoadCredential=creds:FILE and Environment=RSWAP_CREDS=%d/creds`);
+  }
+  if (/--insecure|RSWAP_INSECURE/.test(text)) problems.push(`${where}: runs without NATS identity and TLS (--insecure / RSWAP_INSECURE)`);
+  return problems;
+}
+
 /** Problems in a systemd unit for `rswap <role>`: its ExecStart flags and Environment variables. */
 export function checkUnit(where: string, text: string): string[] {
   // The drain unit: uncordon at boot, drain at shutdown, with the time a swap-off needs.
@@ -163,6 +176,7 @@ export function checkUnit(where: string, text: string): string[] {
     if (!/^RemainAfterExit=yes$/m.test(text)) problems.push(`${where}: RemainAfterExit=yes is needed, or ExecStop runs at once`);
     if (!/^After=.*rswap-exporter\.service/m.test(text)) problems.push(`${where}: After=rswap-exporter.service is needed, so the drain runs before the exporter stops`);
     if (!/^TimeoutStopSec=/m.test(text)) problems.push(`${where}: TimeoutStopSec= is needed: a drain waits for swap-offs`);
+    problems.push(...checkUnitAuth(where, text));
     return problems;
   }
   const exec = /^ExecStart=.*?rswap(?:\.js)? (\w+)(.*)$/m.exec(text);
@@ -172,6 +186,7 @@ export function checkUnit(where: string, text: string): string[] {
   const env = [...text.matchAll(/^Environment="?(RSWAP_[A-Z0-9_]+)=/gm)].map((m) => m[1]!);
   const problems = checkSettings(where, role, exec[2]!.trim().split(/\s+/).filter(Boolean), env);
   if (!/^Restart=/m.test(text)) problems.push(`${where}: no Restart=: a crashed agent would stay down`);
+  problems.push(...checkUnitAuth(where, text));
   if ((role === 'exporter' || role === 'attacher') && !/^KillMode=process$/m.test(text)) {
     problems.push(`${where}: KillMode=process is needed: tgtd and qemu-storage-daemon carry swap and must outlive a restart of the agent`);
   }

@@ -1,6 +1,7 @@
 /** The operator's commands: inject events, list leases and hosts, release a lease. */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectAs, type NatsAccess } from '../shared/nats.js';
+import { readCreds } from '../shared/auth.js';
 import { z } from 'zod';
 import { Kvm, type KV } from '@nats-io/kv';
 import { getParsed, listParsed } from '../shared/kv.js';
@@ -88,15 +89,26 @@ export async function revokeLease(bus: NatsAccess, leaseId: string, timeoutMs = 
 }
 
 /** Cordons (no new leases), uncordons, or drains (cordon, then move every lease off, make-before-break) a lender. */
+/**
+ * The subject for a request about `host`: a host asks for itself on its own subject (its identity
+ * may publish nothing else), anyone else on the operator's.
+ */
+async function aboutHost(bus: NatsAccess, host: string, operatorSubject: string, selfSubject: (host: string) => string): Promise<string> {
+  const creds = bus.creds ? await readCreds(bus.creds) : undefined;
+  return creds?.role === 'host' && creds.name === host ? selfSubject(host) : operatorSubject;
+}
+
 export async function cordonHost(bus: NatsAccess, host: string, cordoned: boolean): Promise<HostRecord> {
-  const reply = await withNats(bus, (nc) => requestJson(nc, cordoned ? subjects.cordon : subjects.uncordon, { host }, replySchema({ host: HostRecord }), 30_000));
+  const subject = cordoned ? await aboutHost(bus, host, subjects.cordon, subjects.selfCordon) : await aboutHost(bus, host, subjects.uncordon, subjects.selfUncordon);
+  const reply = await withNats(bus, (nc) => requestJson(nc, subject, { host }, replySchema({ host: HostRecord }), 30_000));
   return reply.host;
 }
 
 export async function drainHost(bus: NatsAccess, host: string, timeoutMs = 3_600_000): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
   const Moved = z.array(z.object({ from: z.string(), to: z.string().optional() }));
   const Stayed = z.array(z.object({ leaseId: z.string(), reason: z.string() }));
-  return withNats(bus, (nc) => requestJson(nc, subjects.drain, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
+  const subject = await aboutHost(bus, host, subjects.drain, subjects.selfDrain);
+  return withNats(bus, (nc) => requestJson(nc, subject, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
 }
 
 export function table(rows: string[][]): string {

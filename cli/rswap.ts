@@ -3,7 +3,7 @@
 import { Command, Option } from 'commander';
 import { natsUrl, credsFile, fromEnv } from '../shared/config.js';
 import type { NatsAccess } from '../shared/nats.js';
-import { addIdentity, authInit } from '../shared/auth.js';
+import { addIdentity, authInit, rotateIdentity } from '../shared/auth.js';
 import { HostId } from '../shared/schemas.js';
 import { createLogger } from '../shared/log.js';
 import { createRunner } from '../shared/runner.js';
@@ -239,6 +239,16 @@ for (const role of ['host', 'broker', 'operator', 'observer'] as const) {
     });
 }
 
+auth
+  .command('rotate')
+  .description('give an identity a new key (its creds file and nats.conf are rewritten); reload nats-server, then restart its process with the new file')
+  .argument('<name>', 'identity name')
+  .addOption(authDirOption())
+  .action(async (name: string, o: { dir: string }) => {
+    const file = await rotateIdentity(o.dir, name);
+    console.log(`${name}: new key in ${file}; reload nats-server (nats-server --signal reload), then restart ${name}'s process: the old key no longer signs in`);
+  });
+
 const testbed = program.command('testbed').description('several hosts on this machine, as network namespaces (root only)');
 testbed
   .command('up')
@@ -252,7 +262,7 @@ testbed
     try {
       const tb = await testbedUp(run, log, { dir: o.dir, hosts: Number(o.hosts), natsPort: Number(o.natsPort) });
       console.log(`testbed up: ${tb.hosts.map((h) => `${h.name} ${h.address}`).join(', ')}; NATS ${tb.natsUrl}`);
-      console.log(`try: rswap hosts --nats ${tb.natsUrl}`);
+      console.log(`try: rswap hosts --nats ${tb.natsUrl}${tb.creds ? ` --creds ${tb.creds.operator}` : ' --insecure'}`);
     } catch (error) {
       await testbedDown(run, log, o.dir);
       throw error;

@@ -16,6 +16,7 @@
  *   operator   release, revoke, cordon, uncordon, drain; reads everything but commands and inboxes
  *   observer   reads (KV, events, lease states); never a command or a reply (they carry CHAP secrets)
  */
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createUser } from '@nats-io/nkeys';
@@ -150,6 +151,24 @@ export async function addIdentity(dir: string, name: string, role: Role): Promis
   return file;
 }
 
+/**
+ * Gives an identity a new NKey: its creds file and nats.conf are rewritten, and once nats-server
+ * reloads its config the old key no longer signs in. The role and name stay.
+ */
+export async function rotateIdentity(dir: string, name: string): Promise<string> {
+  const identities = await readIdentities(dir);
+  const current = identities.find((i) => i.name === name);
+  if (!current) throw new RswapError(ErrorCodes.CONFIG, `no identity named '${name}' in ${dir}`);
+  const { identity, seed } = newIdentity(name, current.role);
+  const ca = await readFile(join(dir, 'ca.pem'), 'utf8');
+  const file = join(dir, 'creds', `${name}.creds`);
+  const all = identities.map((i) => (i.name === name ? identity : i));
+  await writeSecret(join(dir, 'nats.conf'), serverConfig(dir, all));
+  await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: all }, null, 2)}\n`);
+  await writeSecret(file, `${JSON.stringify(Creds.parse({ format: 'rswap-creds/1', name, role: current.role, seed, ca }), null, 2)}\n`);
+  return file;
+}
+
 export interface AuthInitOptions {
   /** DNS names and IP addresses clients use to reach nats-server (its certificate's subjectAltName). */
   serverNames: string[];
@@ -167,23 +186,51 @@ export async function authInit(dir: string, options: AuthInitOptions): Promise<v
   } catch (error) {
     if (error instanceof RswapError) throw error;
   }
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  await execa('openssl', ['req', '-x509', ...ec, '-keyout', join(dir, 'ca-key.pem'), '-out', join(dir, 'ca.pem'), '-days', '3650', '-subj', '/CN=rswap CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  await execa('openssl', ['req', ...ec, '-keyout', join(dir, 'server-key.pem'), '-out', join(dir, 'server.csr'), '-subj', '/CN=rswap nats-server']);
   const san = [...options.serverNames.map((n) => `DNS:${n}`), ...options.serverIps.map((ip) => `IP:${ip}`)].join(',');
   if (!san) throw new RswapError(ErrorCodes.CONFIG, 'give the names or addresses clients use to reach nats-server (--server-name, --server-ip)');
-  await writeFile(join(dir, 'server.ext'), `subjectAltName=${san}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n`);
-  await execa('openssl', ['x509', '-req', '-in', join(dir, 'server.csr'), '-CA', join(dir, 'ca.pem'), '-CAkey', join(dir, 'ca-key.pem'), '-CAcreateserial',
-    '-out', join(dir, 'server.pem'), '-days', '825', '-extfile', join(dir, 'server.ext')]);
-  await Promise.all(['server.csr', 'server.ext', 'ca.srl'].map((f) => rm(join(dir, f), { force: true })));
-  await Promise.all(['ca-key.pem', 'server-key.pem'].map((f) => chmod(join(dir, f), 0o600)));
+  await makeCertificates(dir, san);
   await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: [] }, null, 2)}\n`);
   await addIdentity(dir, 'broker', 'broker');
   await addIdentity(dir, 'operator', 'operator');
   await addIdentity(dir, 'observer', 'observer');
   for (const host of options.hosts ?? []) await addIdentity(dir, host, 'host');
 }
+
+/**
+ * The CA (10 years) and nats-server's certificate (825 days) for `san`, with openssl. Both are
+ * valid from a day before they are made, so a host whose clock runs behind still accepts them.
+ */
+async function makeCertificates(dir: string, san: string): Promise<void> {
+  const work = join(dir, '.ca');
+  await mkdir(join(work, 'new'), { recursive: true, mode: 0o700 });
+  const stamp = (ms: number) => new Date(ms).toISOString().replace(/[-:T]/g, '').slice(0, 14) + 'Z';
+  const day = 86_400_000;
+  const from = stamp(Date.now() - day);
+  await writeFile(join(work, 'index.txt'), '');
+  await writeFile(join(work, 'serial'), `${randomSerial()}\n`);
+  await writeFile(join(work, 'ca.cnf'), [
+    '[ca]', 'default_ca = rswap',
+    '[rswap]', `database = ${join(work, 'index.txt')}`, `new_certs_dir = ${join(work, 'new')}`, `serial = ${join(work, 'serial')}`,
+    'default_md = sha256', 'policy = any', 'unique_subject = no', 'copy_extensions = none',
+    '[any]', 'commonName = supplied',
+    '[ca_ext]', 'basicConstraints = critical,CA:TRUE', 'keyUsage = critical,keyCertSign,cRLSign', 'subjectKeyIdentifier = hash',
+    '[server_ext]', 'basicConstraints = CA:FALSE', `subjectAltName = ${san}`, 'extendedKeyUsage = serverAuth', 'keyUsage = critical,digitalSignature', 'authorityKeyIdentifier = keyid',
+    '',
+  ].join('\n'));
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  const sign = ['ca', '-batch', '-notext', '-config', join(work, 'ca.cnf'), '-keyfile', join(dir, 'ca-key.pem'), '-startdate', from];
+  try {
+    await execa('openssl', ['req', '-new', ...ec, '-keyout', join(dir, 'ca-key.pem'), '-out', join(work, 'ca.csr'), '-subj', '/CN=rswap CA']);
+    await execa('openssl', [...sign, '-selfsign', '-in', join(work, 'ca.csr'), '-out', join(dir, 'ca.pem'), '-enddate', stamp(Date.now() + 3650 * day), '-extensions', 'ca_ext']);
+    await execa('openssl', ['req', '-new', ...ec, '-keyout', join(dir, 'server-key.pem'), '-out', join(work, 'server.csr'), '-subj', '/CN=rswap nats-server']);
+    await execa('openssl', [...sign, '-cert', join(dir, 'ca.pem'), '-in', join(work, 'server.csr'), '-out', join(dir, 'server.pem'), '-enddate', stamp(Date.now() + 825 * day), '-extensions', 'server_ext']);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  await Promise.all(['ca-key.pem', 'server-key.pem'].map((f) => chmod(join(dir, f), 0o600)));
+}
+
+const randomSerial = () => randomBytes(8).toString('hex').replace(/^[89a-f]/, '1');
 
 export async function readCreds(file: string): Promise<Creds> {
   let text: string;

@@ -122,6 +122,10 @@ export interface NatsServer {
   access: NatsAccess;
   /** With auth: how to reach it as one identity (broker, operator, observer, each host). */
   as(identity: string): NatsAccess;
+  /** The auth folder (with auth). */
+  authDir?: string;
+  /** Makes nats-server read its config again (SIGHUP), as after `rswap auth add-host|rotate`. */
+  reload(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -138,18 +142,23 @@ export async function startNatsServer(options: { auth?: { hosts: string[] } } = 
   if (options.auth) await authInit(authDir, { serverNames: ['localhost'], serverIps: ['127.0.0.1'], hosts: options.auth.hosts });
   const args = [...(options.auth ? ['-c', join(authDir, 'nats.conf')] : []), '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir];
   const child: ChildProcess = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  await new Promise<void>((resolve, reject) => {
-    let output = '';
-    const timer = setTimeout(() => reject(new Error(`nats-server did not start: ${output}`)), 10_000);
-    child.stderr!.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes('Server is ready')) {
-        clearTimeout(timer);
-        resolve();
-      }
+  let output = '';
+  child.stderr!.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+  const logged = (text: string, from: number, what: string) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (output.indexOf(text, from) >= 0) {
+          clearTimeout(timer);
+          child.stderr!.off('data', check);
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => reject(new Error(`nats-server: ${what} not logged within 10 s: ${output.slice(from)}`)), 10_000);
+      child.stderr!.on('data', check);
+      child.once('error', reject);
+      check();
     });
-    child.once('error', reject);
-  });
+  await logged('Server is ready', 0, 'start');
   const url = `nats://127.0.0.1:${port}`;
   const as = (identity: string): NatsAccess => {
     if (!options.auth) return { url, insecure: true };
@@ -159,6 +168,12 @@ export async function startNatsServer(options: { auth?: { hosts: string[] } } = 
     url,
     access: as('broker'),
     as,
+    ...(options.auth ? { authDir } : {}),
+    reload: async () => {
+      const from = output.length;
+      child.kill('SIGHUP');
+      await logged('Reloaded server configuration', from, 'reload');
+    },
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGKILL');

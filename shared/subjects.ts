@@ -13,6 +13,10 @@ export const subjects = {
   relief: (host: string) => `${PREFIX}.host.${host}.relief`,
   telemetry: (host: string) => `${PREFIX}.host.${host}.telemetry`,
   lost: (host: string) => `${PREFIX}.host.${host}.lost`,
+  /** A lender asks for itself what an operator may ask for any host (its own identity suffices). */
+  selfCordon: (host: string) => `${PREFIX}.host.${host}.cordon`,
+  selfUncordon: (host: string) => `${PREFIX}.host.${host}.uncordon`,
+  selfDrain: (host: string) => `${PREFIX}.host.${host}.drain`,
   /** Wildcards the broker subscribes to; the host token is the second-to-last one. */
   allPressure: `${PREFIX}.host.*.pressure`,
   allSurplus: `${PREFIX}.host.*.surplus`,
@@ -20,6 +24,9 @@ export const subjects = {
   allRelief: `${PREFIX}.host.*.relief`,
   allTelemetry: `${PREFIX}.host.*.telemetry`,
   allLost: `${PREFIX}.host.*.lost`,
+  allSelfCordon: `${PREFIX}.host.*.cordon`,
+  allSelfUncordon: `${PREFIX}.host.*.uncordon`,
+  allSelfDrain: `${PREFIX}.host.*.drain`,
 
   /** Commands (request/reply) to the exporter and attacher of one host. */
   exportCmd: (host: string) => `${PREFIX}.cmd.${host}.export`,

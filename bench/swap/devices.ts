@@ -190,8 +190,8 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
         ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
         ...(options.attacherArgs ? { attacherArgs: options.attacherArgs } : {}),
       });
-      await injectSurplus(testbedBus(tb), 'host-a', `${size + 256 * MiB}`, '0');
-      await injectPressure(testbedBus(tb), 'host-b', String(size));
+      await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', `${size + 256 * MiB}`, '0');
+      await injectPressure(testbedBus(tb, 'host-b'), 'host-b', String(size));
       const lease = await waitFor('the bench lease active', async () => (await listLeases(testbedBus(tb))).find((l) => l.state === 'active' || l.state === 'failed'), { timeoutMs: 60_000 });
       if (lease.state !== 'active' || !lease.device) throw new Error(`the bench lease failed: ${lease.reason ?? 'no reason given'}`);
       const area = (await readSwaps()).find((a) => a.path === lease.device);

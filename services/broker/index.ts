@@ -130,19 +130,29 @@ export async function startBroker(raw: Record<string, unknown>) {
     return lease ? { state: lease.state } : {};
   });
   handle(nc, subjects.revoke, { ...base, schema: ReleaseRequest }, async (request) => lifecycle.revoke(request.leaseId));
-  handle(nc, subjects.cordon, { ...base, schema: HostRequest }, async (request) => {
+  // Cordon, uncordon and drain: from an operator for any host, or from a host for itself (the
+  // rswap-drain unit on a lender, with only that lender's identity).
+  const cordon = async (request: HostRequest) => {
     log.warn({ host: request.host }, 'lender cordoned: no new leases on it');
     return { host: await hosts.setCordoned(request.host, true, Date.now()) };
-  });
-  handle(nc, subjects.uncordon, { ...base, schema: HostRequest }, async (request) => {
+  };
+  const uncordon = async (request: HostRequest) => {
     log.info({ host: request.host }, 'lender uncordoned');
     return { host: await hosts.setCordoned(request.host, false, Date.now()) };
-  });
-  handle(nc, subjects.drain, { ...base, schema: HostRequest }, async (request) => {
+  };
+  const drain = async (request: HostRequest) => {
     const result = await lifecycle.drainLender(request.host);
     log.warn({ host: request.host, ...result }, 'lender drained');
     return result;
-  });
+  };
+  for (const [operatorSubject, selfSubject, action] of [
+    [subjects.cordon, subjects.allSelfCordon, cordon],
+    [subjects.uncordon, subjects.allSelfUncordon, uncordon],
+    [subjects.drain, subjects.allSelfDrain, drain],
+  ] as const) {
+    handle(nc, operatorSubject, { ...base, schema: HostRequest }, action);
+    handle(nc, selfSubject, { ...base, schema: HostRequest, checkHostToken: true }, action);
+  }
   handle(nc, subjects.release, { ...base, schema: ReleaseRequest }, async (request) => {
     const lease = await lifecycle.release(request.leaseId);
     return { lease };

@@ -6,7 +6,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm, writeFile } from 'node:fs/promises';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { connectAs } from '../../shared/nats.js';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
@@ -100,7 +101,7 @@ test('faults - kill -9 of every rswap service while a lease serves swap under lo
 });
 
 test('faults - a broker killed in the middle of a bring-up: another start takes the lease over and finishes it', async () => {
-  const nc: NatsConnection = await connect({ servers: tb.natsUrl });
+  const nc: NatsConnection = await connectAs(testbedBus(tb, 'observer'), 'rswap-test-observer');
   let killed: Promise<number> | undefined;
   let killedIn: string | undefined;
   nc.subscribe(subjects.allLeaseStates, {
@@ -141,7 +142,7 @@ test('faults - a broker killed in the middle of a bring-up: another start takes 
 test('faults - nats-server restarts: services reconnect, lease state survives, no lease is made twice', async () => {
   // host-b's monitor is stopped for this test: its relief would give the injected lease back.
   assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1);
-  await injectPressure(testbedBus(tb), 'host-b', '64MiB');
+  await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '64MiB');
   const lease = await waitFor('an active lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
   assert.equal(await killTestbedProcess(tb, 'nats'), 1);
   await new Promise((r) => setTimeout(r, 1_000));
@@ -204,7 +205,7 @@ test('faults - a lender that disappears: the borrower reports the lease lost, an
   assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
   try {
     await waitFor('both lenders offering', async () => (await listHosts(testbedBus(tb))).filter((h) => (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
-    await injectPressure(testbedBus(tb), 'host-b', '64MiB');
+    await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '64MiB');
     const lease = await waitFor('an active lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
     const lender = tb.hosts.find((h) => h.name === lease.lender)!;
     // The lender's agents and its tgtd vanish at once.
@@ -215,7 +216,7 @@ test('faults - a lender that disappears: the borrower reports the lease lost, an
     assert.match(lost.reason!, new RegExp(`lender ${lender.name} lost: (no answer from the lender for \\d+s|read from the lender failed)`));
     await waitFor('its swap area gone from the borrower', async () => !(await readSwaps()).some((a) => a.path === lease.device), { timeoutMs: 30_000, intervalMs: 250 });
     // The same need again: served by the other lender.
-    await injectPressure(testbedBus(tb), 'host-b', '64MiB');
+    await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '64MiB');
     const next = await waitFor('a new lease', async () => (await leasesOf('host-b')).find((l) => l.state === 'active'), { timeoutMs: 30_000, intervalMs: 250 });
     assert.notEqual(next.lender, lender.name, 'not from the lender that vanished');
     assert.equal((await releaseLease(testbedBus(tb), next.id)).state, 'released');
@@ -232,7 +233,7 @@ test('faults - a lender that disappears: the borrower reports the lease lost, an
 
 test('faults - an exporter or attacher killed in the middle of a bring-up: the lease ends one way or the other, nothing leaks', async () => {
   assert.equal(await killTestbedProcess(tb, 'host-b/monitor'), 1); // pressure comes by hand here
-  const nc: NatsConnection = await connect({ servers: tb.natsUrl });
+  const nc: NatsConnection = await connectAs(testbedBus(tb, 'observer'), 'rswap-test-observer');
   try {
     for (const [state, role] of [['exporting', 'exporter'], ['attaching', 'attacher']] as const) {
       await waitFor('lenders offering', async () => (await listHosts(testbedBus(tb))).filter((h) => h.exporter && h.exporter.lostAt === undefined && (h.offer?.lendableBytes ?? 0) > 0).length >= 2, { timeoutMs: 30_000, intervalMs: 250 });
@@ -249,7 +250,7 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
         },
       });
       await nc.flush();
-      await injectPressure(testbedBus(tb), 'host-b', '64MiB');
+      await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '64MiB');
       await waitFor(`the ${role} killed while ${state}`, async () => victim !== undefined, { timeoutMs: 30_000, intervalMs: 50 });
       sub.unsubscribe();
       await new Promise((r) => setTimeout(r, 1_000));

@@ -62,8 +62,8 @@ async function iscsiInq(netns: string, url: string): Promise<string> {
 }
 
 test('lease - inject, active above local swap, data intact under swapping, CHAP and address enforced, forged commands refused, released clean', async () => {
-  await injectSurplus(testbedBus(tb), 'host-a', '512MiB', '0');
-  await injectPressure(testbedBus(tb), 'host-b', '256MiB');
+  await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', '512MiB', '0');
+  await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '256MiB');
   const lease = await waitForLease((l) => l.borrower === 'host-b' && l.state === 'active');
   assert.equal(lease.lender, 'host-a');
   assert.equal(lease.sizeBytes, 256 * MiB);

@@ -139,8 +139,8 @@ test('tracing - a lease made to fail marks its spans as errors with the reason',
   // host-c's attacher is gone: the attach command finds no responder.
   const { stdout } = await run('pgrep', ['-f', 'rswap.js attacher .*--host host-c']);
   for (const pid of stdout.split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
-  await injectSurplus(testbedBus(tb), 'host-a', '512MiB', '0');
-  await injectPressure(testbedBus(tb), 'host-c', '64MiB');
+  await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', '512MiB', '0');
+  await injectPressure(testbedBus(tb, 'host-c'), 'host-c', '64MiB');
   const failed = await waitFor('a failed lease for host-c', async () => (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-c' && l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 250 });
   assert.match(failed.reason!, /attach failed: no responders/);
   const traceId = traceIdOf(failed.traceparent)!;

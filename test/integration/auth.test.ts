@@ -6,14 +6,14 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as tcpConnect } from 'node:net';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { connect, nkeyAuthenticator, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { connectAs, startNatsServer, type NatsServer } from '../../shared/nats.js';
-import { connectionOptions, readCreds } from '../../shared/auth.js';
+import { connectionOptions, readCreds, rotateIdentity } from '../../shared/auth.js';
 import { subjects } from '../../shared/subjects.js';
 import { startBroker } from '../../services/broker/index.js';
-import { listHosts, listLeases } from '../../cli/operator.js';
+import { cordonHost, drainHost, listHosts, listLeases } from '../../cli/operator.js';
 import { scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
 import { waitFor } from '../../shared/wait.js';
 
@@ -181,4 +181,37 @@ test('auth - a stranger posing as a lender never gets a lease; a lender whose ex
   // The credentials files are 0600: only their owner reads them.
   assert.equal(((await stat(server.as('host-a').creds!)).mode & 0o777).toString(8), '600');
   assert.ok((await readFile(server.as('host-a').creds!, 'utf8')).includes('"role": "host"'));
+});
+
+test('auth - a lender cordons, drains and uncordons itself with its own identity (the rswap-drain unit), and no other host', async () => {
+  assert.equal((await cordonHost(server.as('host-c'), 'host-c', true)).cordoned !== undefined, true);
+  const drained = await drainHost(server.as('host-c'), 'host-c', 60_000);
+  assert.deepEqual(drained.stayed, []);
+  assert.equal((await cordonHost(server.as('host-c'), 'host-c', false)).cordoned, undefined);
+  // Another host: on its own subject the payload must name it (else refused as spoofed) ...
+  const spoofed = (await as('host-c').request(subjects.selfCordon('host-c'), JSON.stringify({ host: 'host-a' }), { timeout: 10_000 })).json<{ ok: boolean; error?: { code: string } }>();
+  assert.equal(spoofed.error?.code, 'RSWAP_E_SPOOFED_HOST');
+  // ... and on the other host's subject it cannot publish at all.
+  await assert.rejects(cordonHost(server.as('host-c'), 'host-a', true), /Permissions Violation for Publish to "rswap.v1.broker.cordon"/);
+  await assert.rejects(as('host-c').request(subjects.selfDrain('host-a'), JSON.stringify({ host: 'host-a' }), { timeout: 5_000 }), /Permissions Violation for Publish/);
+  assert.equal((await listHosts(server.as('operator'))).find((h) => h.host === 'host-a')?.cordoned, undefined);
+});
+
+test('auth - a rotated key: after nats-server reloads, the old key no longer signs in (its open connection is closed) and the new one does', async () => {
+  // The last test: host-c's scripted agents (on the key rotated away here) stop announcing first.
+  agents.stop();
+  const old = server.as('host-c').creds!;
+  const oldCreds = await readFile(old, 'utf8');
+  const oldFile = `${server.authDir!}/host-c.old.creds`;
+  await writeFile(oldFile, oldCreds, { mode: 0o600 });
+  const openWithOld = await connectAs({ url: server.url, creds: oldFile }, 'old-key');
+  const closed = openWithOld.closed();
+  await rotateIdentity(server.authDir!, 'host-c');
+  assert.notEqual(await readFile(old, 'utf8'), oldCreds, 'the creds file holds a new key');
+  await server.reload();
+  await closed; // nats-server drops a connection whose key is no longer listed
+  await assert.rejects(connectAs({ url: server.url, creds: oldFile }, 'old-key-again'), /Authorization Violation/i);
+  const fresh = await connectAs(server.as('host-c'), 'new-key');
+  await fresh.close();
+  assert.equal(as('host-c').isClosed(), true, "host-c's long-lived connection, on the old key, was closed too");
 });
