@@ -222,8 +222,11 @@ auth
   .option('--server-name <names...>', 'DNS names clients use to reach nats-server', [])
   .option('--server-ip <ips...>', 'IP addresses clients use to reach nats-server', [])
   .option('--host <ids...>', 'hosts to make identities for now (more later with add-host)', [])
-  .action(async (o: { dir: string; serverName: string[]; serverIp: string[]; host: string[] }) => {
-    await authInit(o.dir, { serverNames: o.serverName, serverIps: o.serverIp, hosts: o.host });
+  .option('--ca-cert <file>', "your own CA's certificate (PEM) to sign nats-server's certificate with (default: a new CA)")
+  .option('--ca-key <file>', "your own CA's key (PEM), with --ca-cert")
+  .action(async (o: { dir: string; serverName: string[]; serverIp: string[]; host: string[]; caCert?: string; caKey?: string }) => {
+    if (!o.caCert !== !o.caKey) throw new Error('--ca-cert and --ca-key go together');
+    await authInit(o.dir, { serverNames: o.serverName, serverIps: o.serverIp, hosts: o.host, ...(o.caCert && o.caKey ? { ca: { cert: o.caCert, key: o.caKey } } : {}) });
     console.log(`auth folder ${o.dir}: run nats-server with -c ${o.dir}/nats.conf (plus -js, --store_dir, ...)`);
     console.log(`give each process its own file from ${o.dir}/creds/ (0600) with --creds or RSWAP_CREDS; keep ${o.dir}/ca-key.pem offline`);
   });

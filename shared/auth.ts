@@ -175,6 +175,8 @@ export interface AuthInitOptions {
   serverIps: string[];
   /** Identities made at once, besides one broker ('broker'), one operator ('operator') and one observer ('observer'). */
   hosts?: string[];
+  /** An operator's own CA (certificate and key, PEM files) to sign nats-server's certificate; default: a new one. */
+  ca?: { cert: string; key: string };
 }
 
 /** Makes an auth folder: a CA, nats-server's certificate, identities, creds files and nats.conf. */
@@ -188,7 +190,7 @@ export async function authInit(dir: string, options: AuthInitOptions): Promise<v
   }
   const san = [...options.serverNames.map((n) => `DNS:${n}`), ...options.serverIps.map((ip) => `IP:${ip}`)].join(',');
   if (!san) throw new RswapError(ErrorCodes.CONFIG, 'give the names or addresses clients use to reach nats-server (--server-name, --server-ip)');
-  await makeCertificates(dir, san);
+  await makeCertificates(dir, san, options.ca);
   await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: [] }, null, 2)}\n`);
   await addIdentity(dir, 'broker', 'broker');
   await addIdentity(dir, 'operator', 'operator');
@@ -200,7 +202,7 @@ export async function authInit(dir: string, options: AuthInitOptions): Promise<v
  * The CA (10 years) and nats-server's certificate (825 days) for `san`, with openssl. Both are
  * valid from a day before they are made, so a host whose clock runs behind still accepts them.
  */
-async function makeCertificates(dir: string, san: string): Promise<void> {
+async function makeCertificates(dir: string, san: string, ownCa?: { cert: string; key: string }): Promise<void> {
   const work = join(dir, '.ca');
   await mkdir(join(work, 'new'), { recursive: true, mode: 0o700 });
   const stamp = (ms: number) => new Date(ms).toISOString().replace(/[-:T]/g, '').slice(0, 14) + 'Z';
@@ -220,8 +222,13 @@ async function makeCertificates(dir: string, san: string): Promise<void> {
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   const sign = ['ca', '-batch', '-notext', '-config', join(work, 'ca.cnf'), '-keyfile', join(dir, 'ca-key.pem'), '-startdate', from];
   try {
-    await execa('openssl', ['req', '-new', ...ec, '-keyout', join(dir, 'ca-key.pem'), '-out', join(work, 'ca.csr'), '-subj', '/CN=rswap CA']);
-    await execa('openssl', [...sign, '-selfsign', '-in', join(work, 'ca.csr'), '-out', join(dir, 'ca.pem'), '-enddate', stamp(Date.now() + 3650 * day), '-extensions', 'ca_ext']);
+    if (ownCa) {
+      await writeFile(join(dir, 'ca.pem'), await readFile(ownCa.cert));
+      await writeFile(join(dir, 'ca-key.pem'), await readFile(ownCa.key), { mode: 0o600 });
+    } else {
+      await execa('openssl', ['req', '-new', ...ec, '-keyout', join(dir, 'ca-key.pem'), '-out', join(work, 'ca.csr'), '-subj', '/CN=rswap CA']);
+      await execa('openssl', [...sign, '-selfsign', '-in', join(work, 'ca.csr'), '-out', join(dir, 'ca.pem'), '-enddate', stamp(Date.now() + 3650 * day), '-extensions', 'ca_ext']);
+    }
     await execa('openssl', ['req', '-new', ...ec, '-keyout', join(dir, 'server-key.pem'), '-out', join(work, 'server.csr'), '-subj', '/CN=rswap nats-server']);
     await execa('openssl', [...sign, '-cert', join(dir, 'ca.pem'), '-in', join(work, 'server.csr'), '-out', join(dir, 'server.pem'), '-enddate', stamp(Date.now() + 825 * day), '-extensions', 'server_ext']);
   } finally {

@@ -50,7 +50,8 @@ before(async () => {
     attacherArgs: ['--reconcile-interval-ms', '600000', '--announce-interval-ms', '1000'],
     // A borrower silent for 5 s is gone (120 s in production), checked every second; agents
     // announce every second here (10 s in production).
-    brokerArgs: ['--borrower-timeout-ms', '5000', '--sweep-interval-ms', '1000'],
+    // Offers stale after 5 s (30 s in production), so a far-future one can be seen going stale.
+    brokerArgs: ['--borrower-timeout-ms', '5000', '--sweep-interval-ms', '1000', '--offer-ttl-ms', '5000'],
     // host-b's clock runs 10 minutes behind (libfaketime): every borrower here is a skewed one.
     processEnv: { 'host-b/attacher': { LD_PRELOAD: await libfaketime(), FAKETIME: '-10m', DONT_FAKE_MONOTONIC: '1' } },
     // host-c's attacher refuses every swap-off (it would keep 64 TiB free), until a test restarts it.
@@ -134,7 +135,9 @@ test('invariants - an unexport while the borrower is logged in is refused in dra
     assert.deepEqual((await targetOf(lease)).sessions, ['198.18.0.12'], 'host-b is logged in');
     // As a release racing a second unexport would: the record says draining, the borrower still swaps.
     const stores = await openStores(nc.as('broker'));
-    await casUpdate(stores.leases, lease.id, LeaseRecord, (l) => ({ ...l!, state: 'draining' as const }));
+    // Driven by another broker that is not overdue, so this broker's reconciler stands back (it
+    // would carry the release out properly: swap-off first).
+    await casUpdate(stores.leases, lease.id, LeaseRecord, (l) => ({ ...l!, state: 'draining' as const, driver: 'another-broker', updatedAt: Date.now() }));
     const reply = await ask(subjects.unexportCmd('host-a'), { leaseId: lease.id, lender: 'host-a' });
     assert.equal(reply.ok, false);
     assert.equal(reply.error?.code, 'RSWAP_E_IN_USE', JSON.stringify(reply));
@@ -190,6 +193,42 @@ test('invariants - a deleted lease record leaves the target serving and reported
   }
   const report = await workload.result;
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact');
+});
+
+test('invariants - a forged lost fails the lease but frees no capacity while the borrower still swaps on the target', async () => {
+  // Fails on main before commit 145066f: a lost event gave the lease's bytes back at once.
+  assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 512 * MiB, at: Date.now() })).ok, true);
+  const reply = (await ask(subjects.pressure('host-c'), { host: 'host-c', neededBytes: 64 * MiB, at: Date.now() })) as { leaseId?: string; state?: string };
+  assert.equal(reply.state, 'active', JSON.stringify(reply));
+  const lease = (await listLeases(testbedBus(tb))).find((l) => l.id === reply.leaseId)!;
+  // host-c says it lost host-a; it did not (and its attacher refuses every swap-off here).
+  const lost = (await ask(subjects.lost('host-c'), { host: 'host-c', leaseId: lease.id, reason: 'forged', at: Date.now() })) as { ok: boolean; state?: string };
+  assert.equal(lost.state, 'failed', JSON.stringify(lost));
+  const failed = (await listLeases(testbedBus(tb))).find((l) => l.id === lease.id)!;
+  assert.match(failed.reason!, /lender host-a lost: forged/);
+  assert.deepEqual((await targetOf(lease)).sessions, ['198.18.0.13'], 'host-c is still logged in');
+  assert.ok((await readSwaps()).some((a) => a.path === lease.device), 'and still swaps on it');
+  // host-a re-announces (every 10 s), still listing the lease it serves: the bytes stay promised.
+  await waitFor('host-a announcing again', async () => (await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')?.exporter?.lostAt === undefined, { timeoutMs: 30_000, intervalMs: 250 });
+  const hostA = (await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')!;
+  assert.ok(hostA.exporter?.serving?.includes(lease.id));
+  assert.equal(hostA.reservations[lease.id], lease.sizeBytes, 'the bytes stay promised while host-a serves the target');
+});
+
+test("invariants - a far-future offer is recorded at its arrival and goes stale by the broker's clock", async () => {
+  // Fails on main before commit 145066f: an offer an hour ahead stayed fresh for an hour.
+  const sentAt = Date.now();
+  assert.equal((await ask(subjects.surplus('host-a'), { host: 'host-a', lendableBytes: 512 * MiB, at: sentAt + 3_600_000 })).ok, true);
+  const offer = (await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')!.offer!;
+  assert.ok(offer.at >= sentAt && offer.at <= Date.now(), `recorded at its arrival: ${offer.at - sentAt} ms after sending`);
+  // Past the 5 s offer TTL by the broker's clock, with no other offer, no lender is found.
+  await waitFor('the offer past its TTL', async () => Date.now() > offer.at + 5_500, { timeoutMs: 30_000, intervalMs: 100 });
+  const reply = (await ask(subjects.pressure('host-b'), { host: 'host-b', neededBytes: 64 * MiB, at: Date.now() })) as { ok: boolean; leaseId?: string };
+  assert.equal(reply.ok, true);
+  assert.equal(reply.leaseId, undefined, `no lease from a stale offer: ${JSON.stringify(reply)}`);
+  // host-b's pressure waits for a lender (10 s) and must not be served by the next test's offer:
+  // its relief drops it.
+  assert.equal((await ask(subjects.relief('host-b'), { host: 'host-b', at: Date.now() })).ok, true);
 });
 
 test('invariants - a swap-off the borrower refuses, asked again 240 times, leaves the lease active and its record under 64 KiB', async () => {

@@ -6,11 +6,14 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as tcpConnect } from 'node:net';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
 import { connect, nkeyAuthenticator, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { connectAs, startNatsServer, type NatsServer } from '../../shared/nats.js';
-import { connectionOptions, readCreds, rotateIdentity } from '../../shared/auth.js';
+import { authInit, connectionOptions, readCreds, rotateIdentity } from '../../shared/auth.js';
 import { subjects } from '../../shared/subjects.js';
 import { startBroker } from '../../services/broker/index.js';
 import { cordonHost, drainHost, listHosts, listLeases } from '../../cli/operator.js';
@@ -214,4 +217,18 @@ test('auth - a rotated key: after nats-server reloads, the old key no longer sig
   const fresh = await connectAs(server.as('host-c'), 'new-key');
   await fresh.close();
   assert.equal(as('host-c').isClosed(), true, "host-c's long-lived connection, on the old key, was closed too");
+});
+
+test("auth - an operator's own CA signs nats-server's certificate instead of a new one", async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-own-ca-'));
+  try {
+    await execa('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '30', '-subj', '/CN=their CA',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    await authInit(join(dir, 'auth'), { serverNames: ['localhost'], serverIps: ['127.0.0.1'], ca: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } });
+    const verified = await execa('openssl', ['verify', '-CAfile', join(dir, 'cert.pem'), join(dir, 'auth', 'server.pem')]);
+    assert.match(verified.stdout, /server\.pem: OK/);
+    assert.equal((await readCreds(join(dir, 'auth', 'creds', 'operator.creds'))).ca, await readFile(join(dir, 'cert.pem'), 'utf8'), 'clients trust their CA');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
