@@ -1,13 +1,13 @@
 /**
  * The kernel initiator (open-iscsi), the production default where iscsi_tcp exists. A node record
  * per lease, bound to an `rswap` iface that carries our initiator name, with CHAP and a replacement
- * timeout; the LUN is found by its stable /dev/disk/by-path link.
+ * timeout; the LUN is found by its stable /dev/disk/by-path link, or without udev through sysfs.
  *
  * replacement_timeout decides what swap I/O does when the target vanishes: I/O is queued for that
  * long, then failed (a failed swap-in kills the faulting process with SIGBUS). Longer rides out a
  * lender or network restart; shorter frees a hung borrower sooner.
  */
-import { access, realpath } from 'node:fs/promises';
+import { access, readFile, readdir, realpath } from 'node:fs/promises';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
@@ -22,8 +22,33 @@ const ISCSI_ERR_SESS_EXISTS = 15;
 export interface KernelOptions {
   initiatorIqn: string;
   replacementTimeoutS: number;
-  /** How long to wait for udev to create the by-path link after login. */
+  /** How long to wait for the LUN's disk after login. */
   deviceWaitMs: number;
+  /** Where sysfs is (tests use a fake tree). */
+  sysfs?: string;
+}
+
+/**
+ * The disk of the target's LUN, found through sysfs from its iSCSI session (no udev needed, as in
+ * a minimal VM): the session whose target name and connection address match, then its
+ * `device/target*\/H:C:T:LUN/block/<disk>`. Undefined while there is none.
+ */
+export async function sessionDevice(target: Target, sysfs = '/sys'): Promise<string | undefined> {
+  const read = (path: string) => readFile(path, 'utf8').then((t) => t.trim(), () => '');
+  const list = (path: string) => readdir(path).catch(() => [] as string[]);
+  for (const session of await list(`${sysfs}/class/iscsi_session`)) {
+    const base = `${sysfs}/class/iscsi_session/${session}`;
+    if ((await read(`${base}/targetname`)) !== target.iqn) continue;
+    const connection = `${sysfs}/class/iscsi_connection/connection${session.replace(/^session/, '')}:0`;
+    if (`${await read(`${connection}/persistent_address`)}:${await read(`${connection}/persistent_port`)}` !== target.portal) continue;
+    for (const scsiTarget of (await list(`${base}/device`)).filter((d) => d.startsWith('target'))) {
+      for (const lun of (await list(`${base}/device/${scsiTarget}`)).filter((d) => d.endsWith(`:${target.lun}`))) {
+        const [disk] = await list(`${base}/device/${scsiTarget}/${lun}/block`);
+        if (disk) return `/dev/${disk}`;
+      }
+    }
+  }
+  return undefined;
 }
 
 export function byPathLink(target: Target): string {
@@ -69,19 +94,18 @@ export class KernelInitiator implements Initiator {
     }
     await this.update(target, 'node.session.timeo.replacement_timeout', String(this.options.replacementTimeoutS));
     await this.run('iscsiadm', [...this.node(target), '--login'], { okExitCodes: [ISCSI_ERR_SESS_EXISTS], timeoutMs: 30_000 });
+    // The LUN's stable by-path link where udev runs; else its disk found through sysfs from the session.
     for (let waited = 0; ; waited += 100) {
-      try {
-        await access(link);
-        break;
-      } catch {
-        if (waited >= this.options.deviceWaitMs) {
-          throw new RswapError(ErrorCodes.TIMEOUT, `lease ${leaseId}: logged in but ${link} did not appear within ${this.options.deviceWaitMs}ms`);
-        }
-        await new Promise((resolve) => setTimeout(resolve, 100));
+      const device = (await access(link).then(() => link, () => undefined)) ?? (await sessionDevice(target, this.options.sysfs));
+      if (device) {
+        this.log.info({ leaseId, device: await realpath(device) }, 'iscsi session up');
+        return device;
       }
+      if (waited >= this.options.deviceWaitMs) {
+        throw new RswapError(ErrorCodes.TIMEOUT, `lease ${leaseId}: logged in but neither ${link} nor the session's disk in sysfs appeared within ${this.options.deviceWaitMs}ms`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    this.log.info({ leaseId, device: await realpath(link) }, 'iscsi session up');
-    return link;
   }
 
   async logout(leaseId: string, target: Target | undefined): Promise<void> {

@@ -45,7 +45,7 @@ test('kernel initiator - node record with CHAP and replacement timeout, then log
   const { run, calls } = recordingRunner();
   const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200 });
   // No iscsi_tcp here, so the by-path link never appears: the login must time out clearly.
-  await assert.rejects(initiator.login('l-0123456789ab', target, chap), /by-path\/ip-198\.18\.0\.11:3260-iscsi-iqn\.2026-11\.io\.rswap:host-a\.l-0123456789ab-lun-1 did not appear/);
+  await assert.rejects(initiator.login('l-0123456789ab', target, chap), /neither \/dev\/disk\/by-path\/ip-198\.18\.0\.11:3260-iscsi-iqn\.2026-11\.io\.rswap:host-a\.l-0123456789ab-lun-1 nor the session's disk in sysfs appeared/);
   const lines = calls.map((c) => c.args.join(' '));
   assert.ok(lines.some((l) => l.includes('-m iface -I rswap -o update -n iface.initiatorname -v iqn.2026-11.io.rswap:host-b')));
   assert.ok(lines.some((l) => l.endsWith('-o update -n node.session.auth.authmethod -v CHAP')));
@@ -78,11 +78,38 @@ test('kernel initiator - mutual CHAP: the target must prove its own secret (user
   const { run, calls } = recordingRunner();
   const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 100 });
   const mutual = { ...chap, targetUser: 'l-0123456789ab-target', targetSecret: 'T4rgetT4rgetT4rget' };
-  await assert.rejects(initiator.login('l-0123456789ab', target, mutual), /did not appear/);
+  await assert.rejects(initiator.login('l-0123456789ab', target, mutual), /appeared within/);
   const lines = calls.map((c) => c.args.join(' '));
   const userIn = lines.findIndex((l) => l.endsWith('-n node.session.auth.username_in -v l-0123456789ab-target'));
   const passwordIn = calls.findIndex((c) => c.args.includes('node.session.auth.password_in'));
   assert.ok(userIn >= 0 && passwordIn >= 0);
   assert.deepEqual(calls[passwordIn]!.options?.secrets, ['T4rgetT4rgetT4rget']);
   assert.ok(lines.findIndex((l) => l.endsWith('--login')) > Math.max(userIn, passwordIn), 'login comes after');
+});
+
+test('kernel initiator - without udev, the LUN\'s disk is found through sysfs from the session with the same target and portal', async () => {
+  const { mkdtemp, mkdir, writeFile, rm } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const { sessionDevice } = await import('../../services/attacher/kernel.js');
+  const sysfs = await mkdtemp(join(tmpdir(), 'rswap-sysfs-'));
+  try {
+    const session = async (n: number, iqn: string, address: string, lun: number, disk: string) => {
+      const base = join(sysfs, 'class/iscsi_session', `session${n}`);
+      await mkdir(join(base, 'device', `target${n}:0:0`, `${n}:0:0:${lun}`, 'block', disk), { recursive: true });
+      await writeFile(join(base, 'targetname'), `${iqn}\n`);
+      const connection = join(sysfs, 'class/iscsi_connection', `connection${n}:0`);
+      await mkdir(connection, { recursive: true });
+      await writeFile(join(connection, 'persistent_address'), `${address.split(':')[0]}\n`);
+      await writeFile(join(connection, 'persistent_port'), `${address.split(':')[1]}\n`);
+    };
+    await session(1, 'iqn.2026-11.io.rswap:host-a.l-ffffffffffff', '198.18.0.11:3260', 1, 'sda'); // another lease
+    await session(2, target.iqn, '198.18.0.99:3260', 1, 'sdb'); // same name, another portal
+    assert.equal(await sessionDevice(target, sysfs), undefined);
+    await session(3, target.iqn, target.portal, 1, 'sdc');
+    assert.equal(await sessionDevice(target, sysfs), '/dev/sdc');
+    assert.equal(await sessionDevice({ ...target, lun: 2 }, sysfs), undefined, 'another LUN');
+  } finally {
+    await rm(sysfs, { recursive: true, force: true });
+  }
 });
