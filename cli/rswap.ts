@@ -259,12 +259,15 @@ testbed
   .option('--hosts <n>', 'number of hosts', '2')
   .option('--dir <path>', 'where everything lives', '/run/rswap/testbed')
   .option('--nats-port <port>', 'NATS port on the bridge', '14222')
-  .action(async (o: { hosts: string; dir: string; natsPort: string }) => {
+  .option('--vm-hosts <n>', 'VM hosts after those (a real kernel, the kernel iSCSI initiator; qemu, TCG where there is no KVM)', '0')
+  .option('--insecure', 'NATS without identities or TLS (loud; never in production)')
+  .action(async (o: { hosts: string; dir: string; natsPort: string; vmHosts: string; insecure?: boolean }) => {
     const log = createLogger('testbed');
     const run = createRunner(log);
     try {
-      const tb = await testbedUp(run, log, { dir: o.dir, hosts: Number(o.hosts), natsPort: Number(o.natsPort) });
-      console.log(`testbed up: ${tb.hosts.map((h) => `${h.name} ${h.address}`).join(', ')}; NATS ${tb.natsUrl}`);
+      const tb = await testbedUp(run, log, { dir: o.dir, hosts: Number(o.hosts), natsPort: Number(o.natsPort), vmHosts: Number(o.vmHosts), ...(o.insecure ? { insecure: true } : {}) });
+      console.log(`testbed up: ${[...tb.hosts, ...(tb.vms ?? [])].map((h) => `${h.name} ${h.address}`).join(', ')}; NATS ${tb.natsUrl}`);
+      for (const vm of tb.vms ?? []) console.log(`VM host ${vm.name}: ready ${((vm.readyMs ?? 0) / 1000).toFixed(1)} s after start; console and agent logs in ${vm.dir}`);
       console.log(`try: rswap hosts --nats ${tb.natsUrl}${tb.creds ? ` --creds ${tb.creds.operator}` : ' --insecure'}`);
     } catch (error) {
       await testbedDown(run, log, o.dir);

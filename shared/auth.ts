@@ -15,6 +15,7 @@
  *   broker     sends commands, writes both buckets, hears every host's events and operator requests
  *   operator   release, revoke, cordon, uncordon, drain; reads everything but commands and inboxes
  *   observer   reads (KV, events, lease states); never a command or a reply (they carry CHAP secrets)
+ *   Neither of the last two may join the brokers' queue group, nor delete a KV consumer.
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -46,6 +47,9 @@ export const Creds = z.object({
 });
 export type Creds = z.infer<typeof Creds>;
 
+/** The queue group every broker's handlers share. */
+export const BROKER_QUEUE = 'rswap-broker';
+
 /** Each identity hears replies only under its own inbox prefix, so no one reads another's replies. */
 export const inboxPrefix = (name: string) => `_INBOX_${name}`;
 
@@ -61,7 +65,8 @@ function kvRead(): string[] {
       `$JS.API.DIRECT.GET.${s}.>`,
       `$JS.API.CONSUMER.CREATE.${s}`,
       `$JS.API.CONSUMER.CREATE.${s}.>`,
-      `$JS.API.CONSUMER.DELETE.${s}.>`,
+      // No CONSUMER.DELETE: one reader could delete another's (the broker's watch); ephemeral
+      // consumers go by themselves once their reader is gone.
       `$JS.API.CONSUMER.INFO.${s}.>`,
       `$JS.FC.${s}.>`,
     ]),
@@ -92,10 +97,11 @@ export function permissionsFor(identity: Pick<Identity, 'name' | 'role'>, everyo
     case 'observer': {
       // Everything but commands and other identities' replies: those carry CHAP secrets. A
       // subscription to '>' is allowed and never gets them (nats-server filters its deliveries).
+      // No queue subscription in the brokers' group: it would take a share of the brokers' messages.
       const others = [...new Set(everyone.map((i) => i.name))].filter((n) => n !== name).map((n) => `${inboxPrefix(n)}.>`);
       return {
         publish: { allow: [...(role === 'operator' ? operatorRequests : []), ...kvRead()] },
-        subscribe: { allow: ['>'], deny: [`${PREFIX}.cmd.>`, '_INBOX.>', ...others] },
+        subscribe: { allow: ['>'], deny: [`${PREFIX}.cmd.>`, '_INBOX.>', ...others, `> ${BROKER_QUEUE}`] },
       };
     }
   }

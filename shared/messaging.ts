@@ -10,6 +10,7 @@ import type { z } from 'zod';
 import type { Logger } from './log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage, type ErrorCode } from './errors.js';
 import { hostOfSubject } from './subjects.js';
+import { inboxPrefix } from './auth.js';
 import { metrics } from './metrics.js';
 
 const tracer = trace.getTracer('rswap.messaging');
@@ -153,6 +154,17 @@ export function handle<T>(
           log.warn({ subject: msg.subject, code, reason: message }, 'message rejected');
           if (msg.reply) msg.respond(JSON.stringify({ ok: false, error: { code, message } }));
         };
+        // A host's event asks for the answer on that host's own inbox: an answer sent anywhere else
+        // (another identity's inbox, where it could pass for a reply that identity awaits) is not
+        // sent, and the event is dropped.
+        const host = options.checkHostToken ? hostOfSubject(msg.subject) : undefined;
+        if (host && msg.reply?.startsWith('_INBOX_') && !msg.reply.startsWith(`${inboxPrefix(host)}.`)) {
+          rejects.add(ErrorCodes.SPOOFED_HOST);
+          span.setStatus({ code: SpanStatusCode.ERROR, message: 'reply subject of another identity' });
+          log.warn({ subject: msg.subject, reply: msg.reply }, `message rejected: a reply from '${host}' may only go to ${inboxPrefix(host)}.>`);
+          span.end();
+          return;
+        }
         try {
           let raw: unknown;
           try {

@@ -237,8 +237,11 @@ export const HostRecord = z.object({
   pressure: z.object({ neededBytes: Bytes, at: Timestamp }).optional(),
   /** A broker bringing up a lease for this borrower: no other broker starts one meanwhile. */
   lending: z.object({ leaseId: LeaseId, by: z.string(), at: Timestamp }).optional(),
-  /** An operator cordoned this lender (`rswap cordon`, `rswap drain`): no new lease is placed on it. */
-  cordoned: z.object({ at: Timestamp }).optional(),
+  /**
+   * This lender is cordoned (`rswap cordon`, `rswap drain`): no new lease is placed on it. `by`:
+   * an operator, or the host itself (its rswap-drain unit); a host lifts only its own cordon.
+   */
+  cordoned: z.object({ at: Timestamp, by: z.enum(['operator', 'self']).optional() }).optional(),
   /** Set by a relief event newer than the last pressure: the host has been clear since then. */
   clearSince: Timestamp.optional(),
   /** Bytes the broker has promised to leases on this lender, by lease id. */

@@ -29,6 +29,7 @@ import { createMemoryCgroup, memoryCgroupRoot, removeCgroup } from '../../shared
 import { GiB, MiB } from '../../shared/units.js';
 import { recordedLoops } from '../../services/attacher/userspace.js';
 import { authInit, readIdentities } from '../../shared/auth.js';
+import { accelerator, qemuCommand, vmImage, vmScript, writeVmScript } from './vm.js';
 import { connectAs, type NatsAccess } from '../../shared/nats.js';
 
 export const BRIDGE = 'rswap-br0';
@@ -68,6 +69,14 @@ export interface TestbedOptions {
    * process signs in with its own credentials over TLS). Every service then warns on each start.
    */
   insecure?: boolean;
+  /**
+   * VM hosts after the namespace hosts (cli/testbed/vm.ts): a real kernel with the kernel iSCSI
+   * initiator, on the same bridge through a tap device; each runs a monitor (machine scope), an
+   * exporter and an attacher (`--initiator kernel`).
+   */
+  vmHosts?: number;
+  /** Each VM host's RAM (default 1024 MiB). */
+  vmMemoryMiB?: number;
 }
 
 export interface TestbedHost {
@@ -96,6 +105,18 @@ export interface Testbed {
   processes: TestbedProcess[];
   /** Credentials file of each identity (broker, operator, observer, each host), unless insecure. */
   creds?: Record<string, string>;
+  /** VM hosts: name, address, tap and folder (console.log and agent logs in it). */
+  vms?: TestbedVm[];
+}
+
+export interface TestbedVm {
+  name: string;
+  address: string;
+  tap: string;
+  dir: string;
+  memoryMiB: number;
+  /** Boot to ready (its exporter and attacher recorded by the broker), ms. */
+  readyMs?: number;
 }
 
 /**
@@ -136,7 +157,10 @@ function startDetached(command: string[], logFile: string, env: Record<string, s
 export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
   const dir = options.dir;
   const hosts = hostsFor(options.hosts, await memoryCgroupRoot(), options.memoryBytes);
+  const vmNames = Array.from({ length: options.vmHosts ?? 0 }, (_, i) => `host-${String.fromCharCode(97 + options.hosts + i)}`);
   const natsUrl = `nats://${BRIDGE_ADDRESS}:${options.natsPort}`;
+  // The VM image first (built once per kernel version, cached): nothing is set up yet if it fails.
+  const image = vmNames.length > 0 ? await vmImage(log) : undefined;
   const links = await run('ip', ['-o', 'link', 'show']);
   if (links.stdout.includes(` ${BRIDGE}:`)) throw new Error(`a testbed is already up (bridge ${BRIDGE} exists); run 'rswap testbed down' first`);
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -168,7 +192,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   let creds: Record<string, string> | undefined;
   const authDir = join(dir, 'auth');
   if (!options.insecure) {
-    await authInit(authDir, { serverNames: ['localhost'], serverIps: [BRIDGE_ADDRESS, '127.0.0.1'], hosts: hosts.map((h) => h.name) });
+    await authInit(authDir, { serverNames: ['localhost'], serverIps: [BRIDGE_ADDRESS, '127.0.0.1'], hosts: [...hosts.map((h) => h.name), ...vmNames] });
     creds = Object.fromEntries((await readIdentities(authDir)).map((i) => [i.name, join(authDir, 'creds', `${i.name}.creds`)]));
   }
   const credsOf = (name: string) => (creds ? ['--creds', creds[name]!] : ['--insecure']);
@@ -223,15 +247,42 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     }
     await startBroker();
   }
-  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0), ...(creds ? { creds } : {}) };
+  const vms: TestbedVm[] = [];
+  if (image) {
+    const accel = await accelerator(image);
+    for (const [i, name] of vmNames.entries()) {
+      const vm: TestbedVm = { name, address: `198.18.0.${11 + hosts.length + i}`, tap: `rswv-${name}`, dir: join(dir, name), memoryMiB: options.vmMemoryMiB ?? 1024 };
+      await run('ip', ['tuntap', 'add', 'dev', vm.tap, 'mode', 'tap']);
+      await run('ip', ['link', 'set', vm.tap, 'master', BRIDGE, 'up']);
+      const spec = { name, share: vm.dir, tap: vm.tap, mac: `52:54:00:72:73:${(0x10 + i).toString(16)}`, memoryMiB: vm.memoryMiB };
+      const inVm = (role: string, args: string[]) =>
+        `${node} ${CLI} ${role} --nats ${natsUrl} ${credsOf(name).join(' ')} --host ${name} ${args.join(' ')} >> ${join(vm.dir, `${role}.log`)} 2>&1 &`;
+      await writeVmScript(spec, vmScript(spec, vm.address, `iqn.2026-11.io.rswap:${name}`, [
+        inVm('exporter', ['--address', vm.address, '--state-dir', '/var/lib/rswap/exporter', ...(options.exporterArgs ?? [])]),
+        ...(options.monitors !== false ? [inVm('monitor', ['--scope', 'machine', '--exporter-state-dir', '/var/lib/rswap/exporter', ...(options.monitorArgs ?? [])])] : []),
+        inVm('attacher', ['--address', vm.address, '--initiator', 'kernel', '--state-dir', '/var/lib/rswap/attacher', ...(options.attacherArgs ?? [])]),
+      ]));
+      startDetached(qemuCommand(image, spec, accel), join(vm.dir, 'console.log'), {}, `${name}/vm`);
+      vms.push(vm);
+    }
+  }
+  const bootedAt = Date.now();
+  const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0), ...(creds ? { creds } : {}), ...(vms.length ? { vms } : {}) };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
-  // Ready when the broker has recorded every host's exporter and attacher.
+  // Ready when the broker has recorded every host's exporter and attacher (a VM's too: it boots
+  // and starts node under TCG, which takes a while).
+  const names = [...hosts.map((h) => h.name), ...vms.map((v) => v.name)];
   await waitFor('testbed: agents announced to the broker', async () => {
     // NATS may refuse for a moment while the broker creates the buckets: not ready yet.
     const known = await listHosts(testbedBus(testbed)).catch(() => []);
-    return hosts.every((h) => known.some((k) => k.host === h.name && k.exporter && k.attacher));
-  }, { timeoutMs: 30_000 });
-  log.info({ dir, natsUrl, hosts: hosts.map((h) => `${h.name}=${h.address}`) }, 'testbed up');
+    for (const vm of vms) if (vm.readyMs === undefined && known.some((k) => k.host === vm.name && k.exporter && k.attacher)) vm.readyMs = Date.now() - bootedAt;
+    return names.every((name) => known.some((k) => k.host === name && k.exporter && k.attacher));
+  }, { timeoutMs: vms.length > 0 ? 240_000 : 30_000 });
+  if (vms.length > 0) {
+    await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
+    for (const vm of vms) log.info({ vm: vm.name, readyMs: vm.readyMs, accel: await accelerator(image!) }, `VM host ${vm.name} ready ${((vm.readyMs ?? 0) / 1000).toFixed(1)} s after it started`);
+  }
+  log.info({ dir, natsUrl, hosts: names }, 'testbed up');
   return testbed;
 }
 
@@ -363,6 +414,9 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   const localSwap = localSwapPath(dir);
   if (swaps.some((a) => a.path === localSwap)) await attempt(`swapoff ${localSwap}`, () => run('swapoff', [localSwap], { timeoutMs: 600_000 }));
   await attempt(`rm ${localSwap}`, () => rm(localSwap, { force: true }));
+  // VM hosts (qemu names the folder): what they borrowed is gone with them; what they lent, the
+  // swap-offs above have taken back.
+  await attempt('stop VM hosts', async () => killAll(await pidsWhere((cmd) => cmd.startsWith('qemu-system-x86_64') && cmd.includes('-name rswap-vm-') && cmd.includes(dir + '/'))));
   // 3. Initiators (qemu-storage-daemon names the folder), then everything in our namespaces (tgtd).
   await attempt('stop initiators', stopInitiators);
   const namespaces = (await run('ip', ['netns', 'list']).then((r) => r.stdout, () => ''))
@@ -390,8 +444,8 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   // when it still held TCP connections to a host that vanished), and a next testbed would find
   // the old link still there.
   const { stdout: links } = await run('ip', ['-o', 'link', 'show']).catch(() => ({ stdout: '' }));
-  for (const veth of [...links.matchAll(/^\d+: (rsw-host-[a-z]+)[@:]/gm)].map((m) => m[1]!)) {
-    await attempt(`link ${veth}`, () => run('ip', ['link', 'del', veth]));
+  for (const link of [...links.matchAll(/^\d+: (rsw[vw]?-host-[a-z]+)[@:]/gm)].map((m) => m[1]!)) {
+    await attempt(`link ${link}`, () => run('ip', ['link', 'del', link]));
   }
   for (const netns of namespaces) await attempt(`netns ${netns}`, () => run('ip', ['netns', 'del', netns]));
   await attempt('bridge', async () => {

@@ -107,13 +107,24 @@ export class HostStore {
     });
   }
 
-  /** Cordons (no new leases) or uncordons a host; it must be known to the broker. */
-  async setCordoned(host: string, cordoned: boolean, now: number): Promise<HostRecord> {
+  /**
+   * Cordons (no new leases) or uncordons a host; it must be known to the broker. `by` the host
+   * itself, an uncordon lifts only a cordon it set itself: an operator's stays.
+   */
+  async setCordoned(host: string, cordoned: boolean, now: number, by: 'operator' | 'self' = 'operator'): Promise<HostRecord> {
     const { value } = await casUpdate(this.kv, host, HostRecord, (current) => {
       if (!current) throw new RswapError(ErrorCodes.UNKNOWN_HOST, `unknown host '${host}'`);
-      if (cordoned) return current.cordoned ? current : { ...current, cordoned: { at: now } };
+      if (cordoned) {
+        // An operator's cordon is the stronger one: it replaces the host's own, never the reverse.
+        if (current.cordoned && (current.cordoned.by === 'operator' || by === 'self')) return current;
+        return { ...current, cordoned: { at: current.cordoned?.at ?? now, by } };
+      }
+      if (!current.cordoned) return current;
+      if (by === 'self' && current.cordoned.by !== 'self') {
+        throw new RswapError(ErrorCodes.ILLEGAL_STATE, `host '${host}' was cordoned by an operator: only an operator uncordons it`);
+      }
       const { cordoned: _lifted, ...rest } = current;
-      return current.cordoned ? rest : current;
+      return rest;
     });
     return value;
   }

@@ -14,6 +14,7 @@ import { UnservedDemand } from './demand.js';
 import { isTerminal } from './states.js';
 import { scrapeGauge, serveMetrics } from '../../shared/metrics.js';
 import { measuredAt, noteSkew } from '../../shared/clock.js';
+import { BROKER_QUEUE } from '../../shared/auth.js';
 
 export const BrokerConfig = z.strictObject({
   ...natsSettings,
@@ -56,7 +57,7 @@ export async function startBroker(raw: Record<string, unknown>) {
   });
   const lifecycle = new Lifecycle(nc, hosts, leases, config, log, brokerId, unserved);
   const rejects = new RejectCounter();
-  const queue = 'rswap-broker';
+  const queue = BROKER_QUEUE;
   const base = { log, rejects, queue };
 
   // Liveness and freshness by this broker's clock (shared/clock.ts): an agent is alive when its
@@ -132,17 +133,18 @@ export async function startBroker(raw: Record<string, unknown>) {
   handle(nc, subjects.revoke, { ...base, schema: ReleaseRequest }, async (request) => lifecycle.revoke(request.leaseId));
   // Cordon, uncordon and drain: from an operator for any host, or from a host for itself (the
   // rswap-drain unit on a lender, with only that lender's identity).
-  const cordon = async (request: HostRequest) => {
-    log.warn({ host: request.host }, 'lender cordoned: no new leases on it');
-    return { host: await hosts.setCordoned(request.host, true, Date.now()) };
+  type By = 'operator' | 'self';
+  const cordon = (by: By) => async (request: HostRequest) => {
+    log.warn({ host: request.host, by }, 'lender cordoned: no new leases on it');
+    return { host: await hosts.setCordoned(request.host, true, Date.now(), by) };
   };
-  const uncordon = async (request: HostRequest) => {
-    log.info({ host: request.host }, 'lender uncordoned');
-    return { host: await hosts.setCordoned(request.host, false, Date.now()) };
+  const uncordon = (by: By) => async (request: HostRequest) => {
+    log.info({ host: request.host, by }, 'lender uncordoned');
+    return { host: await hosts.setCordoned(request.host, false, Date.now(), by) };
   };
-  const drain = async (request: HostRequest) => {
-    const result = await lifecycle.drainLender(request.host);
-    log.warn({ host: request.host, ...result }, 'lender drained');
+  const drain = (by: By) => async (request: HostRequest) => {
+    const result = await lifecycle.drainLender(request.host, by);
+    log.warn({ host: request.host, by, ...result }, 'lender drained');
     return result;
   };
   for (const [operatorSubject, selfSubject, action] of [
@@ -150,8 +152,8 @@ export async function startBroker(raw: Record<string, unknown>) {
     [subjects.uncordon, subjects.allSelfUncordon, uncordon],
     [subjects.drain, subjects.allSelfDrain, drain],
   ] as const) {
-    handle(nc, operatorSubject, { ...base, schema: HostRequest }, action);
-    handle(nc, selfSubject, { ...base, schema: HostRequest, checkHostToken: true }, action);
+    handle(nc, operatorSubject, { ...base, schema: HostRequest }, action('operator'));
+    handle(nc, selfSubject, { ...base, schema: HostRequest, checkHostToken: true }, action('self'));
   }
   handle(nc, subjects.release, { ...base, schema: ReleaseRequest }, async (request) => {
     const lease = await lifecycle.release(request.leaseId);

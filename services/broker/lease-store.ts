@@ -9,6 +9,7 @@ import { subjects } from '../../shared/subjects.js';
 import { LeaseRecord, type LeaseState } from '../../shared/schemas.js';
 import type { Logger } from '../../shared/log.js';
 import { cutReason, transition, withStep } from './states.js';
+import { LEASE_STATES } from '../../shared/lease-states.js';
 
 export function newLeaseId(): string {
   return `l-${randomBytes(6).toString('hex')}`;
@@ -55,6 +56,11 @@ export class LeaseStore {
   ): Promise<LeaseRecord> {
     const { value } = await casUpdate(this.kv, leaseId, LeaseRecord, (current) => {
       if (!current) throw new RswapError(ErrorCodes.UNKNOWN_LEASE, `unknown lease '${leaseId}'`);
+      // A lease mid-step belongs to its driver: another broker moves it only after claiming it
+      // (or fails it). A broker that was merely slow finds it taken and stands back.
+      if (LEASE_STATES[current.state].boundBy.length > 0 && current.driver && current.driver !== this.brokerId && to !== 'failed') {
+        throw new RswapError(ErrorCodes.ILLEGAL_STATE, `lease ${leaseId} is ${current.state}, driven by ${current.driver}`);
+      }
       return transition(current, to, Date.now(), { ...changes, driver: this.brokerId });
     });
     this.announce(value);

@@ -324,8 +324,8 @@ export class Lifecycle {
    * so it can be rebooted without killing a borrower's processes. A lease that cannot move (no
    * replacement, and its pages would not fit on the borrower) stays, and is reported.
    */
-  async drainLender(lender: string): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
-    await this.hosts.setCordoned(lender, true, Date.now());
+  async drainLender(lender: string, by: 'operator' | 'self' = 'operator'): Promise<{ moved: Array<{ from: string; to?: string }>; stayed: Array<{ leaseId: string; reason: string }> }> {
+    await this.hosts.setCordoned(lender, true, Date.now(), by);
     return this.perLender.run(lender, async () => {
       const moved: Array<{ from: string; to?: string }> = [];
       const stayed: Array<{ leaseId: string; reason: string }> = [];

@@ -29,6 +29,8 @@ import type { HostStore } from './hosts.js';
 import type { LeaseStore } from './lease-store.js';
 import type { PolicyOptions } from './policy.js';
 
+const isEnded = (state: LeaseState) => LEASE_STATES[state].step === 'none';
+
 export interface ReconcilerOptions extends PolicyOptions {
   exportTimeoutMs: number;
   attachTimeoutMs: number;
@@ -207,11 +209,17 @@ export class Reconciler {
     try {
       reply = await this.requestExport(lease);
     } catch (error) {
+      this.exported.delete(lease.id);
       if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error; // the lender saw the lease move on
       await this.fail(lease.id, `export failed: ${errorMessage(error)}`, true);
       return error;
     }
-    await this.leases.move(lease.id, 'exported', { target: reply.target });
+    try {
+      await this.leases.move(lease.id, 'exported', { target: reply.target });
+    } catch (error) {
+      this.exported.delete(lease.id);
+      throw error;
+    }
     return undefined;
   }
 
@@ -282,19 +290,20 @@ export class Reconciler {
    */
   async fail(leaseId: string, reason: string, cleanUp: boolean, borrowerGone = false): Promise<LeaseRecord | undefined> {
     trace.getActiveSpan()?.setStatus({ code: SpanStatusCode.ERROR, message: `lease ${leaseId} failed: ${reason}` });
-    let lease: LeaseRecord | undefined;
+    this.exported.delete(leaseId); // no CHAP secret kept for a lease that will not attach
+    let lease: LeaseRecord;
     try {
       lease = await this.leases.move(leaseId, 'failed', { reason });
     } catch (error) {
-      lease = await this.leases.get(leaseId);
-      if (lease && lease.state === 'released') return lease; // ended another way first: nothing to do
-      if (lease?.state === 'failed') {
-        this.log.info({ leaseId, state: lease.state }, 'lease already ended elsewhere');
-        return lease;
+      const now = await this.leases.get(leaseId);
+      if (now && isEnded(now.state)) {
+        this.log.info({ leaseId, state: now.state }, 'lease already ended elsewhere');
+        return now;
       }
+      // Not marked failed: no cleanup of a lease that may still be in use; the sweep tries again.
       this.log.error({ leaseId, err: errorMessage(error) }, 'could not mark lease failed');
+      return now;
     }
-    if (!lease) return undefined;
     let targetGone = false;
     if (cleanUp) {
       let swappedOff = true;

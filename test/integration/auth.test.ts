@@ -200,6 +200,32 @@ test('auth - a lender cordons, drains and uncordons itself with its own identity
   assert.equal((await listHosts(server.as('operator'))).find((h) => h.host === 'host-a')?.cordoned, undefined);
 });
 
+test("auth - no one but brokers joins the brokers' queue group, a host's event gets no answer on another identity's inbox, and a host cannot lift an operator's cordon", async () => {
+  // An observer in the brokers' queue group would take a share of their messages.
+  const errors: string[] = [];
+  for (const name of ['observer', 'operator']) {
+    as(name).subscribe(subjects.allPressure, { queue: 'rswap-broker', callback: (e) => void (e && errors.push(e.message)) });
+  }
+  await waitFor('both queue subscriptions refused', async () => errors.length === 2, { timeoutMs: 10_000 });
+  assert.ok(errors.every((e) => /Permissions Violation for Subscription/.test(e)), errors.join('; '));
+  // A host's event that asks for the answer on the broker's inbox (where it could pass for a
+  // reply the broker awaits) is dropped, unanswered.
+  const dropped = broker.rejects.byReason.get('RSWAP_E_SPOOFED_HOST') ?? 0;
+  const onBrokerInbox: string[] = [];
+  const peek = as('broker').subscribe('_INBOX_broker.forged', { callback: (_e, m) => void onBrokerInbox.push(m.string()) });
+  as('host-a').publish(subjects.relief('host-a'), JSON.stringify({ host: 'host-a', at: Date.now(), source: 'inject' }), { reply: '_INBOX_broker.forged' });
+  await waitFor('the forged reply subject refused', async () => (broker.rejects.byReason.get('RSWAP_E_SPOOFED_HOST') ?? 0) > dropped, { timeoutMs: 10_000 });
+  await as('broker').flush();
+  peek.unsubscribe();
+  assert.deepEqual(onBrokerInbox, []);
+  // An operator's cordon stays until an operator lifts it; the host lifts only its own.
+  await cordonHost(server.as('operator'), 'host-c', true);
+  await assert.rejects(cordonHost(server.as('host-c'), 'host-c', false), /cordoned by an operator: only an operator uncordons it/);
+  assert.equal((await listHosts(server.as('operator'))).find((h) => h.host === 'host-c')?.cordoned?.by, 'operator');
+  await cordonHost(server.as('operator'), 'host-c', false);
+  assert.equal((await listHosts(server.as('operator'))).find((h) => h.host === 'host-c')?.cordoned, undefined);
+});
+
 test('auth - a rotated key: after nats-server reloads, the old key no longer signs in (its open connection is closed) and the new one does', async () => {
   // The last test: host-c's scripted agents (on the key rotated away here) stop announcing first.
   agents.stop();

@@ -39,6 +39,9 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     ['not waiting for NATS to be healthy', (d) => { d.services.monitor.depends_on = ['nats']; }, /monitor: must depend on nats with condition service_healthy/],
     ['traces sent elsewhere', (d) => { d.services.broker.environment.OTEL_EXPORTER_OTLP_ENDPOINT = 'http://jaeger:4317'; }, /broker: OTEL_EXPORTER_OTLP_ENDPOINT 'http:\/\/jaeger:4317' is not Jaeger's OTLP\/HTTP port 4318/],
     ['a missing service', (d) => { delete d.services.monitor; }, /service 'monitor' is missing/],
+    ['nats without identities and TLS', (d) => { d.services.nats.command = ['--jetstream', '--store_dir', '/data']; }, /nats: no -c nats\.conf from rswap auth/],
+    ['a service without credentials', (d) => { delete d.services.broker.environment.RSWAP_CREDS; }, /broker: RSWAP_CREDS is not set/],
+    ['a service run insecure', (d) => { d.services.exporter.command = ['exporter', '--insecure']; }, /exporter: runs without NATS identity and TLS/],
   ];
   for (const [what, edit, expected] of cases) {
     const problems = await broken(edit);
@@ -51,6 +54,8 @@ test('check - a unit that would kill the initiator with the agent, or has a wron
   const exporter = await readFile(resolve(ROOT, 'deploy/systemd/rswap-exporter.service'), 'utf8');
   assert.match(checkUnit('x', exporter.replace('KillMode=process\n', ''))[0]!, /KillMode=process is needed/);
   assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics 9465'))[0]!, /'rswap exporter' has no flag --metrics/);
+  assert.match(checkUnit('x', exporter.replace(/^LoadCredential=.*\n/m, '')).join('; '), /NATS credentials are needed/);
+  assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics-port 9465 --insecure')).join('; '), /runs without NATS identity and TLS/);
   assert.match(checkUnit('x', '[Service]\nExecStart=/bin/true\n')[0]!, /no ExecStart running rswap/);
 });
 

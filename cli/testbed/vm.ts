@@ -1,0 +1,199 @@
+/**
+ * VM hosts for the testbed: a real kernel where this machine's own lacks parts (the kernel iSCSI
+ * initiator) or where a test must not touch the machine (machine-wide memory pressure).
+ *
+ * Each VM boots Debian's packaged kernel under qemu (KVM where /dev/kvm exists, else TCG: slow but
+ * a real kernel) with a small initramfs built here from busybox-static and the kernel's own modules.
+ * The initramfs mounts this machine's root filesystem read-only over 9p with a tmpfs overlay on top
+ * (so the VM runs the same rswap build and Debian tools, and whatever it writes stays in its RAM),
+ * shares the VM's own testbed folder writable at the same path (its logs and its script), brings up
+ * its network on a tap device and runs the script. Packages are fetched with `apt-get download` and
+ * unpacked into a cache: nothing is installed on this machine beyond qemu.
+ */
+import { access, chmod, cp, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { Logger } from '../../shared/log.js';
+
+export const VM_CACHE = '/var/cache/rswap/vm';
+
+/** The modules the VM loads at boot (their dependencies come with them, in order). */
+const MODULES = ['virtio_pci', 'virtio_net', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel'];
+
+export interface VmImage {
+  version: string;
+  kernel: string;
+  initrd: string;
+}
+
+/** Runs `command` in `cwd`, returning stdout. */
+async function sh(command: string, args: string[], cwd?: string): Promise<string> {
+  return (await execa(command, args, { cwd })).stdout;
+}
+
+/**
+ * The kernel and initramfs for VM hosts, built once per kernel version into VM_CACHE: Debian's
+ * current linux-image-amd64 and busybox-static, unpacked (not installed).
+ */
+export async function vmImage(log: Logger, cache = VM_CACHE): Promise<VmImage> {
+  const depends = await sh('apt-cache', ['depends', 'linux-image-amd64']);
+  const pkg = /Depends: (linux-image-[0-9][^\s]*)/.exec(depends)?.[1];
+  if (!pkg) throw new Error(`no kernel package behind linux-image-amd64: ${depends}`);
+  const version = pkg.replace(/^linux-image-/, '');
+  const dir = join(cache, version);
+  const image = { version, kernel: join(dir, 'root', 'boot', `vmlinuz-${version}`), initrd: join(dir, 'initrd.gz') };
+  if (await access(image.initrd).then(() => true, () => false)) return image;
+  log.info({ version }, 'building the VM image (kernel and initramfs) once');
+  await rm(dir, { recursive: true, force: true });
+  const debs = join(dir, 'debs');
+  await mkdir(debs, { recursive: true });
+  await sh('apt-get', ['download', pkg, 'busybox-static'], debs);
+  const root = join(dir, 'root');
+  for (const deb of await readdir(debs)) await sh('dpkg-deb', ['-x', join(debs, deb), root]);
+  await sh('depmod', ['-b', root, version]);
+  // The initramfs: busybox, the modules in load order, and init.
+  const initramfs = join(dir, 'initramfs');
+  for (const d of ['bin', 'modules', 'proc', 'sys', 'dev', 'lower', 'upper', 'newroot']) await mkdir(join(initramfs, d), { recursive: true });
+  await cp(join(root, 'bin', 'busybox'), join(initramfs, 'bin', 'busybox'));
+  const order: string[] = [];
+  for (const module of MODULES) {
+    for (const line of (await sh('modprobe', ['-d', root, '-S', version, '--show-depends', module])).split('\n')) {
+      const file = /^insmod (\S+)/.exec(line)?.[1];
+      const name = file?.split('/').pop();
+      if (!file || !name || order.includes(name)) continue;
+      await cp(file, join(initramfs, 'modules', name));
+      order.push(name);
+    }
+  }
+  await writeFile(join(initramfs, 'modules', 'order'), `${order.join('\n')}\n`);
+  await writeFile(join(initramfs, 'init'), INIT);
+  await chmod(join(initramfs, 'init'), 0o755);
+  const cpio = await execa('sh', ['-c', `find . | ${join(initramfs, 'bin', 'busybox')} cpio -o -H newc | gzip -1 > ${image.initrd}`], { cwd: initramfs });
+  if (cpio.exitCode !== 0) throw new Error(`initramfs: ${cpio.stderr}`);
+  await rm(debs, { recursive: true, force: true });
+  return image;
+}
+
+/**
+ * The VM's first process: modules, this machine's root (read-only 9p, tmpfs overlay), the VM's
+ * own folder writable at the same path, then its script (`rswap.script=PATH` on the kernel command
+ * line, a file in that folder). Whatever goes wrong is printed on the console (the VM's log).
+ */
+const INIT = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+arg() { sed -n "s/.*$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
+SCRIPT=$(arg rswap.script); SHARE=$(arg rswap.share)
+for m in $(cat /modules/order); do insmod /modules/$m 2>/dev/null || echo "rswap-vm: insmod $m failed"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot /lower || { echo "rswap-vm: 9p root failed"; poweroff -f; }
+mount -t tmpfs -o size=256m tmpfs /upper && mkdir -p /upper/up /upper/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/up,workdir=/upper/work /newroot || { echo "rswap-vm: overlay failed"; poweroff -f; }
+mkdir -p /newroot$SHARE && mount -t 9p -o trans=virtio,version=9p2000.L,cache=none share /newroot$SHARE || { echo "rswap-vm: share failed"; poweroff -f; }
+mount --move /proc /newroot/proc; mount --move /sys /newroot/sys; mount --move /dev /newroot/dev
+echo "rswap-vm: root ready, running $SCRIPT"
+exec switch_root /newroot /bin/sh "$SCRIPT"
+`;
+
+export interface VmSpec {
+  /** Host name (also the VM's name). */
+  name: string;
+  /** The VM's own folder on this machine: shared writable at the same path; holds its script. */
+  share: string;
+  /** Tap device on the testbed bridge. */
+  tap: string;
+  mac: string;
+  memoryMiB: number;
+  cpus?: number;
+}
+
+let probed: Promise<'kvm' | 'tcg'> | undefined;
+
+/**
+ * KVM where this machine has a working one, else TCG. /dev/kvm may exist and still fail as a vCPU
+ * starts (seen here: "failed to set MSR"), so a VM is started with it: one still running after
+ * 3 s boots; one that died did not.
+ */
+export function accelerator(image: VmImage): Promise<'kvm' | 'tcg'> {
+  probed ??= (async () => {
+    if (!(await access('/dev/kvm').then(() => true, () => false))) return 'tcg';
+    const probe = execa('qemu-system-x86_64', ['-accel', 'kvm', '-cpu', 'host', '-m', '64', '-nographic', '-no-reboot', '-kernel', image.kernel, '-append', 'panic=-1'], { reject: false, timeout: 3_000 });
+    const result = await probe;
+    return result.timedOut ? 'kvm' : 'tcg';
+  })();
+  return probed;
+}
+
+/** qemu's command line for a VM host running `${share}/vm.sh`. */
+export function qemuCommand(image: VmImage, vm: VmSpec, accel: 'kvm' | 'tcg'): string[] {
+  return [
+    'qemu-system-x86_64',
+    '-name', `rswap-vm-${vm.name}`,
+    '-accel', accel,
+    '-cpu', accel === 'kvm' ? 'host' : 'max',
+    '-m', String(vm.memoryMiB),
+    '-smp', String(vm.cpus ?? 1),
+    '-nographic', '-no-reboot',
+    '-kernel', image.kernel,
+    '-initrd', image.initrd,
+    '-append', `console=ttyS0 quiet panic=-1 rswap.script=${join(vm.share, 'vm.sh')} rswap.share=${vm.share}`,
+    '-fsdev', 'local,id=root,path=/,security_model=none,readonly=on,multidevs=remap',
+    '-device', 'virtio-9p-pci,fsdev=root,mount_tag=hostroot',
+    '-fsdev', `local,id=share,path=${vm.share},security_model=none`,
+    '-device', 'virtio-9p-pci,fsdev=share,mount_tag=share',
+    '-netdev', `tap,id=n0,ifname=${vm.tap},script=no,downscript=no`,
+    '-device', `virtio-net-pci,netdev=n0,mac=${vm.mac}`,
+  ];
+}
+
+/**
+ * The VM's script: network up with its address, iscsid started, then `agents` (shell lines that
+ * start its rswap processes in the background, logging into its folder); it then waits, so the VM
+ * lives until qemu is stopped.
+ */
+export function vmScript(vm: VmSpec, address: string, iqn: string, agents: string[]): string {
+  return [
+    'set -u',
+    'echo "rswap-vm: up"',
+    'ip link set lo up && ip link set eth0 up',
+    `ip addr add ${address}/24 dev eth0`,
+    'mkdir -p /run/lock /var/lib/iscsi /etc/iscsi /var/lib/rswap',
+    `echo "InitiatorName=${iqn}" > /etc/iscsi/initiatorname.iscsi`,
+    'iscsid || echo "rswap-vm: iscsid failed"',
+    ...agents,
+    'echo "rswap-vm: agents started"',
+    // Jobs from this machine (vmExec): a script dropped in jobs/ runs, its output and exit code come back.
+    `mkdir -p ${vm.share}/jobs; cd ${vm.share}/jobs`,
+    'while :; do',
+    '  for job in *.sh; do',
+    '    [ -e "$job" ] || continue',
+    '    mv "$job" "$job.run"; sh "$job.run" > "${job%.sh}.out" 2>&1; echo $? > "${job%.sh}.rc.tmp"; mv "${job%.sh}.rc.tmp" "${job%.sh}.rc"',
+    '  done',
+    '  sleep 0.2',
+    'done',
+    '',
+  ].join('\n');
+}
+
+/**
+ * Runs `script` (sh) inside a VM host and returns its exit code and output, once the VM reports
+ * them (through its shared folder; no network, no ssh).
+ */
+export async function vmExec(share: string, script: string, timeoutMs = 600_000): Promise<{ code: number; output: string }> {
+  const id = `job-${Date.now()}-${Math.random().toString(16).slice(2, 8)}`;
+  const jobs = join(share, 'jobs');
+  await mkdir(jobs, { recursive: true });
+  await writeFile(join(jobs, `${id}.tmp`), script);
+  await rename(join(jobs, `${id}.tmp`), join(jobs, `${id}.sh`));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const rc = await readFile(join(jobs, `${id}.rc`), 'utf8').catch(() => undefined);
+    if (rc !== undefined) return { code: Number(rc.trim()), output: await readFile(join(jobs, `${id}.out`), 'utf8').catch(() => '') };
+    if (Date.now() > deadline) throw new Error(`VM job in ${share} did not finish within ${timeoutMs} ms: ${script.slice(0, 200)}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+export async function writeVmScript(vm: VmSpec, script: string): Promise<void> {
+  await mkdir(vm.share, { recursive: true });
+  await writeFile(join(vm.share, 'vm.sh'), script, { mode: 0o755 });
+}
