@@ -9,6 +9,7 @@
  *                     change the swap devices under the data)
  *   --until-file F    keep reading everything back, pass after pass, until file F exists
  *   --idle-ms N       sleep N ms between passes (a workload that flaps between busy and idle)
+ *   --fill-mib-per-s N  fill at most this fast (a workload that grows at a stated rate)
  *   --progress        JSON lines {"phase","done","total"} on stderr while it runs
  */
 import { createHash, randomFillSync } from 'node:crypto';
@@ -34,6 +35,7 @@ async function main(): Promise<void> {
   const untilFile = args.includes('--until-file') ? args[args.indexOf('--until-file') + 1] : undefined;
   const idleMs = args.includes('--idle-ms') ? Number(args[args.indexOf('--idle-ms') + 1]) : 0;
   const progress = args.includes('--progress');
+  const fillRate = args.includes('--fill-mib-per-s') ? Number(args[args.indexOf('--fill-mib-per-s') + 1]) : Infinity;
   const report = (phase: string, done: number, total: number) => {
     if (progress && (done % 16 === 0 || done === total)) process.stderr.write(`${JSON.stringify({ phase, done, total })}\n`);
   };
@@ -48,6 +50,9 @@ async function main(): Promise<void> {
     data.push(chunk);
     digests.push(createHash('sha256').update(chunk).digest('hex'));
     report('fill', i + 1, chunks);
+    // At a stated rate: chunk i+1 is due (i+1)/rate seconds after the start.
+    const aheadMs = ((i + 1) / fillRate) * 1000 - (performance.now() - started);
+    if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
   }
   const filledMs = performance.now() - started;
   let pausedMs = 0;

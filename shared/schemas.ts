@@ -42,6 +42,12 @@ export const Signals = z.strictObject({
   refaultsPerS: z.number().nonnegative(),
   availableBytes: Bytes,
   swapUsedBytes: Bytes,
+  /** Available memory net of lease pages this host promised as a lender and has not yet received. */
+  headroomBytes: z.number().optional(),
+  /** How fast that headroom shrinks, bytes/s (0 while it grows): a lender taking in lease pages does not count. */
+  fillBytesPerS: z.number().nonnegative().optional(),
+  /** Free room in the machine's swap areas (leases included). */
+  swapFreeBytes: z.number().nonnegative().optional(),
 });
 export type Signals = z.infer<typeof Signals>;
 

@@ -7,8 +7,13 @@
  *   state holds.
  * - clear -> pressure once readings have stayed high for `enterHoldMs`; pressure -> clear once they
  *   have stayed low for `exitHoldMs`. A short spike or a short lull changes nothing.
+ * - On a host without swap, a reading is also "high" when the scope is about to run out of memory:
+ *   at the rate its available memory shrinks, it is gone within `headroomLeadS`. There the kernel
+ *   shows no thrashing before the OOM killer acts, so this is the only warning. (With swap, the
+ *   thrashing signals come in time, and a fast allocation that would fit is not taken for one.)
  * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
- *   current rate over `horizonS`, at least `minNeededBytes`, rounded up to a MiB.
+ *   current rate over `horizonS` (or what it fills over `headroomLeadS`, if more), at least
+ *   `minNeededBytes`, rounded up to a MiB.
  */
 import type { Signals } from '../../shared/schemas.js';
 import { MiB, roundUpToMiB } from '../../shared/units.js';
@@ -23,6 +28,8 @@ export interface DetectorOptions {
   exitHoldMs: number;
   minNeededBytes: number;
   horizonS: number;
+  /** Pressure when available memory would be gone within this many seconds at the current fill rate. */
+  headroomLeadS: number;
 }
 
 export const DEFAULT_DETECTOR: DetectorOptions = {
@@ -34,6 +41,7 @@ export const DEFAULT_DETECTOR: DetectorOptions = {
   exitHoldMs: 5_000,
   minNeededBytes: 64 * MiB,
   horizonS: 1,
+  headroomLeadS: 5, // a lease takes about 1 s to come up (docs/benchmarks.md), detection up to 1 s more
 };
 
 /** How fast the scope's swap usage grew between two readings, bytes/s (shrinking counts as 0). */
@@ -56,6 +64,10 @@ export function signalsBetween(previous: Reading, current: Reading): Signals {
     availableBytes: current.availableBytes,
     swapUsedBytes: current.swapUsedBytes,
   };
+  const headroom = (r: Reading) => r.headroomBytes ?? r.availableBytes;
+  signals.headroomBytes = headroom(current);
+  signals.fillBytesPerS = Math.round(rate(headroom(current), headroom(previous)));
+  if (current.swapFreeBytes !== undefined) signals.swapFreeBytes = current.swapFreeBytes;
   if (current.stallUs !== undefined && previous.stallUs !== undefined) {
     signals.stallPct = round(Math.min(100, (rate(previous.stallUs, current.stallUs) / 1e6) * 100));
   }
@@ -64,16 +76,28 @@ export function signalsBetween(previous: Reading, current: Reading): Signals {
 
 const round = (n: number) => Math.round(n * 10) / 10;
 
+/**
+ * The scope has no swap to speak of (under 1 MiB free: a host without swap, or one whose leases
+ * are full), and at the current fill rate its available memory is gone within `headroomLeadS`.
+ * Where there is swap, the kernel swaps and the thrashing signals come in time: this is for the
+ * host whose only other outcome is the OOM killer.
+ */
+export function runningOut(s: Signals, o: DetectorOptions): boolean {
+  const fill = s.fillBytesPerS ?? 0;
+  return fill > 0 && (s.swapFreeBytes ?? 0) < MiB && (s.headroomBytes ?? s.availableBytes) < fill * o.headroomLeadS;
+}
+
 export function isHigh(s: Signals, o: DetectorOptions): boolean {
-  return (s.stallPct ?? 0) >= o.enterStallPct || s.swapPagesPerS + s.refaultsPerS >= o.enterSwapPagesPerS;
+  return (s.stallPct ?? 0) >= o.enterStallPct || s.swapPagesPerS + s.refaultsPerS >= o.enterSwapPagesPerS || runningOut(s, o);
 }
 
 export function isLow(s: Signals, o: DetectorOptions): boolean {
-  return (s.stallPct ?? 0) < o.exitStallPct && s.swapPagesPerS + s.refaultsPerS < o.exitSwapPagesPerS;
+  return (s.stallPct ?? 0) < o.exitStallPct && s.swapPagesPerS + s.refaultsPerS < o.exitSwapPagesPerS && !runningOut(s, o);
 }
 
 export function neededBytes(s: Signals, swapOutBytesPerS: number, o: DetectorOptions): number {
-  return roundUpToMiB(Math.max(o.minNeededBytes, s.swapUsedBytes + swapOutBytesPerS * o.horizonS));
+  const filling = (s.fillBytesPerS ?? 0) * o.headroomLeadS;
+  return roundUpToMiB(Math.max(o.minNeededBytes, s.swapUsedBytes + swapOutBytesPerS * o.horizonS, filling));
 }
 
 export type Change = { kind: 'enter'; onsetAt: number } | { kind: 'exit' } | undefined;

@@ -29,6 +29,7 @@ export const MonitorConfig = z
     exitHoldMs: z.coerce.number().int().nonnegative().default(D.exitHoldMs),
     minNeededBytes: SizeSetting.default(D.minNeededBytes),
     horizonS: z.coerce.number().nonnegative().default(D.horizonS),
+    headroomLeadS: z.coerce.number().nonnegative().default(D.headroomLeadS), // pressure when memory would run out within this at the fill rate (0: off)
     pressureRepeatMs: ms().default(2_000),
     heartbeatMs: ms().default(5_000),
     reserveBytes: SizeSetting.default(1024 * MiB),

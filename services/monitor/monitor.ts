@@ -17,11 +17,11 @@
  * serve solicits offers: a monitor with something to lend answers at once.
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { readdir, stat } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import { publishJson } from '../../shared/messaging.js';
-import { readMounts } from '../../shared/procfs.js';
+import { parseMeminfo, readMounts } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
 import { Detector, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
@@ -146,6 +146,11 @@ export class Monitor {
   /** One sample: read, detect, publish. */
   async tick(): Promise<void> {
     const reading = await this.source.read();
+    // A lender's memory fills as its borrowers write their lease pages: that is promised memory
+    // arriving, not the host running out (see runningOut in detector.ts).
+    const { lentBytes, residentBytes } = await lending(this.options.exporterStateDir);
+    reading.headroomBytes = reading.availableBytes - Math.max(0, lentBytes - residentBytes);
+    reading.swapFreeBytes = parseMeminfo(await readFile('/proc/meminfo', 'utf8')).get('SwapFree') ?? 0;
     const previous = this.previous;
     this.previous = reading;
     if (!previous) return;

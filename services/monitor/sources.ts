@@ -16,6 +16,10 @@ export interface Reading {
   usedBytes: number;
   /** What the scope can still use without swapping: MemAvailable, or limit - (usage - inactive file cache). */
   availableBytes: number;
+  /** availableBytes net of lease pages promised but not yet written, where the monitor knows them. */
+  headroomBytes?: number;
+  /** Free room in the machine's swap areas, where the monitor read it. */
+  swapFreeBytes?: number;
   swapUsedBytes: number;
   /** Cumulative counters (they only grow). */
   majorFaults: number;

@@ -117,3 +117,47 @@ test('detector - surplus is available minus reserve, nothing under pressure, and
   assert.deepEqual(surplus(900 * MiB, 256 * MiB, true), { lendableBytes: 0, deficitBytes: 0 });
   assert.deepEqual(surplus(200 * MiB, 256 * MiB, false), { lendableBytes: 0, deficitBytes: 56 * MiB });
 });
+
+test('detector - without swap: memory that will run out within the lead time at its fill rate is pressure, before any thrashing', () => {
+  // A swapless scope of 256 MiB filling at 32 MiB/s, sampled every 500 ms: no swap traffic at all.
+  const d = new Detector(DEFAULT_DETECTOR);
+  let previous = reading(0, { availableBytes: 256 * MiB });
+  let entered: { at: number; signals: Signals } | undefined;
+  for (let at = 500; at <= 8_000 && !entered; at += 500) {
+    const current = reading(at, { availableBytes: 256 * MiB - (at / 1000) * 32 * MiB });
+    const signals = signalsBetween(previous, current);
+    assert.equal(signals.swapPagesPerS, 0);
+    if (d.update(signals, at)?.kind === 'enter') entered = { at, signals };
+    previous = current;
+  }
+  assert.ok(entered, 'pressure before the memory is gone');
+  // Under 5 s x 32 MiB/s = 160 MiB left from 3.5 s on (144 MiB), held 500 ms: pressure at 4 s
+  // with 128 MiB left, 4 s before the memory is gone.
+  assert.equal(entered.at, 4_000);
+  assert.equal(entered.signals.fillBytesPerS, 32 * MiB);
+  assert.equal(neededBytes(entered.signals, 0, DEFAULT_DETECTOR), 160 * MiB, 'the need covers the fill over the lead time');
+  // Off with --headroom-lead-s 0.
+  assert.equal(new Detector({ ...DEFAULT_DETECTOR, headroomLeadS: 0 }).update(entered.signals, 0), undefined);
+  assert.equal(signalsBetween(reading(0, { availableBytes: 10 * MiB }), reading(1000, { availableBytes: 20 * MiB })).fillBytesPerS, 0, 'growing memory fills nothing');
+  // With swap to spare, the same fill is left to the thrashing signals: a fast allocation that
+  // fits is not taken for one that will not.
+  assert.equal(new Detector(DEFAULT_DETECTOR).update({ ...entered.signals, swapFreeBytes: 512 * MiB }, 0), undefined);
+  const d2 = new Detector(DEFAULT_DETECTOR);
+  d2.update({ ...entered.signals, swapFreeBytes: 512 * MiB }, 0);
+  assert.equal(d2.update({ ...entered.signals, swapFreeBytes: 512 * MiB }, 1_000), undefined);
+});
+
+test('detector - a lender taking in its borrowers\' lease pages is not running out: its headroom counts them as used from the start', () => {
+  // Available memory falls 64 MiB/s as tgtd receives pages of a promised lease; the headroom
+  // (available net of promised pages not yet written) stays the same.
+  const d = new Detector(DEFAULT_DETECTOR);
+  let previous = reading(0, { availableBytes: 512 * MiB, headroomBytes: 256 * MiB });
+  for (let at = 500; at <= 4_000; at += 500) {
+    const current = reading(at, { availableBytes: 512 * MiB - (at / 1000) * 64 * MiB, headroomBytes: 256 * MiB });
+    const signals = signalsBetween(previous, current);
+    assert.equal(signals.fillBytesPerS, 0);
+    assert.equal(d.update(signals, at), undefined);
+    previous = current;
+  }
+  assert.equal(d.state, 'clear');
+});
