@@ -3,7 +3,7 @@
  * memory is OOM-killed before any thrashing signal fires. The monitor asks for remote memory when,
  * at the rate memory fills, it would run out within its lead time (--headroom-lead-s), so the lease
  * is swap before the OOM killer acts. Shown on a memory cgroup of 128 MiB with no swap anywhere:
- * 256 MiB filled at 32 MiB/s completes with every byte verified; without rswap, it is OOM-killed.
+ * 256 MiB filled at 16 MiB/s completes with every byte verified; without rswap, it is OOM-killed.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,7 +19,7 @@ import { waitFor } from '../../shared/wait.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-swapless';
-const FILL = ['--bytes', '256MiB', '--fill-mib-per-s', '32'];
+const FILL = ['--bytes', '256MiB', '--fill-mib-per-s', '16'];
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed | undefined;
@@ -45,7 +45,7 @@ after(async () => {
   assert.deepEqual(await testbedDown(run, log, DIR), []);
 });
 
-test('swapless - a workload filling a swapless host at 32 MiB/s to twice its memory completes with rswap; without it, the OOM killer ends it', async (t) => {
+test('swapless - a workload filling a swapless host at 16 MiB/s to twice its memory completes with rswap; without it, the OOM killer ends it', async (t) => {
   if (foreignSwap.length > 0) return t.skip(`this machine has swap areas (${foreignSwap.join(', ')}): no cgroup here is without swap`);
   const testbed = tb!;
   // Without rswap: the same workload in a cgroup of the same size that no monitor watches.
@@ -62,6 +62,6 @@ test('swapless - a workload filling a swapless host at 32 MiB/s to twice its mem
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact, twice');
   const leases = (await listLeases(testbedBus(testbed))).filter((l) => !before.has(l.id) && l.borrower === 'host-b');
   assert.ok(leases.length > 0 && leases.some((l) => l.history.some((h) => h.state === 'active')), 'it ran on remote memory');
-  console.log(`swapless: 256 MiB at 32 MiB/s in 128 MiB completed on ${leases.length} lease(s), fill ${report.fillMs} ms, ${report.pswpinDelta} pages swapped in`);
+  console.log(`swapless: 256 MiB at 16 MiB/s in 128 MiB completed on ${leases.length} lease(s), fill ${report.fillMs} ms, ${report.pswpinDelta} pages swapped in`);
   await waitFor('the leases given back after the cool-down', async () => (await listLeases(testbedBus(testbed))).filter((l) => leases.some((x) => x.id === l.id)).every((l) => l.state === 'released'), { timeoutMs: 120_000, intervalMs: 250 });
 });
