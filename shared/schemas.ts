@@ -46,7 +46,7 @@ export const Signals = z.strictObject({
   headroomBytes: z.number().optional(),
   /** How fast that headroom shrinks, bytes/s (0 while it grows): a lender taking in lease pages does not count. */
   fillBytesPerS: z.number().nonnegative().optional(),
-  /** Free room in the machine's swap areas (leases included). */
+  /** On a host without swap of its own: the room left in its leases' swap areas. */
   swapFreeBytes: z.number().nonnegative().optional(),
 });
 export type Signals = z.infer<typeof Signals>;

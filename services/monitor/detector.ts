@@ -7,10 +7,11 @@
  *   state holds.
  * - clear -> pressure once readings have stayed high for `enterHoldMs`; pressure -> clear once they
  *   have stayed low for `exitHoldMs`. A short spike or a short lull changes nothing.
- * - On a host without swap, a reading is also "high" when the scope is about to run out of memory:
- *   at the rate its available memory shrinks, it is gone within `headroomLeadS`. There the kernel
- *   shows no thrashing before the OOM killer acts, so this is the only warning. (With swap, the
- *   thrashing signals come in time, and a fast allocation that would fit is not taken for one.)
+ * - On a host without swap of its own, a reading is also "high" when the scope is about to run out:
+ *   at the rate its available memory shrinks, it and the room left in its leases are gone within
+ *   `headroomLeadS`. There the kernel shows no thrashing before the OOM killer acts, so this is the
+ *   only warning. (With swap, the thrashing signals come in time, and a fast allocation that would
+ *   fit is not taken for one.)
  * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
  *   current rate over `horizonS` (or what it fills over `headroomLeadS`, if more), at least
  *   `minNeededBytes`, rounded up to a MiB.
@@ -64,9 +65,11 @@ export function signalsBetween(previous: Reading, current: Reading): Signals {
     availableBytes: current.availableBytes,
     swapUsedBytes: current.swapUsedBytes,
   };
-  const headroom = (r: Reading) => r.headroomBytes ?? r.availableBytes;
-  signals.headroomBytes = headroom(current);
-  signals.fillBytesPerS = Math.round(rate(headroom(current), headroom(previous)));
+  // The room left: headroom, plus on a host without swap of its own what its leases have free
+  // (once memory is full the kernel fills those instead). The fill is how fast that room shrinks.
+  const room = (r: Reading) => (r.headroomBytes ?? r.availableBytes) + (current.swapFreeBytes !== undefined ? (r.swapFreeBytes ?? 0) : 0);
+  signals.headroomBytes = current.headroomBytes ?? current.availableBytes;
+  signals.fillBytesPerS = Math.round(rate(room(current), room(previous)));
   if (current.swapFreeBytes !== undefined) signals.swapFreeBytes = current.swapFreeBytes;
   if (current.stallUs !== undefined && previous.stallUs !== undefined) {
     signals.stallPct = round(Math.min(100, (rate(previous.stallUs, current.stallUs) / 1e6) * 100));
@@ -77,14 +80,15 @@ export function signalsBetween(previous: Reading, current: Reading): Signals {
 const round = (n: number) => Math.round(n * 10) / 10;
 
 /**
- * The scope has no swap to speak of (under 1 MiB free: a host without swap, or one whose leases
- * are full), and at the current fill rate its available memory is gone within `headroomLeadS`.
- * Where there is swap, the kernel swaps and the thrashing signals come in time: this is for the
- * host whose only other outcome is the OOM killer.
+ * A host without swap of its own (`swapFreeBytes` is set only there: the room left in its leases),
+ * where at the current fill rate memory and that room are gone within `headroomLeadS`. Where the
+ * host has swap, the kernel swaps and the thrashing signals come in time: this is for the host
+ * whose only other outcome is the OOM killer.
  */
 export function runningOut(s: Signals, o: DetectorOptions): boolean {
   const fill = s.fillBytesPerS ?? 0;
-  return fill > 0 && (s.swapFreeBytes ?? 0) < MiB && (s.headroomBytes ?? s.availableBytes) < fill * o.headroomLeadS;
+  if (s.swapFreeBytes === undefined || fill <= 0) return false;
+  return (s.headroomBytes ?? s.availableBytes) + s.swapFreeBytes < fill * o.headroomLeadS;
 }
 
 export function isHigh(s: Signals, o: DetectorOptions): boolean {
@@ -96,7 +100,8 @@ export function isLow(s: Signals, o: DetectorOptions): boolean {
 }
 
 export function neededBytes(s: Signals, swapOutBytesPerS: number, o: DetectorOptions): number {
-  const filling = (s.fillBytesPerS ?? 0) * o.headroomLeadS;
+  // Swap in use plus what the fill brings over the lead time: the leases it needs in all.
+  const filling = s.swapUsedBytes + (s.fillBytesPerS ?? 0) * o.headroomLeadS;
   return roundUpToMiB(Math.max(o.minNeededBytes, s.swapUsedBytes + swapOutBytesPerS * o.horizonS, filling));
 }
 

@@ -144,13 +144,18 @@ export class Monitor {
   }
 
   /** One sample: read, detect, publish. */
+  /** Whether the host had no swap of its own when the monitor started (decided at the first sample). */
+  private swapless: boolean | undefined;
+
   async tick(): Promise<void> {
     const reading = await this.source.read();
     // A lender's memory fills as its borrowers write their lease pages: that is promised memory
     // arriving, not the host running out (see runningOut in detector.ts).
     const { lentBytes, residentBytes } = await lending(this.options.exporterStateDir);
     reading.headroomBytes = reading.availableBytes - Math.max(0, lentBytes - residentBytes);
-    reading.swapFreeBytes = parseMeminfo(await readFile('/proc/meminfo', 'utf8')).get('SwapFree') ?? 0;
+    // A host that had no swap when the monitor started: its swap now is its leases.
+    this.swapless ??= parseMeminfo(await readFile('/proc/meminfo', 'utf8')).get('SwapTotal') === 0;
+    if (this.swapless) reading.swapFreeBytes = parseMeminfo(await readFile('/proc/meminfo', 'utf8')).get('SwapFree') ?? 0;
     const previous = this.previous;
     this.previous = reading;
     if (!previous) return;

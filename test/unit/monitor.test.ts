@@ -121,10 +121,10 @@ test('detector - surplus is available minus reserve, nothing under pressure, and
 test('detector - without swap: memory that will run out within the lead time at its fill rate is pressure, before any thrashing', () => {
   // A swapless scope of 256 MiB filling at 32 MiB/s, sampled every 500 ms: no swap traffic at all.
   const d = new Detector(DEFAULT_DETECTOR);
-  let previous = reading(0, { availableBytes: 256 * MiB });
+  let previous = reading(0, { availableBytes: 256 * MiB, swapFreeBytes: 0 });
   let entered: { at: number; signals: Signals } | undefined;
   for (let at = 500; at <= 8_000 && !entered; at += 500) {
-    const current = reading(at, { availableBytes: 256 * MiB - (at / 1000) * 32 * MiB });
+    const current = reading(at, { availableBytes: 256 * MiB - (at / 1000) * 32 * MiB, swapFreeBytes: 0 });
     const signals = signalsBetween(previous, current);
     assert.equal(signals.swapPagesPerS, 0);
     if (d.update(signals, at)?.kind === 'enter') entered = { at, signals };
@@ -139,12 +139,18 @@ test('detector - without swap: memory that will run out within the lead time at 
   // Off with --headroom-lead-s 0.
   assert.equal(new Detector({ ...DEFAULT_DETECTOR, headroomLeadS: 0 }).update(entered.signals, 0), undefined);
   assert.equal(signalsBetween(reading(0, { availableBytes: 10 * MiB }), reading(1000, { availableBytes: 20 * MiB })).fillBytesPerS, 0, 'growing memory fills nothing');
-  // With swap to spare, the same fill is left to the thrashing signals: a fast allocation that
-  // fits is not taken for one that will not.
-  assert.equal(new Detector(DEFAULT_DETECTOR).update({ ...entered.signals, swapFreeBytes: 512 * MiB }, 0), undefined);
+  // A host with swap of its own (no swapFreeBytes) is left to the thrashing signals: a fast
+  // allocation that fits is not taken for one that will not.
+  const { swapFreeBytes: _none, ...withOwnSwap } = entered.signals;
   const d2 = new Detector(DEFAULT_DETECTOR);
-  d2.update({ ...entered.signals, swapFreeBytes: 512 * MiB }, 0);
-  assert.equal(d2.update({ ...entered.signals, swapFreeBytes: 512 * MiB }, 1_000), undefined);
+  d2.update(withOwnSwap, 0);
+  assert.equal(d2.update(withOwnSwap, 1_000), undefined);
+  // Once its leases give it room for the lead time, it is not running out; as the room fills, it is
+  // again, and the need counts the swap already used.
+  const d3 = new Detector(DEFAULT_DETECTOR);
+  assert.equal(d3.update({ ...entered.signals, swapFreeBytes: 64 * MiB }, 0), undefined);
+  assert.equal(d3.update({ ...entered.signals, swapFreeBytes: 64 * MiB }, 1_000), undefined, '128 + 64 MiB of room > 160 MiB of fill');
+  assert.equal(neededBytes({ ...entered.signals, swapUsedBytes: 100 * MiB, swapFreeBytes: 8 * MiB }, 0, DEFAULT_DETECTOR), 260 * MiB);
 });
 
 test('detector - a lender taking in its borrowers\' lease pages is not running out: its headroom counts them as used from the start', () => {
