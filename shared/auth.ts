@@ -145,16 +145,9 @@ async function writeSecret(file: string, text: string): Promise<void> {
  */
 export async function addIdentity(dir: string, name: string, role: Role): Promise<string> {
   const identities = await readIdentities(dir);
-  if (identities.some((i) => i.name === name)) throw new RswapError(ErrorCodes.CONFIG, `an identity named '${name}' exists already (${identities.find((i) => i.name === name)!.role})`);
-  const { identity, seed } = newIdentity(name, role);
-  const ca = await readFile(join(dir, 'ca.pem'), 'utf8');
-  const file = join(dir, 'creds', `${name}.creds`);
-  await mkdir(join(dir, 'creds'), { recursive: true, mode: 0o700 });
-  await writeSecret(file, `${JSON.stringify(Creds.parse({ format: 'rswap-creds/1', name, role, seed, ca }), null, 2)}\n`);
-  const all = [...identities, identity];
-  await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: all }, null, 2)}\n`);
-  await writeSecret(join(dir, 'nats.conf'), serverConfig(dir, all));
-  return file;
+  const taken = identities.find((i) => i.name === name);
+  if (taken) throw new RswapError(ErrorCodes.CONFIG, `an identity named '${name}' exists already (${taken.role})`);
+  return issueKey(dir, identities, name, role);
 }
 
 /**
@@ -165,13 +158,20 @@ export async function rotateIdentity(dir: string, name: string): Promise<string>
   const identities = await readIdentities(dir);
   const current = identities.find((i) => i.name === name);
   if (!current) throw new RswapError(ErrorCodes.CONFIG, `no identity named '${name}' in ${dir}`);
-  const { identity, seed } = newIdentity(name, current.role);
+  return issueKey(dir, identities, name, current.role);
+}
+
+/** A new key for `name` (added, or replacing its old one): its creds file, identities.json and nats.conf. */
+async function issueKey(dir: string, identities: Identity[], name: string, role: Role): Promise<string> {
+  const { identity, seed } = newIdentity(name, role);
   const ca = await readFile(join(dir, 'ca.pem'), 'utf8');
-  const file = join(dir, 'creds', `${name}.creds`);
-  const all = identities.map((i) => (i.name === name ? identity : i));
+  const all = identities.some((i) => i.name === name) ? identities.map((i) => (i.name === name ? identity : i)) : [...identities, identity];
+  // nats.conf first: until nats-server reloads it, the old key (if any) still signs in.
   await writeSecret(join(dir, 'nats.conf'), serverConfig(dir, all));
   await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: all }, null, 2)}\n`);
-  await writeSecret(file, `${JSON.stringify(Creds.parse({ format: 'rswap-creds/1', name, role: current.role, seed, ca }), null, 2)}\n`);
+  await mkdir(join(dir, 'creds'), { recursive: true, mode: 0o700 });
+  const file = join(dir, 'creds', `${name}.creds`);
+  await writeSecret(file, `${JSON.stringify(Creds.parse({ format: 'rswap-creds/1', name, role, seed, ca }), null, 2)}\n`);
   return file;
 }
 

@@ -167,7 +167,8 @@ export async function startBroker(raw: Record<string, unknown>) {
     const all = new Map((await leases.list()).map((l) => [l.id, l]));
     const now = Date.now();
     const reserved = new Set<string>();
-    for (const host of await hosts.list()) {
+    const hostList = await hosts.list();
+    for (const host of hostList) {
       for (const leaseId of Object.keys(host.reservations)) {
         reserved.add(leaseId);
         // A lease created after the bulk read is not an orphan: look it up again before acting.
@@ -176,7 +177,7 @@ export async function startBroker(raw: Record<string, unknown>) {
       }
       if (host.clearSince !== undefined && now - host.clearSince >= config.releaseCooldownMs && !coolTimers.has(host.host)) await checkCool(host.host);
     }
-    await lifecycle.sweep(now);
+    await lifecycle.sweep(now, { leases: [...all.values()], hosts: hostList });
     // Ended leases are kept for `terminalRetentionMs` (for `rswap leases` and `rswap trace`), then
     // deleted once their lender holds no bytes for them (as read above, before any give-back this
     // pass: a lease freed now is deleted on the next): the bucket does not grow forever.

@@ -190,10 +190,11 @@ export class Lifecycle {
    * end asked for and not yet acted on), is reconciled, all at once; resolves when they rest.
    * Returns their ids. (Sweeps may overlap: a reconcile joins the one already running.)
    */
-  async sweep(now: number): Promise<string[]> {
-    const seen = new Map((await this.hosts.list()).map((h) => [h.host, h.attacher?.at]));
+  async sweep(now: number, read: { leases?: LeaseRecord[]; hosts?: HostRecord[] } = {}): Promise<string[]> {
+    // A caller's lists may be a moment old: each reconcile reads the lease and the borrower again.
+    const seen = new Map((read.hosts ?? (await this.hosts.list())).map((h) => [h.host, h.attacher?.at]));
     const started = new Map<string, Promise<unknown>>();
-    for (const lease of await this.leases.list()) {
+    for (const lease of read.leases ?? (await this.leases.list())) {
       const borrowerSeenAt = seen.get(lease.borrower);
       const facts = { me: this.brokerId, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }) };
       if (decide(lease, facts, this.options).do === 'rest') continue;

@@ -151,11 +151,14 @@ export class Monitor {
     const reading = await this.source.read();
     // A lender's memory fills as its borrowers write their lease pages: that is promised memory
     // arriving, not the host running out (see runningOut in detector.ts).
-    const { lentBytes, residentBytes } = await lending(this.options.exporterStateDir);
-    reading.headroomBytes = reading.availableBytes - Math.max(0, lentBytes - residentBytes);
+    const lent = await lending(this.options.exporterStateDir);
+    reading.headroomBytes = reading.availableBytes - Math.max(0, lent.lentBytes - lent.residentBytes);
     // A host that had no swap when the monitor started: its swap now is its leases.
-    this.swapless ??= parseMeminfo(await readFile('/proc/meminfo', 'utf8')).get('SwapTotal') === 0;
-    if (this.swapless) reading.swapFreeBytes = parseMeminfo(await readFile('/proc/meminfo', 'utf8')).get('SwapFree') ?? 0;
+    if (this.swapless !== false) {
+      const meminfo = parseMeminfo(await readFile('/proc/meminfo', 'utf8'));
+      this.swapless ??= meminfo.get('SwapTotal') === 0;
+      if (this.swapless) reading.swapFreeBytes = meminfo.get('SwapFree') ?? 0;
+    }
     const previous = this.previous;
     this.previous = reading;
     if (!previous) return;
@@ -185,7 +188,7 @@ export class Monitor {
       this.log.info({ signals }, 'pressure: cleared');
     }
 
-    await this.maybePublishSurplus(reading, reading.at);
+    await this.maybePublishSurplus(reading, reading.at, undefined, lent);
     if (reading.at - this.lastHeartbeatAt >= this.options.heartbeatMs) {
       this.lastHeartbeatAt = reading.at;
       this.publishTelemetry(reading, signals);
@@ -215,8 +218,14 @@ export class Monitor {
    * Publishes what the host can lend when it changed enough (or `force`: 'always', or
    * 'if-lendable' when there is something to lend). Returns whether it published.
    */
-  private async maybePublishSurplus(reading: Reading, at: number, force?: 'always' | 'if-lendable'): Promise<boolean> {
-    const { lentBytes: lent, residentBytes } = await lending(this.options.exporterStateDir);
+  private async maybePublishSurplus(
+    reading: Reading,
+    at: number,
+    force?: 'always' | 'if-lendable',
+    /** What the host lends, when the caller has just read it. */
+    lendingNow?: { lentBytes: number; residentBytes: number },
+  ): Promise<boolean> {
+    const { lentBytes: lent, residentBytes } = lendingNow ?? (await lending(this.options.exporterStateDir));
     // Promised pages not yet written still belong to the borrowers: count them as used.
     const offer = surplus(reading.availableBytes - (lent - residentBytes), this.options.reserveBytes, this.detector.state === 'pressure');
     const last = this.lastSurplus;
