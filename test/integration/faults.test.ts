@@ -182,7 +182,9 @@ test('faults - a borrower that disappears: its leases end and the lender gets it
   const failed = await waitFor('the lease ended', async () => (await leases('borrow-g')).find((l) => l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 200 });
   assert.match(failed.reason!, /borrower borrow-g silent for \d+s/);
   // No swap-off asked of a dead host, and no force: the lender removes the target once it sees no
-  // session (tgtd drops a silent initiator's), which the e2e tests show with a real tgtd.
+  // session (tgtd drops a silent initiator's), which the e2e tests show with a real tgtd. The
+  // cleanup follows the failed mark: wait for it to be sent.
+  await waitFor('the cleanup sent', async () => agents.commands.length > 0, { timeoutMs: 30_000, intervalMs: 50 });
   assert.deepEqual(agents.commands, [`unexport ${lease!.lender} ${lease!.id}`]);
   await assertCapacityConsistent();
 });
