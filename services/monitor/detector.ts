@@ -11,7 +11,8 @@
  *   at the rate its available memory shrinks, it and the room left in its leases are gone within
  *   `headroomLeadS`. There the kernel shows no thrashing before the OOM killer acts, so this is the
  *   only warning. (With swap, the thrashing signals come in time, and a fast allocation that would
- *   fit is not taken for one.)
+ *   fit is not taken for one.) Such a host is "low" only once its own headroom, without the
+ *   leases, lasts twice the lead time: while it still fills, its leases stay.
  * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
  *   current rate over `horizonS` (or what it fills over `headroomLeadS`, if more), at least
  *   `minNeededBytes`, rounded up to a MiB.
@@ -50,10 +51,21 @@ export function swapGrowthBytesPerS(previous: Reading, current: Reading): number
   return Math.max(0, current.swapUsedBytes - previous.swapUsedBytes) / Math.max(0.001, (current.at - previous.at) / 1000);
 }
 
-/** Rates between two readings of the same scope (counters that went backwards count as 0). */
-export function signalsBetween(previous: Reading, current: Reading): Signals {
+/**
+ * The fill rate is measured over at least this long. Over the 100 ms between two samples the
+ * kernel dropping or refilling a few MiB of cache reads as hundreds of MiB/s, and that times the
+ * lead time becomes a lease no lender can give.
+ */
+export const FILL_WINDOW_MS = 1_000;
+
+/**
+ * Rates between two readings of the same scope (counters that went backwards count as 0). The fill
+ * rate is taken from `fillBase` (the newest reading at least FILL_WINDOW_MS old) when given.
+ */
+export function signalsBetween(previous: Reading, current: Reading, fillBase: Reading = previous): Signals {
   const seconds = Math.max(0.001, (current.at - previous.at) / 1000);
-  const rate = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? 0 : Math.max(0, b - a) / seconds);
+  const rateOver = (secs: number) => (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? 0 : Math.max(0, b - a) / secs);
+  const rate = rateOver(seconds);
   // Where the scope does not count swap-outs (cgroup v1), the growth of its swap usage stands in.
   const swapOutsPerS =
     current.swapOuts !== undefined && previous.swapOuts !== undefined
@@ -69,7 +81,7 @@ export function signalsBetween(previous: Reading, current: Reading): Signals {
   // (once memory is full the kernel fills those instead). The fill is how fast that room shrinks.
   const room = (r: Reading) => (r.headroomBytes ?? r.availableBytes) + (current.swapFreeBytes !== undefined ? (r.swapFreeBytes ?? 0) : 0);
   signals.headroomBytes = current.headroomBytes ?? current.availableBytes;
-  signals.fillBytesPerS = Math.round(rate(room(current), room(previous)));
+  signals.fillBytesPerS = Math.round(rateOver(Math.max(0.001, (current.at - fillBase.at) / 1000))(room(current), room(fillBase)));
   if (current.swapFreeBytes !== undefined) signals.swapFreeBytes = current.swapFreeBytes;
   if (current.stallUs !== undefined && previous.stallUs !== undefined) {
     signals.stallPct = round(Math.min(100, (rate(previous.stallUs, current.stallUs) / 1e6) * 100));
@@ -91,12 +103,24 @@ export function runningOut(s: Signals, o: DetectorOptions): boolean {
   return (s.headroomBytes ?? s.availableBytes) + s.swapFreeBytes < fill * o.headroomLeadS;
 }
 
+/**
+ * Whether a host without swap of its own could do without its leases: its own headroom lasts at
+ * least twice the lead time at the current fill rate. A lease that gives a filling host room makes
+ * it no longer run out, but that is no reason to give the lease back: the release would take the
+ * room away while the memory still fills (and with no pages in swap yet, the swap-off is "safe").
+ * Hosts with swap of their own always can.
+ */
+export function fineWithoutLeases(s: Signals, o: DetectorOptions): boolean {
+  if (s.swapFreeBytes === undefined) return true;
+  return (s.headroomBytes ?? s.availableBytes) >= 2 * (s.fillBytesPerS ?? 0) * o.headroomLeadS;
+}
+
 export function isHigh(s: Signals, o: DetectorOptions): boolean {
   return (s.stallPct ?? 0) >= o.enterStallPct || s.swapPagesPerS + s.refaultsPerS >= o.enterSwapPagesPerS || runningOut(s, o);
 }
 
 export function isLow(s: Signals, o: DetectorOptions): boolean {
-  return (s.stallPct ?? 0) < o.exitStallPct && s.swapPagesPerS + s.refaultsPerS < o.exitSwapPagesPerS && !runningOut(s, o);
+  return (s.stallPct ?? 0) < o.exitStallPct && s.swapPagesPerS + s.refaultsPerS < o.exitSwapPagesPerS && !runningOut(s, o) && fineWithoutLeases(s, o);
 }
 
 export function neededBytes(s: Signals, swapOutBytesPerS: number, o: DetectorOptions): number {

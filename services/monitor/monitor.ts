@@ -24,7 +24,7 @@ import { publishJson } from '../../shared/messaging.js';
 import { parseMeminfo, readMounts } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
-import { Detector, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
+import { Detector, FILL_WINDOW_MS, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
 import type { Reading, Source } from './sources.js';
 import type { Waker } from './notify.js';
 import { Gauge } from 'prom-client';
@@ -75,6 +75,8 @@ const gauges = {
 export class Monitor {
   readonly detector: Detector;
   private previous: Reading | undefined;
+  /** Readings of the last FILL_WINDOW_MS and the newest one before it: the fill rate's base. */
+  private recent: Reading[] = [];
   private lastPressureAt = 0;
   private lastHeartbeatAt = 0;
   private lastSurplus: (SurplusEvent & { at: number }) | undefined;
@@ -161,8 +163,10 @@ export class Monitor {
     }
     const previous = this.previous;
     this.previous = reading;
+    this.recent.push(reading);
+    while (this.recent.length > 2 && this.recent[1]!.at <= reading.at - FILL_WINDOW_MS) this.recent.shift();
     if (!previous) return;
-    const signals = signalsBetween(previous, reading);
+    const signals = signalsBetween(previous, reading, this.recent[0]);
     const change = this.detector.update(signals, reading.at);
     this.log.debug({ at: reading.at, state: this.detector.state, signals }, 'sample');
     gauges.pressure.set(this.detector.state === 'pressure' ? 1 : 0);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cgroupV1Reading, cgroupV2Reading, machineReading, parsePsiSomeTotal, type Reading } from '../../services/monitor/sources.js';
-import { DEFAULT_DETECTOR, Detector, neededBytes, signalsBetween, surplus } from '../../services/monitor/detector.js';
+import { DEFAULT_DETECTOR, Detector, fineWithoutLeases, neededBytes, runningOut, signalsBetween, surplus } from '../../services/monitor/detector.js';
 import type { Signals } from '../../shared/schemas.js';
 
 const MiB = 1024 ** 2;
@@ -151,6 +151,40 @@ test('detector - without swap: memory that will run out within the lead time at 
   assert.equal(d3.update({ ...entered.signals, swapFreeBytes: 64 * MiB }, 0), undefined);
   assert.equal(d3.update({ ...entered.signals, swapFreeBytes: 64 * MiB }, 1_000), undefined, '128 + 64 MiB of room > 160 MiB of fill');
   assert.equal(neededBytes({ ...entered.signals, swapUsedBytes: 100 * MiB, swapFreeBytes: 8 * MiB }, 0, DEFAULT_DETECTOR), 260 * MiB);
+});
+
+test('detector - a swapless host whose lease gave it room stays under pressure while it fills, and clears once it stops', () => {
+  // The lease of 204 MiB came: 70 MiB of its own left, filling at 16 MiB/s. It no longer runs out,
+  // but without the lease it would in 4 s: clearing now would have the lease released under it.
+  const o = { ...DEFAULT_DETECTOR, exitHoldMs: 2_000 };
+  const d = new Detector(o);
+  const filling: Signals = { swapPagesPerS: 0, refaultsPerS: 0, availableBytes: 70 * MiB, headroomBytes: 70 * MiB, swapUsedBytes: 0, swapFreeBytes: 204 * MiB, fillBytesPerS: 16 * MiB };
+  assert.equal(d.update({ ...filling, swapFreeBytes: 0 }, 0), undefined);
+  assert.equal(d.update({ ...filling, swapFreeBytes: 0 }, 500)?.kind, 'enter');
+  assert.equal(runningOut(filling, o), false, 'the lease gives it room');
+  for (let at = 1_000; at <= 10_000; at += 500) assert.equal(d.update(filling, at), undefined, `still filling at ${at} ms: no relief`);
+  assert.equal(d.state, 'pressure');
+  // The fill stopped: 70 MiB lasts for ever. Relief after the exit hold.
+  const still = { ...filling, fillBytesPerS: 0 };
+  assert.equal(d.update(still, 10_500), undefined);
+  assert.equal(d.update(still, 12_500)?.kind, 'exit');
+  // A slow fill its own headroom outlasts twice over clears too; a host with swap of its own is
+  // left to the thrashing signals.
+  assert.equal(fineWithoutLeases({ ...filling, fillBytesPerS: 7 * MiB }, o), true);
+  assert.equal(fineWithoutLeases({ ...filling, fillBytesPerS: 8 * MiB }, o), false);
+  const { swapFreeBytes: _none, ...ownSwap } = filling;
+  assert.equal(fineWithoutLeases(ownSwap, o), true);
+});
+
+test('detector - the fill rate is taken over the window, so a cache drop between two close samples is not a flood', () => {
+  // 16 MiB/s for a second, then 25 MiB more gone in the 100 ms to a sample the kernel woke.
+  const base = reading(0, { availableBytes: 128 * MiB, swapFreeBytes: 0 });
+  const previous = reading(1_000, { availableBytes: 112 * MiB, swapFreeBytes: 0 });
+  const current = reading(1_100, { availableBytes: 87 * MiB, swapFreeBytes: 0 });
+  assert.equal(signalsBetween(previous, current).fillBytesPerS, 250 * MiB, 'over 100 ms it reads as 250 MiB/s');
+  const windowed = signalsBetween(previous, current, base);
+  assert.equal(windowed.fillBytesPerS, Math.round((41 * MiB) / 1.1), 'over the window it is the 37 MiB/s that it was');
+  assert.ok(neededBytes(windowed, 0, DEFAULT_DETECTOR) <= 187 * MiB);
 });
 
 test('detector - a lender taking in its borrowers\' lease pages is not running out: its headroom counts them as used from the start', () => {
