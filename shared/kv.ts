@@ -14,10 +14,33 @@ export async function getParsed<T>(kv: KV, key: string, schema: z.ZodType<T>): P
   return { value: schema.parse(entry.json()), revision: entry.revision };
 }
 
+/** How long one listing of a bucket's keys may take before it is started over. */
+const KEYS_TIMEOUT_MS = 10_000;
+
+/**
+ * A bucket's keys. The listing runs on an ordered consumer, which was seen to hang for good on a
+ * loaded machine (an operator read that never returned): each try is bounded, and tried 3 times.
+ */
+export async function listKeys(kv: KV, timeoutMs = KEYS_TIMEOUT_MS): Promise<string[]> {
+  for (let attempt = 1; ; attempt += 1) {
+    const iterator = await kv.keys();
+    const keys: string[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    const listed = (async () => {
+      for await (const key of iterator) keys.push(key);
+      return true;
+    })();
+    const done = await Promise.race([listed, new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)))]).finally(() => clearTimeout(timer));
+    if (done) return keys;
+    iterator.stop();
+    listed.catch(() => undefined);
+    if (attempt >= 3) throw new RswapError(ErrorCodes.TIMEOUT, `listing a bucket's keys did not finish within ${timeoutMs}ms, ${attempt} times`);
+  }
+}
+
 /** Reads every key's current value (skipping records that no longer parse). */
 export async function listParsed<T>(kv: KV, schema: z.ZodType<T>): Promise<Array<Versioned<T> & { key: string }>> {
-  const keys: string[] = [];
-  for await (const key of await kv.keys()) keys.push(key);
+  const keys = await listKeys(kv);
   const out: Array<Versioned<T> & { key: string }> = [];
   for (const key of keys) {
     const entry = await getParsed(kv, key, schema).catch(() => undefined);

@@ -26,13 +26,17 @@ export async function connectNats(access: NatsAccess, name: string, log: Logger,
     throw new RswapError(ErrorCodes.CONFIG, `${access.creds} is ${creds.role} '${creds.name}'; this process needs ${expect.role}${expect.name ? ` '${expect.name}'` : ''} credentials`);
   }
   if (!creds) log.warn(INSECURE_WARNING);
+  log.info({ nats: access.url }, 'connecting to NATS');
   const nc = await connect({
     ...options,
     servers: access.url.split(','),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500, // ms between attempts
-    timeout: 5_000, // ms for the first connect
+    timeout: 5_000, // ms for each attempt of the first connect
+    // A service does not give up because NATS is down or slow when it starts (a slow TLS handshake
+    // on a loaded machine): it keeps trying, like after any later disconnect.
+    waitOnFirstConnect: true,
   });
   void (async () => {
     for await (const status of nc.status()) {
@@ -77,7 +81,8 @@ export async function openStores(nc: NatsConnection, options: { create: boolean;
       const [leases, hosts] = await Promise.all([kvm.open(buckets.leases), kvm.open(buckets.hosts)]);
       return { leases, hosts };
     } catch (error) {
-      if (!/stream not found|bucket not found|no responders/i.test(String(error))) throw error;
+      // Not created yet, or JetStream slow to answer (a loaded machine, a VM under TCG): try again.
+      if (!/stream not found|bucket not found|no responders|timeout/i.test(String(error))) throw error;
       if (attempt === 0) options.log?.info('waiting for a broker to create the KV buckets');
       await new Promise((resolve) => setTimeout(resolve, 500));
     }

@@ -72,11 +72,13 @@ export interface TestbedOptions {
   /**
    * VM hosts after the namespace hosts (cli/testbed/vm.ts): a real kernel with the kernel iSCSI
    * initiator, on the same bridge through a tap device; each runs a monitor (machine scope), an
-   * exporter and an attacher (`--initiator kernel`).
+   * exporter and an attacher (`--initiator kernel` unless `vmInitiators` says otherwise).
    */
   vmHosts?: number;
   /** Each VM host's RAM (default 1024 MiB). */
   vmMemoryMiB?: number;
+  /** Each VM host's initiator, in order (default kernel, the production path). */
+  vmInitiators?: Array<'kernel' | 'userspace'>;
 }
 
 export interface TestbedHost {
@@ -255,12 +257,15 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       await run('ip', ['tuntap', 'add', 'dev', vm.tap, 'mode', 'tap']);
       await run('ip', ['link', 'set', vm.tap, 'master', BRIDGE, 'up']);
       const spec = { name, share: vm.dir, tap: vm.tap, mac: `52:54:00:72:73:${(0x10 + i).toString(16)}`, memoryMiB: vm.memoryMiB };
-      const inVm = (role: string, args: string[]) =>
-        `${node} ${CLI} ${role} --nats ${natsUrl} ${credsOf(name).join(' ')} --host ${name} ${args.join(' ')} >> ${join(vm.dir, `${role}.log`)} 2>&1 &`;
+      // Each agent restarted 2 s after it exits, as the systemd units do (Restart=always).
+      const inVm = (role: string, args: string[]) => {
+        const logFile = join(vm.dir, `${role}.log`);
+        return `(while :; do ${node} ${CLI} ${role} --nats ${natsUrl} ${credsOf(name).join(' ')} --host ${name} ${args.join(' ')} >> ${logFile} 2>&1; echo "rswap-vm: ${role} exited ($?), restarting in 2 s" >> ${logFile}; sleep 2; done) &`;
+      };
       await writeVmScript(spec, vmScript(spec, vm.address, `iqn.2026-11.io.rswap:${name}`, [
         inVm('exporter', ['--address', vm.address, '--state-dir', '/var/lib/rswap/exporter', ...(options.exporterArgs ?? [])]),
         ...(options.monitors !== false ? [inVm('monitor', ['--scope', 'machine', '--exporter-state-dir', '/var/lib/rswap/exporter', ...(options.monitorArgs ?? [])])] : []),
-        inVm('attacher', ['--address', vm.address, '--initiator', 'kernel', '--state-dir', '/var/lib/rswap/attacher', ...(options.attacherArgs ?? [])]),
+        inVm('attacher', ['--address', vm.address, '--initiator', options.vmInitiators?.[i] ?? 'kernel', '--state-dir', '/var/lib/rswap/attacher', ...(options.attacherArgs ?? [])]),
       ]));
       startDetached(qemuCommand(image, spec, accel), join(vm.dir, 'console.log'), {}, `${name}/vm`);
       vms.push(vm);

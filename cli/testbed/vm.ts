@@ -10,7 +10,8 @@
  * its network on a tap device and runs the script. Packages are fetched with `apt-get download` and
  * unpacked into a cache: nothing is installed on this machine beyond qemu.
  */
-import { access, chmod, cp, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, cp, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from '../../shared/log.js';
@@ -18,7 +19,7 @@ import type { Logger } from '../../shared/log.js';
 export const VM_CACHE = '/var/cache/rswap/vm';
 
 /** The modules the VM loads at boot (their dependencies come with them, in order). */
-const MODULES = ['virtio_pci', 'virtio_net', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel'];
+const MODULES = ['virtio_pci', 'virtio_net', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel', 'fuse', 'loop'];
 
 export interface VmImage {
   version: string;
@@ -40,19 +41,23 @@ export async function vmImage(log: Logger, cache = VM_CACHE): Promise<VmImage> {
   const pkg = /Depends: (linux-image-[0-9][^\s]*)/.exec(depends)?.[1];
   if (!pkg) throw new Error(`no kernel package behind linux-image-amd64: ${depends}`);
   const version = pkg.replace(/^linux-image-/, '');
-  const dir = join(cache, version);
+  // One folder per kernel and initramfs recipe: a changed module list or init builds anew.
+  const recipe = createHash('sha256').update(JSON.stringify([MODULES, INIT])).digest('hex').slice(0, 8);
+  const dir = join(cache, `${version}-${recipe}`);
   const image = { version, kernel: join(dir, 'root', 'boot', `vmlinuz-${version}`), initrd: join(dir, 'initrd.gz') };
   if (await access(image.initrd).then(() => true, () => false)) return image;
   log.info({ version }, 'building the VM image (kernel and initramfs) once');
-  await rm(dir, { recursive: true, force: true });
-  const debs = join(dir, 'debs');
+  // Built aside and renamed into place: an interrupted build never counts as built.
+  const building = `${dir}.building-${process.pid}`;
+  await rm(building, { recursive: true, force: true });
+  const debs = join(building, 'debs');
   await mkdir(debs, { recursive: true });
   await sh('apt-get', ['download', pkg, 'busybox-static'], debs);
-  const root = join(dir, 'root');
+  const root = join(building, 'root');
   for (const deb of await readdir(debs)) await sh('dpkg-deb', ['-x', join(debs, deb), root]);
   await sh('depmod', ['-b', root, version]);
   // The initramfs: busybox, the modules in load order, and init.
-  const initramfs = join(dir, 'initramfs');
+  const initramfs = join(building, 'initramfs');
   for (const d of ['bin', 'modules', 'proc', 'sys', 'dev', 'lower', 'upper', 'newroot']) await mkdir(join(initramfs, d), { recursive: true });
   await cp(join(root, 'bin', 'busybox'), join(initramfs, 'bin', 'busybox'));
   const order: string[] = [];
@@ -68,13 +73,29 @@ export async function vmImage(log: Logger, cache = VM_CACHE): Promise<VmImage> {
   await writeFile(join(initramfs, 'modules', 'order'), `${order.join('\n')}\n`);
   await writeFile(join(initramfs, 'init'), INIT);
   await chmod(join(initramfs, 'init'), 0o755);
-  const cpio = await execa('sh', ['-c', `find . | ${join(initramfs, 'bin', 'busybox')} cpio -o -H newc | gzip -1 > ${image.initrd}`], { cwd: initramfs });
+  const cpio = await execa('sh', ['-c', `find . | ${join(initramfs, 'bin', 'busybox')} cpio -o -H newc | gzip -1 > ${join(building, 'initrd.gz')}`], { cwd: initramfs });
   if (cpio.exitCode !== 0) throw new Error(`initramfs: ${cpio.stderr}`);
   // Only the kernel and the initramfs are kept (the modules it needs are inside it): 20 MB, not 400.
   await rm(debs, { recursive: true, force: true });
   await rm(initramfs, { recursive: true, force: true });
   for (const entry of await readdir(root)) if (entry !== 'boot') await rm(join(root, entry), { recursive: true, force: true });
+  await rm(dir, { recursive: true, force: true });
+  await rename(building, dir);
+  await pruneCache(cache, dir);
   return image;
+}
+
+/** Removes the images of older recipes and kernels, except those a running VM was started from. */
+async function pruneCache(cache: string, keep: string): Promise<void> {
+  const running: string[] = [];
+  for (const pid of await readdir('/proc').catch(() => [] as string[])) {
+    if (/^\d+$/.test(pid)) running.push(await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => ''));
+  }
+  for (const entry of await readdir(cache).catch(() => [] as string[])) {
+    const path = join(cache, entry);
+    if (path === keep || entry.includes('.building-') || running.some((cmd) => cmd.includes(`${path}/`))) continue;
+    await rm(path, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -162,6 +183,12 @@ export function vmScript(vm: VmSpec, address: string, iqn: string, agents: strin
     'mkdir -p /run/lock /var/lib/iscsi /etc/iscsi /var/lib/rswap',
     `echo "InitiatorName=${iqn}" > /etc/iscsi/initiatorname.iscsi`,
     'iscsid || echo "rswap-vm: iscsid failed"',
+    // The watchdog's signs of life: a heartbeat file this machine reads (vmExec's stallMs), and the
+    // kernel's own report of a task blocked for 30 s on the console.
+    'echo 30 > /proc/sys/kernel/hung_task_timeout_secs',
+    // (Each beat starts programs from the 9p root and writes to the share: it shows that the VM
+    // still runs processes and does I/O. The OOM killer leaves it alone.)
+    `(echo -1000 > /proc/self/oom_score_adj; while :; do date +%s > ${vm.share}/heartbeat.tmp && mv ${vm.share}/heartbeat.tmp ${vm.share}/heartbeat; sleep 1; done) &`,
     ...agents,
     'echo "rswap-vm: agents started"',
     // Jobs from this machine (vmExec): a script dropped in jobs/ runs, its output and exit code come back.
@@ -181,18 +208,31 @@ export function vmScript(vm: VmSpec, address: string, iqn: string, agents: strin
  * Runs `script` (sh) inside a VM host and returns its exit code and output, once the VM reports
  * them (through its shared folder; no network, no ssh).
  */
-export async function vmExec(share: string, script: string, timeoutMs = 600_000): Promise<{ code: number; output: string }> {
+export async function vmExec(share: string, script: string, timeoutMs = 600_000, stallMs?: number): Promise<{ code: number; output: string }> {
   const id = `job-${Date.now()}-${Math.random().toString(16).slice(2, 8)}`;
   const jobs = join(share, 'jobs');
   await mkdir(jobs, { recursive: true });
   await writeFile(join(jobs, `${id}.tmp`), script);
   await rename(join(jobs, `${id}.tmp`), join(jobs, `${id}.sh`));
-  const deadline = Date.now() + timeoutMs;
+  const submitted = Date.now();
+  const deadline = submitted + timeoutMs;
   for (;;) {
     const rc = await readFile(join(jobs, `${id}.rc`), 'utf8').catch(() => undefined);
     if (rc !== undefined) return { code: Number(rc.trim()), output: await readFile(join(jobs, `${id}.out`), 'utf8').catch(() => '') };
     if (Date.now() > deadline) throw new Error(`VM job in ${share} did not finish within ${timeoutMs} ms: ${script.slice(0, 200)}`);
+    if (stallMs !== undefined) {
+      // No heartbeat at all counts from when this job was handed over.
+      const beat = await stat(join(share, 'heartbeat')).then((s) => s.mtimeMs, () => submitted);
+      if (Date.now() - beat > stallMs) throw new VmStalled(share, Date.now() - beat);
+    }
     await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** The VM's heartbeat stopped: it is stalled or deadlocked (its console has what the kernel said). */
+export class VmStalled extends Error {
+  constructor(readonly share: string, readonly silentMs: number) {
+    super(`VM in ${share} stalled: no heartbeat for ${Math.round(silentMs / 1000)} s`);
   }
 }
 

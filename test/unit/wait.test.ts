@@ -14,3 +14,9 @@ test('wait - names what never became ready, and a failing probe ends the wait at
   await assert.rejects(waitFor('x', async () => { calls += 1; throw new Error('probe broke'); }, { timeoutMs: 1_000 }), /probe broke/);
   assert.equal(calls, 1);
 });
+
+test('wait - a probe that never answers ends the wait at its deadline, saying so', async () => {
+  const started = Date.now();
+  await assert.rejects(waitFor('a hung read', () => new Promise<boolean>(() => undefined), { timeoutMs: 50 }), /^Error: a hung read not ready within 50ms \(a check hung: no answer 50ms past the deadline\)$/);
+  assert.ok(Date.now() - started < 5_000, 'it did not wait for the probe');
+});

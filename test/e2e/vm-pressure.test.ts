@@ -1,0 +1,96 @@
+/**
+ * Machine-wide memory pressure on a real kernel, where it must never be made on the CI machine: a VM
+ * borrower with no swap at all, its monitor watching the whole machine, the kernel initiator. A
+ * workload fills twice the VM's RAM at 8 MiB/s with no memory cgroup around it. With its lender
+ * cordoned, the VM's OOM killer ends it; with the lender back, leases come before memory runs out
+ * and every byte reads back intact. Under a watchdog: the VM's heartbeat must not stop for 90 s
+ * while it swaps over the network (the kernel's hung-task reports, if any, are in its console log).
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import { createRunner } from '../../shared/runner.js';
+import { testbedBus, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { vmExec } from '../../cli/testbed/vm.js';
+import { cordonHost, listLeases } from '../../cli/operator.js';
+import { freePort } from '../helpers/nats.js';
+import { waitFor } from '../../shared/wait.js';
+
+const MiB = 1024 ** 2;
+const DIR = '/run/rswap/test-vm-pressure';
+const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
+const VM_MIB = 384;
+const FILL = `--bytes ${2 * VM_MIB}MiB --fill-mib-per-s 8`;
+const STALL_MS = 90_000;
+const log = pino({ level: 'silent' });
+const run = createRunner(log);
+let tb: Testbed;
+
+before(async () => {
+  tb = await testbedUp(run, log, {
+    dir: DIR,
+    hosts: 1, // host-a: the lender, in a namespace
+    vmHosts: 1, // host-b: the borrower, a VM without swap, its monitor in machine scope
+    vmMemoryMiB: VM_MIB,
+    natsPort: await freePort(),
+    memoryBytes: [1536 * MiB],
+    reserveBytes: [256 * MiB],
+    brokerArgs: ['--release-cooldown-ms', '3000'],
+    monitorArgs: ['--exit-hold-ms', '2000'],
+  });
+});
+
+after(async () => {
+  const problems = await testbedDown(run, log, DIR);
+  assert.deepEqual(problems, []);
+});
+
+/** The workload in the VM under the watchdog: its exit code, its report, and what the kernel said. */
+async function workloadInVm(watchdog: boolean): Promise<{ rc: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
+  const vm = tb.vms![0]!;
+  const job = await vmExec(vm.dir, `dmesg -C; free -m; node ${WORKLOAD} ${FILL} --passes 1; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 900_000, watchdog ? STALL_MS : undefined);
+  const rc = Number(/^rc=(\d+)$/m.exec(job.output)?.[1] ?? -1);
+  const line = job.output.split('\n').find((l) => l.startsWith('{"bytes"'));
+  return { rc, ...(line ? { report: JSON.parse(line) as { corruptedChunks: number; chunks: number } } : {}), output: job.output };
+}
+
+test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed without a lender, rescued by leases over the kernel initiator with every byte verified', async () => {
+  const vm = tb.vms![0]!;
+  console.log(`VM host ${vm.name} (${VM_MIB} MiB, no swap) ready ${((vm.readyMs ?? 0) / 1000).toFixed(1)} s after it started`);
+
+  // Without a lender: the OOM killer ends the workload (and only it: the agents live on).
+  await cordonHost(testbedBus(tb), 'host-a', true);
+  // (No watchdog here: a VM without swap may thrash on file pages for a long while before the OOM
+  // killer acts; that is the outcome rswap prevents, not a stall of its path.)
+  const alone = await workloadInVm(false);
+  assert.notEqual(alone.rc, 0, `without a lender the workload cannot complete: ${alone.output}`);
+  assert.match(alone.output, /Out of memory: Killed process \d+ \(node\)/, alone.output);
+  assert.deepEqual((await listLeases(testbedBus(tb))).filter((l) => l.borrower === vm.name), [], 'no lease without a lender');
+
+  // With the lender: leases before memory runs out, every byte back.
+  await cordonHost(testbedBus(tb), 'host-a', false);
+  const started = Date.now();
+  const rescued = await workloadInVm(true);
+  assert.equal(rescued.rc, 0, rescued.output);
+  assert.equal(rescued.report?.corruptedChunks, 0, 'every byte read back intact');
+  assert.equal(rescued.report?.chunks, 2 * VM_MIB);
+  assert.doesNotMatch(rescued.output, /blocked for more than/, 'no task hung while the VM swapped over the network');
+  const leases = (await listLeases(testbedBus(tb))).filter((l) => l.borrower === vm.name && l.history.some((h) => h.state === 'active'));
+  assert.ok(leases.length > 0, 'it ran on remote memory');
+  assert.ok(leases.every((l) => l.initiator === 'kernel'));
+  console.log(`machine-wide in a VM: ${2 * VM_MIB} MiB at 8 MiB/s in ${VM_MIB} MiB of RAM without swap completed on ${leases.length} lease(s) over the kernel initiator in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+
+  // Given back after the cool-down: swap-off and logout in the VM.
+  let states = '';
+  await waitFor('the leases given back after the cool-down', async () => {
+    const now = (await listLeases(testbedBus(tb))).filter((l) => leases.some((x) => x.id === l.id));
+    states = now.map((l) => `${l.id} ${l.state}${l.reason ? ` (${l.reason})` : ''}`).join(', ');
+    return now.every((l) => l.state === 'released');
+  }, { timeoutMs: 180_000, intervalMs: 500 }).catch(async (error: Error) => {
+    const console_ = await readFile(join(vm.dir, 'console.log'), 'utf8').catch(() => '');
+    assert.fail(`${error.message}: ${states}\n${console_.slice(-2000)}`);
+  });
+});
