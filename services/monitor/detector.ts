@@ -81,7 +81,11 @@ export function signalsBetween(previous: Reading, current: Reading, fillBase: Re
   // (once memory is full the kernel fills those instead). The fill is how fast that room shrinks.
   const room = (r: Reading) => (r.headroomBytes ?? r.availableBytes) + (current.swapFreeBytes !== undefined ? (r.swapFreeBytes ?? 0) : 0);
   signals.headroomBytes = current.headroomBytes ?? current.availableBytes;
-  signals.fillBytesPerS = Math.round(rateOver(Math.max(0.001, (current.at - fillBase.at) / 1000))(room(current), room(fillBase)));
+  // A lease the host just promised takes its size off the headroom at once: that is a promise, not
+  // memory filling, so the rate adds the promises back (without it, a lender that exports 300 MiB
+  // reads as filling at 300 MiB/s and borrows from its own borrower).
+  const filling = (r: Reading) => room(r) + (r.lentBytes ?? 0);
+  signals.fillBytesPerS = Math.round(rateOver(Math.max(0.001, (current.at - fillBase.at) / 1000))(filling(current), filling(fillBase)));
   if (current.swapFreeBytes !== undefined) signals.swapFreeBytes = current.swapFreeBytes;
   if (current.stallUs !== undefined && previous.stallUs !== undefined) {
     signals.stallPct = round(Math.min(100, (rate(previous.stallUs, current.stallUs) / 1e6) * 100));

@@ -155,6 +155,7 @@ export class Monitor {
     // arriving, not the host running out (see runningOut in detector.ts).
     const lent = await lending(this.options.exporterStateDir);
     reading.headroomBytes = reading.availableBytes - Math.max(0, lent.lentBytes - lent.residentBytes);
+    reading.lentBytes = lent.lentBytes;
     // A host that had no swap when the monitor started: its swap now is its leases.
     if (this.swapless !== false) {
       const meminfo = parseMeminfo(await readFile('/proc/meminfo', 'utf8'));

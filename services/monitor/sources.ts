@@ -18,6 +18,8 @@ export interface Reading {
   availableBytes: number;
   /** availableBytes net of lease pages promised but not yet written, where the monitor knows them. */
   headroomBytes?: number;
+  /** What the host has promised to its borrowers (set by the monitor where it lends). */
+  lentBytes?: number;
   /** Free room in the machine's swap areas, where the monitor read it. */
   swapFreeBytes?: number;
   swapUsedBytes: number;

@@ -39,7 +39,13 @@ before(async () => {
     memoryBytes: [1536 * MiB],
     reserveBytes: [256 * MiB],
     brokerArgs: ['--release-cooldown-ms', '3000'],
-    monitorArgs: ['--exit-hold-ms', '2000'],
+    // A lease comes up in seconds on real hardware but takes far longer in a VM under TCG (every
+    // step runs emulated): the monitor asks that much earlier. On KVM or metal the default (5 s) is
+    // what docs/benchmarks.md measures.
+    monitorArgs: ['--exit-hold-ms', '2000', '--headroom-lead-s', '30'],
+    // The default margin (256 MiB, for servers) is more than this VM ever has free: no swap-off
+    // would ever be safe, and the leases could not go back.
+    attacherArgs: ['--swapoff-margin-bytes', '32MiB'],
   });
 });
 
@@ -81,7 +87,8 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   const leases = (await listLeases(testbedBus(tb))).filter((l) => l.borrower === vm.name && l.history.some((h) => h.state === 'active'));
   assert.ok(leases.length > 0, 'it ran on remote memory');
   assert.ok(leases.every((l) => l.initiator === 'kernel'));
-  console.log(`machine-wide in a VM: ${2 * VM_MIB} MiB at 8 MiB/s in ${VM_MIB} MiB of RAM without swap completed on ${leases.length} lease(s) over the kernel initiator in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  const bringUp = leases.map((l) => l.history.find((h) => h.state === 'active')!.at - l.createdAt);
+  console.log(`machine-wide in a VM: ${2 * VM_MIB} MiB at 8 MiB/s in ${VM_MIB} MiB of RAM without swap completed on ${leases.length} lease(s) over the kernel initiator in ${((Date.now() - started) / 1000).toFixed(0)} s; each lease came up in ${bringUp.map((ms) => (ms / 1000).toFixed(1)).join(', ')} s`);
 
   // Given back after the cool-down: swap-off and logout in the VM.
   let states = '';

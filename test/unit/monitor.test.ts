@@ -176,6 +176,19 @@ test('detector - a swapless host whose lease gave it room stays under pressure w
   assert.equal(fineWithoutLeases(ownSwap, o), true);
 });
 
+test('detector - a swapless lender that promises a lease is not filling: its headroom drops at once, its memory does not', () => {
+  // 1 GiB available, then a 600 MiB lease exported: headroom 1 GiB -> 424 MiB within half a second.
+  const before = reading(0, { availableBytes: 1024 * MiB, headroomBytes: 1024 * MiB, lentBytes: 0, swapFreeBytes: 0 });
+  const after = reading(500, { availableBytes: 1024 * MiB, headroomBytes: 424 * MiB, lentBytes: 600 * MiB, swapFreeBytes: 0 });
+  const signals = signalsBetween(before, after);
+  assert.equal(signals.fillBytesPerS, 0, 'no fill');
+  assert.equal(signals.headroomBytes, 424 * MiB, 'but the headroom is what is left');
+  assert.equal(runningOut(signals, DEFAULT_DETECTOR), false);
+  // Its own processes still count: 100 MiB more used over that half second is 200 MiB/s.
+  const busy = reading(500, { availableBytes: 924 * MiB, headroomBytes: 324 * MiB, lentBytes: 600 * MiB, swapFreeBytes: 0 });
+  assert.equal(signalsBetween(before, busy).fillBytesPerS, 200 * MiB);
+});
+
 test('detector - the fill rate is taken over the window, so a cache drop between two close samples is not a flood', () => {
   // 16 MiB/s for a second, then 25 MiB more gone in the 100 ms to a sample the kernel woke.
   const base = reading(0, { availableBytes: 128 * MiB, swapFreeBytes: 0 });
