@@ -1,6 +1,7 @@
 import type { KV } from '@nats-io/kv';
 import type { z } from 'zod';
 import { ErrorCodes, RswapError } from './errors.js';
+import { within } from './wait.js';
 
 export interface Versioned<T> {
   value: T;
@@ -25,15 +26,11 @@ export async function listKeys(kv: KV, timeoutMs = KEYS_TIMEOUT_MS): Promise<str
   for (let attempt = 1; ; attempt += 1) {
     const iterator = await kv.keys();
     const keys: string[] = [];
-    let timer: NodeJS.Timeout | undefined;
-    const listed = (async () => {
+    const listed = await within((async () => {
       for await (const key of iterator) keys.push(key);
-      return true;
-    })();
-    const done = await Promise.race([listed, new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)))]).finally(() => clearTimeout(timer));
-    if (done) return keys;
+    })(), timeoutMs);
+    if (listed.done) return keys;
     iterator.stop();
-    listed.catch(() => undefined);
     if (attempt >= 3) throw new RswapError(ErrorCodes.TIMEOUT, `listing a bucket's keys did not finish within ${timeoutMs}ms, ${attempt} times`);
   }
 }

@@ -12,18 +12,25 @@ export async function waitFor<T>(
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    let timer: NodeJS.Timeout | undefined;
-    const overdue = new Promise<'overdue'>((resolve) => {
-      timer = setTimeout(() => resolve('overdue'), Math.max(0, deadline - Date.now()) + Math.min(timeoutMs, 10_000));
-    });
-    const pending = probe();
-    const value = await Promise.race([pending, overdue]).finally(() => clearTimeout(timer));
-    if (value === 'overdue') {
-      pending.catch(() => undefined); // its late failure is nobody's business now
-      throw new Error(`${what} not ready within ${timeoutMs}ms (a check hung: no answer ${Math.min(timeoutMs, 10_000)}ms past the deadline)`);
-    }
-    if (value !== undefined && value !== false) return value as T;
+    const answer = await within(probe(), Math.max(0, deadline - Date.now()) + Math.min(timeoutMs, 10_000));
+    if (!answer.done) throw new Error(`${what} not ready within ${timeoutMs}ms (a check hung: no answer ${Math.min(timeoutMs, 10_000)}ms past the deadline)`);
+    const value = answer.value;
+    if (value !== undefined && value !== false) return value;
     if (Date.now() >= deadline) throw new Error(`${what} not ready within ${timeoutMs}ms`);
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
+}
+
+/**
+ * `task`'s outcome if it settles within `ms`, else `{ done: false }` (the task is left to finish on
+ * its own; a late failure of it is ignored). A failure within `ms` is thrown.
+ */
+export async function within<T>(task: Promise<T>, ms: number): Promise<{ done: true; value: T } | { done: false }> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<{ done: false }>((resolve) => {
+    timer = setTimeout(() => resolve({ done: false }), ms);
+  });
+  const answer = await Promise.race([task.then((value) => ({ done: true as const, value })), late]).finally(() => clearTimeout(timer));
+  if (!answer.done) task.catch(() => undefined);
+  return answer;
 }

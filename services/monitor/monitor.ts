@@ -74,9 +74,12 @@ const gauges = {
 
 export class Monitor {
   readonly detector: Detector;
-  private previous: Reading | undefined;
-  /** Readings of the last FILL_WINDOW_MS and the newest one before it: the fill rate's base. */
+  /** Readings of the last FILL_WINDOW_MS and the newest one before it (the fill rate's base). */
   private recent: Reading[] = [];
+  /** The latest reading. */
+  private get previous(): Reading | undefined {
+    return this.recent.at(-1);
+  }
   private lastPressureAt = 0;
   private lastHeartbeatAt = 0;
   private lastSurplus: (SurplusEvent & { at: number }) | undefined;
@@ -145,10 +148,10 @@ export class Monitor {
     }
   }
 
-  /** One sample: read, detect, publish. */
   /** Whether the host had no swap of its own when the monitor started (decided at the first sample). */
   private swapless: boolean | undefined;
 
+  /** One sample: read, detect, publish. */
   async tick(): Promise<void> {
     const reading = await this.source.read();
     // A lender's memory fills as its borrowers write their lease pages: that is promised memory
@@ -163,7 +166,6 @@ export class Monitor {
       if (this.swapless) reading.swapFreeBytes = meminfo.get('SwapFree') ?? 0;
     }
     const previous = this.previous;
-    this.previous = reading;
     this.recent.push(reading);
     while (this.recent.length > 2 && this.recent[1]!.at <= reading.at - FILL_WINDOW_MS) this.recent.shift();
     if (!previous) return;
