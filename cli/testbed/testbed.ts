@@ -228,7 +228,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
     );
     if (options.monitors !== false) {
       startDetached(
-        [...inNs, 'monitor', '--nats', natsUrl, ...credsOf(host.name), '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, ...(options.monitorArgs ?? []), ...(options.processArgs?.[`${host.name}/monitor`] ?? [])],
+        [...inNs, 'monitor', '--nats', natsUrl, ...credsOf(host.name), '--host', host.name, '--scope', `cgroup:${host.cgroup}`, '--reserve-bytes', reserve, '--exporter-state-dir', exporterDir, '--attacher-state-dir', join(dir, host.name, 'attacher'), ...(options.monitorArgs ?? []), ...(options.processArgs?.[`${host.name}/monitor`] ?? [])],
         join(dir, host.name, 'monitor.log'),
         { ...options.env, ...options.processEnv?.[`${host.name}/monitor`] },
         `${host.name}/monitor`,
@@ -264,7 +264,7 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       };
       await writeVmScript(spec, vmScript(spec, vm.address, `iqn.2026-11.io.rswap:${name}`, [
         inVm('exporter', ['--address', vm.address, '--state-dir', '/var/lib/rswap/exporter', ...(options.exporterArgs ?? [])]),
-        ...(options.monitors !== false ? [inVm('monitor', ['--scope', 'machine', '--exporter-state-dir', '/var/lib/rswap/exporter', ...(options.monitorArgs ?? [])])] : []),
+        ...(options.monitors !== false ? [inVm('monitor', ['--scope', 'machine', '--exporter-state-dir', '/var/lib/rswap/exporter', '--attacher-state-dir', '/var/lib/rswap/attacher', ...(options.monitorArgs ?? [])])] : []),
         inVm('attacher', ['--address', vm.address, '--initiator', options.vmInitiators?.[i] ?? 'kernel', '--state-dir', '/var/lib/rswap/attacher', ...(options.attacherArgs ?? [])]),
       ]));
       startDetached(qemuCommand(image, spec, accel), join(vm.dir, 'console.log'), {}, `${name}/vm`);

@@ -3,7 +3,7 @@
  * swap-off only when the pages fit, then log out. Idempotent by lease id; each lease's facts live
  * in `<stateDir>/leases/<id>/attach.json` so a restarted attacher finds what it made.
  */
-import { mkdir, readFile, readdir, writeFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, writeFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
@@ -81,7 +81,10 @@ export class Attacher {
         const priority = chooseSwapPriority(swaps, await this.remoteDevices(), this.options.swapPriority);
         await this.run('mkswap', ['-L', request.leaseId, device]);
         const record: AttachRecord = { leaseId: request.leaseId, target: request.target, device, priority };
-        await writeFile(join(this.dir(request.leaseId), 'attach.json'), JSON.stringify(record), { mode: 0o600 });
+        // Written whole or not at all (a crash mid-write must not leave a record nobody can read).
+        const file = join(this.dir(request.leaseId), 'attach.json');
+        await writeFile(`${file}.new`, JSON.stringify(record), { mode: 0o600 });
+        await rename(`${file}.new`, file);
         await this.run('swapon', ['-p', String(priority), device]);
         this.log.info({ leaseId: request.leaseId, device, priority, initiator: kind }, 'swap on remote memory active');
         return { device, priority, initiator: kind };

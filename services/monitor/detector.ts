@@ -77,15 +77,15 @@ export function signalsBetween(previous: Reading, current: Reading, fillBase: Re
     availableBytes: current.availableBytes,
     swapUsedBytes: current.swapUsedBytes,
   };
-  // The room left: headroom, plus on a host without swap of its own what its leases have free
-  // (once memory is full the kernel fills those instead). The fill is how fast that room shrinks.
-  const room = (r: Reading) => (r.headroomBytes ?? r.availableBytes) + (current.swapFreeBytes !== undefined ? (r.swapFreeBytes ?? 0) : 0);
   signals.headroomBytes = current.headroomBytes ?? current.availableBytes;
-  // A lease the host just promised takes its size off the headroom at once: that is a promise, not
-  // memory filling, so the rate adds the promises back (without it, a lender that exports 300 MiB
-  // reads as filling at 300 MiB/s and borrows from its own borrower).
-  const filling = (r: Reading) => room(r) + (r.lentBytes ?? 0);
-  signals.fillBytesPerS = Math.round(rateOver(Math.max(0.001, (current.at - fillBase.at) / 1000))(filling(current), filling(fillBase)));
+  // The fill: how fast the scope's memory and swap in use grow. Taken from what is used, not from
+  // the room left, so a lease's swap area coming or going is no fill (its swap-on would read as
+  // memory freed, its swap-off as a flood). A lease the host just promised takes its size off the
+  // headroom at once: that is a promise, not memory filling, so the promises are added back
+  // (without it, a lender that exports 300 MiB reads as filling at 300 MiB/s and borrows from its
+  // own borrower).
+  const inUse = (r: Reading) => r.swapUsedBytes - (r.headroomBytes ?? r.availableBytes) - (r.lentBytes ?? 0);
+  signals.fillBytesPerS = Math.round(rateOver(Math.max(0.001, (current.at - fillBase.at) / 1000))(inUse(fillBase), inUse(current)));
   if (current.swapFreeBytes !== undefined) signals.swapFreeBytes = current.swapFreeBytes;
   if (current.stallUs !== undefined && previous.stallUs !== undefined) {
     signals.stallPct = round(Math.min(100, (rate(previous.stallUs, current.stallUs) / 1e6) * 100));

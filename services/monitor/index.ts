@@ -36,6 +36,7 @@ export const MonitorConfig = z
     surplusStepBytes: SizeSetting.default(16 * MiB),
     surplusRefreshMs: ms().default(10_000),
     exporterStateDir: z.string().startsWith('/').default('/var/lib/rswap/exporter'),
+    attacherStateDir: z.string().startsWith('/').default('/var/lib/rswap/attacher'),
     /** PSI trigger: wake when tasks stalled this long within 2 s. */
     triggerStallMs: z.coerce.number().int().min(1).max(2_000).default(100),
     metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset

@@ -21,7 +21,7 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import { publishJson } from '../../shared/messaging.js';
-import { parseMeminfo, readMounts } from '../../shared/procfs.js';
+import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
 import { Detector, FILL_WINDOW_MS, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
@@ -40,6 +40,8 @@ export interface MonitorOptions extends DetectorOptions {
   surplusRefreshMs: number;
   /** Where this host's exporter keeps lease mounts; their images are what it lends. */
   exporterStateDir: string;
+  /** Where this host's attacher records its leases; their swap areas are what it borrows. */
+  attacherStateDir: string;
 }
 
 /**
@@ -61,6 +63,31 @@ export async function lending(exporterStateDir: string): Promise<{ lentBytes: nu
     residentBytes += Math.min(image.size, image.blocks * 512);
   }
   return { lentBytes, residentBytes };
+}
+
+/**
+ * The swap areas of this host's own leases, from its attacher's records (`leases/<id>/attach.json`
+ * names each lease's device), and how many other areas the machine has. Only its own leases are
+ * this host's room: where hosts share a kernel (the namespace testbed), another host's lease is in
+ * /proc/swaps too, and its swap-off would read as this host filling.
+ */
+export async function leaseSwap(attacherStateDir: string): Promise<{ freeBytes: number; otherAreas: number }> {
+  const leasesDir = join(attacherStateDir, 'leases');
+  const devices = new Set<string>();
+  for (const leaseId of await readdir(leasesDir).catch(() => [] as string[])) {
+    // A record being written (or torn by a crash) counts as nothing: the attacher rewrites it.
+    const record = await readFile(join(leasesDir, leaseId, 'attach.json'), 'utf8')
+      .then((t) => JSON.parse(t) as { device?: unknown })
+      .catch(() => undefined);
+    if (typeof record?.device === 'string') devices.add(record.device);
+  }
+  let freeBytes = 0;
+  let otherAreas = 0;
+  for (const area of await readSwaps()) {
+    if (devices.has(area.path)) freeBytes += Math.max(0, area.sizeBytes - area.usedBytes);
+    else otherAreas += 1;
+  }
+  return { freeBytes, otherAreas };
 }
 
 const MIN_SPACING_MS = 100;
@@ -148,7 +175,7 @@ export class Monitor {
     }
   }
 
-  /** Whether the host had no swap of its own when the monitor started (decided at the first sample). */
+  /** Whether the host had no swap but its leases when the monitor started (decided at the first sample). */
   private swapless: boolean | undefined;
 
   /** One sample: read, detect, publish. */
@@ -159,11 +186,11 @@ export class Monitor {
     const lent = await lending(this.options.exporterStateDir);
     reading.headroomBytes = reading.availableBytes - Math.max(0, lent.lentBytes - lent.residentBytes);
     reading.lentBytes = lent.lentBytes;
-    // A host that had no swap when the monitor started: its swap now is its leases.
+    // A host that had no swap but its leases when the monitor started: its leases are its swap.
     if (this.swapless !== false) {
-      const meminfo = parseMeminfo(await readFile('/proc/meminfo', 'utf8'));
-      this.swapless ??= meminfo.get('SwapTotal') === 0;
-      if (this.swapless) reading.swapFreeBytes = meminfo.get('SwapFree') ?? 0;
+      const swap = await leaseSwap(this.options.attacherStateDir);
+      this.swapless ??= swap.otherAreas === 0;
+      if (this.swapless) reading.swapFreeBytes = swap.freeBytes;
     }
     const previous = this.previous;
     this.recent.push(reading);

@@ -63,6 +63,29 @@ async function workloadInVm(watchdog: boolean): Promise<{ rc: number; report?: {
   return { rc, ...(line ? { report: JSON.parse(line) as { corruptedChunks: number; chunks: number } } : {}), output: job.output };
 }
 
+/** What the monitor and attacher in the VM did and what became of each lease, for a failure message. */
+async function story(since: number): Promise<string> {
+  const vm = tb.vms![0]!;
+  const events: [number, string][] = [];
+  for (const role of ['monitor', 'attacher']) {
+    for (const line of (await readFile(join(vm.dir, `${role}.log`), 'utf8').catch(() => '')).split('\n')) {
+      try {
+        const entry = JSON.parse(line) as { time: number; msg: string; neededBytes?: number; signals?: Record<string, number>; leaseId?: string; usedBytes?: number };
+        if (entry.time < since || !/pressure|swap|detached/.test(entry.msg)) continue;
+        const s = entry.signals;
+        const facts = s ? `need ${((entry.neededBytes ?? 0) / MiB).toFixed(0)} MiB, headroom ${((s.headroomBytes ?? 0) / MiB).toFixed(0)} MiB, lease room ${((s.swapFreeBytes ?? 0) / MiB).toFixed(0)} MiB, fill ${((s.fillBytesPerS ?? 0) / MiB).toFixed(1)} MiB/s, swap ${s.swapPagesPerS} pages/s` : `${entry.leaseId ?? ''}${entry.usedBytes !== undefined ? ` ${(entry.usedBytes / MiB).toFixed(0)} MiB used` : ''}`;
+        events.push([entry.time, `${role}: ${entry.msg} (${facts})`]);
+      } catch {
+        // not a log entry
+      }
+    }
+  }
+  for (const l of (await listLeases(testbedBus(tb)).catch(() => [])).filter((x) => x.borrower === vm.name)) {
+    for (const h of l.history) events.push([h.at, `lease ${l.id} ${(l.sizeBytes / MiB).toFixed(0)} MiB: ${h.state}${h.reason ? ` (${h.reason})` : ''}`]);
+  }
+  return events.sort((a, b) => a[0] - b[0]).map(([at, what]) => `+${((at - since) / 1000).toFixed(1)} s ${what}`).join('\n');
+}
+
 test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed without a lender, rescued by leases over the kernel initiator with every byte verified', async () => {
   const vm = tb.vms![0]!;
   console.log(`VM host ${vm.name} (${VM_MIB} MiB, no swap) ready ${((vm.readyMs ?? 0) / 1000).toFixed(1)} s after it started`);
@@ -80,7 +103,9 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   await cordonHost(testbedBus(tb), 'host-a', false);
   const started = Date.now();
   const rescued = await workloadInVm(true);
-  assert.equal(rescued.rc, 0, rescued.output);
+  const told = await story(started);
+  console.log(`what the VM did:\n${told}`);
+  assert.equal(rescued.rc, 0, `${rescued.output}\n${told}`);
   assert.equal(rescued.report?.corruptedChunks, 0, 'every byte read back intact');
   assert.equal(rescued.report?.chunks, 2 * VM_MIB);
   assert.doesNotMatch(rescued.output, /blocked for more than/, 'no task hung while the VM swapped over the network');

@@ -1,11 +1,12 @@
 /**
  * The attacher refuses an attach before any login when its host already has --max-swap-areas swap
  * areas: swapon would fail past the kernel's limit (32) only after the login, the self-test and
- * mkswap. Real /proc/swaps with a real swap file this test adds (and removes). Run as root.
+ * mkswap. And the monitor counts as its room only the swap areas its own attacher recorded. Real
+ * /proc/swaps with a real swap file this test adds (and removes). Run as root.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rm, mkdtemp } from 'node:fs/promises';
+import { mkdir, rm, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -14,6 +15,7 @@ import { Attacher } from '../../services/attacher/attacher.js';
 import type { Initiator } from '../../services/attacher/initiator.js';
 import { createRunner } from '../../shared/runner.js';
 import { readSwaps } from '../../shared/procfs.js';
+import { leaseSwap } from '../../services/monitor/monitor.js';
 
 const SWAPFILE = `/var/tmp/rswap-test-swap-areas-${process.pid}.swap`;
 let stateDir: string;
@@ -52,4 +54,22 @@ test('attacher caps - at --max-swap-areas, an attach is refused before any login
     (error: Error & { code?: string }) => error.code === 'RSWAP_E_NO_CAPACITY' && new RegExp(`${areas} swap areas`).test(error.message),
   );
   assert.deepEqual(logins, [], 'no login was tried');
+});
+
+test('lease swap - the monitor counts only the areas its own attacher recorded as its room', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-lease-swap-'));
+  try {
+    const areas = (await readSwaps()).length;
+    const mine = (await readSwaps()).find((a) => a.path === SWAPFILE)!;
+    // Before the record: the swap file is someone else's (local swap, or another host's lease).
+    assert.deepEqual(await leaseSwap(dir), { freeBytes: 0, otherAreas: areas });
+    await mkdir(join(dir, 'leases', 'l-0123456789ab'), { recursive: true });
+    await writeFile(join(dir, 'leases', 'l-0123456789ab', 'attach.json'), JSON.stringify({ leaseId: 'l-0123456789ab', device: SWAPFILE, priority: 1 }));
+    // A lease record whose area is gone, and a torn record, count as nothing.
+    await mkdir(join(dir, 'leases', 'l-ba9876543210'), { recursive: true });
+    await writeFile(join(dir, 'leases', 'l-ba9876543210', 'attach.json'), '{"device":');
+    assert.deepEqual(await leaseSwap(dir), { freeBytes: mine.sizeBytes - mine.usedBytes, otherAreas: areas - 1 });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

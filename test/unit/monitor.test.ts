@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cgroupV1Reading, cgroupV2Reading, machineReading, parsePsiSomeTotal, type Reading } from '../../services/monitor/sources.js';
-import { DEFAULT_DETECTOR, Detector, fineWithoutLeases, neededBytes, runningOut, signalsBetween, surplus } from '../../services/monitor/detector.js';
+import { DEFAULT_DETECTOR, Detector, fineWithoutLeases, isLow, neededBytes, runningOut, signalsBetween, surplus } from '../../services/monitor/detector.js';
 import type { Signals } from '../../shared/schemas.js';
 
 const MiB = 1024 ** 2;
@@ -213,4 +213,17 @@ test('detector - a lender taking in its borrowers\' lease pages is not running o
     previous = current;
   }
   assert.equal(d.state, 'clear');
+});
+
+test('detector - a lease\'s swap area coming on or going off is no fill: the fill is memory and swap in use growing', () => {
+  // A swapless host at 200 MiB available: a 256 MiB lease swaps on (room jumps), later it swaps
+  // off with 64 MiB on it (the pages come back into memory).
+  const before = reading(0, { availableBytes: 200 * MiB, swapFreeBytes: 0, swapUsedBytes: 0 });
+  const on = reading(1_000, { availableBytes: 200 * MiB, swapFreeBytes: 256 * MiB, swapUsedBytes: 0 });
+  assert.equal(signalsBetween(before, on).fillBytesPerS, 0, 'a swap-on frees no memory');
+  const used = reading(2_000, { availableBytes: 200 * MiB, swapFreeBytes: 192 * MiB, swapUsedBytes: 64 * MiB });
+  assert.equal(signalsBetween(on, used).fillBytesPerS, 64 * MiB, 'pages going out to the lease are the fill');
+  const off = reading(3_000, { availableBytes: 136 * MiB, swapFreeBytes: 0, swapUsedBytes: 0 });
+  assert.equal(signalsBetween(used, off).fillBytesPerS, 0, 'a swap-off moves pages, it adds none');
+  assert.equal(isLow(signalsBetween(used, off), { ...DEFAULT_DETECTOR, headroomLeadS: 10 }), true);
 });
