@@ -54,6 +54,7 @@ async function main(): Promise<void> {
   const log = pino({ level: 'silent' });
   const run = createRunner(log);
   const results: RateRun[] = [];
+  let lenderBorrowed: number | undefined;
   try {
     const tb = await testbedUp(run, log, {
       dir,
@@ -82,13 +83,16 @@ async function main(): Promise<void> {
         await waitFor('the leases given back', async () => (await listLeases(testbedBus(tb))).filter((l) => l.borrower === borrower.name).every((l) => l.state === 'released' || l.state === 'failed'), { timeoutMs: 120_000, intervalMs: 250 });
       }
     }
+    // The lender must never have borrowed: its borrower's leases are promises, not its memory filling.
+    lenderBorrowed = (await listLeases(testbedBus(tb))).filter((l) => l.borrower !== borrower.name).length;
   } finally {
     const problems = await testbedDown(run, log, dir);
     if (problems.length > 0) console.error(`cleanup problems: ${problems.join('; ')}`);
   }
+  console.log(`leases the lender took for itself: ${lenderBorrowed}`);
   const fastest = fastestRescued(results);
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), workload: '256 MiB into a 128 MiB cgroup, no swap', headroomLeadS: 5, runsPerRate, fastestRescuedMiBPerS: fastest ?? null, results }, null, 2) + '\n');
+  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), workload: '256 MiB into a 128 MiB cgroup, no swap', headroomLeadS: 5, runsPerRate, fastestRescuedMiBPerS: fastest ?? null, lenderBorrowed, results }, null, 2) + '\n');
   console.log('\n| fill (MiB/s) | rescued | leases per run | time per run (s) |\n|---|---|---|---|');
   for (const rate of rates) {
     const rs = results.filter((r) => r.mibPerS === rate);

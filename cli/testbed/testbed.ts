@@ -458,6 +458,10 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
     if (stdout.includes(` ${BRIDGE}:`)) await run('ip', ['link', 'del', BRIDGE]);
   });
   await attempt('nats-server', async () => killAll(await pidsWhere((cmd) => cmd.startsWith('nats-server') && cmd.includes(dir + '/'))));
+  // RSWAP_TESTBED_KEEP_LOGS=DIR keeps every log of the testbed (its processes', the VMs' consoles)
+  // under DIR/<testbed>-<time>, to read after a failed test.
+  const keep = process.env.RSWAP_TESTBED_KEEP_LOGS;
+  if (keep) await attempt('keep logs', () => run('sh', ['-c', 'mkdir -p "$2" && cd "$1" && find . -name "*.log" -exec cp --parents {} "$2" ";"', 'sh', dir, join(keep, `${basename(dir)}-${Date.now()}`)]));
   if (problems.length === 0) {
     await rm(dir, { recursive: true, force: true });
     // The shared parent (/run/rswap) goes too once no other testbed or demo uses it.

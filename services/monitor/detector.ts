@@ -128,8 +128,10 @@ export function isLow(s: Signals, o: DetectorOptions): boolean {
 }
 
 export function neededBytes(s: Signals, swapOutBytesPerS: number, o: DetectorOptions): number {
-  // Swap in use plus what the fill brings over the lead time: the leases it needs in all.
-  const filling = s.swapUsedBytes + (s.fillBytesPerS ?? 0) * o.headroomLeadS;
+  // On a host without swap of its own: swap in use plus what the fill brings over the lead time,
+  // the leases it needs in all. Where the host has swap, its swap-outs are in the fill too, and the
+  // swap-out rate over the horizon already counts them.
+  const filling = s.swapFreeBytes !== undefined ? s.swapUsedBytes + (s.fillBytesPerS ?? 0) * o.headroomLeadS : 0;
   return roundUpToMiB(Math.max(o.minNeededBytes, s.swapUsedBytes + swapOutBytesPerS * o.horizonS, filling));
 }
 

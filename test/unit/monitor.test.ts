@@ -227,3 +227,11 @@ test('detector - a lease\'s swap area coming on or going off is no fill: the fil
   assert.equal(signalsBetween(used, off).fillBytesPerS, 0, 'a swap-off moves pages, it adds none');
   assert.equal(isLow(signalsBetween(used, off), { ...DEFAULT_DETECTOR, headroomLeadS: 10 }), true);
 });
+
+test('detector - a thrashing host with swap of its own asks for its swap-out rate over the horizon, not its fill over the lead', () => {
+  // 145 MiB in swap, swapping out 64 MiB/s, memory and swap in use growing 140 MiB/s.
+  const s: Signals = { swapPagesPerS: 16384, refaultsPerS: 0, availableBytes: 0, headroomBytes: 0, swapUsedBytes: 145 * MiB, fillBytesPerS: 140 * MiB };
+  const o = { ...DEFAULT_DETECTOR, horizonS: 2, headroomLeadS: 5 };
+  assert.equal(neededBytes(s, 64 * MiB, o), (145 + 128) * MiB);
+  assert.equal(neededBytes({ ...s, swapFreeBytes: 0 }, 64 * MiB, o), (145 + 700) * MiB, 'without swap of its own the fill over the lead is the need');
+});
