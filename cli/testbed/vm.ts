@@ -185,7 +185,7 @@ export function vmScript(vm: VmSpec, address: string, iqn: string, agents: strin
     'iscsid || echo "rswap-vm: iscsid failed"',
     // The watchdog's signs of life: a heartbeat file this machine reads (vmExec's stallMs), and the
     // kernel's own report of a task blocked for 30 s on the console.
-    'echo 30 > /proc/sys/kernel/hung_task_timeout_secs',
+    'echo 30 > /proc/sys/kernel/hung_task_timeout_secs; echo -1 > /proc/sys/kernel/hung_task_warnings',
     // (Each beat starts programs from the 9p root and writes to the share: it shows that the VM
     // still runs processes and does I/O. The OOM killer leaves it alone.)
     `(echo -1000 > /proc/self/oom_score_adj; while :; do date +%s > ${vm.share}/heartbeat.tmp && mv ${vm.share}/heartbeat.tmp ${vm.share}/heartbeat; sleep 1; done) &`,
@@ -216,6 +216,9 @@ export async function vmExec(share: string, script: string, timeoutMs = 600_000,
   await rename(join(jobs, `${id}.tmp`), join(jobs, `${id}.sh`));
   const submitted = Date.now();
   const deadline = submitted + timeoutMs;
+  let lastConsoleCheck = 0;
+  // Only what the kernel says from now on is about this job.
+  const consoleFrom = await stat(join(share, 'console.log')).then((s) => s.size, () => 0);
   for (;;) {
     const rc = await readFile(join(jobs, `${id}.rc`), 'utf8').catch(() => undefined);
     if (rc !== undefined) return { code: Number(rc.trim()), output: await readFile(join(jobs, `${id}.out`), 'utf8').catch(() => '') };
@@ -223,16 +226,36 @@ export async function vmExec(share: string, script: string, timeoutMs = 600_000,
     if (stallMs !== undefined) {
       // No heartbeat at all counts from when this job was handed over.
       const beat = await stat(join(share, 'heartbeat')).then((s) => s.mtimeMs, () => submitted);
-      if (Date.now() - beat > stallMs) throw new VmStalled(share, Date.now() - beat);
+      if (Date.now() - beat > stallMs) throw new VmStalled(share, Date.now() - beat, 'no heartbeat');
+      // A VM whose heartbeat goes on while the tasks that swap are stuck is stalled too: the kernel
+      // says so on the console (hung-task reports, which repeat with a growing time).
+      if (Date.now() - lastConsoleCheck >= 5_000) {
+        lastConsoleCheck = Date.now();
+        const hung = longestHungTaskS((await readFile(join(share, 'console.log')).catch(() => Buffer.alloc(0))).subarray(consoleFrom).toString('utf8'));
+        if (hung * 1000 >= stallMs) throw new VmStalled(share, hung * 1000, 'a task blocked');
+      }
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }
 
-/** The VM's heartbeat stopped: it is stalled or deadlocked (its console has what the kernel said). */
+/**
+ * The longest time a task has been blocked, as the kernel's hung-task reports on a console say
+ * ("INFO: task kswapd0:38 blocked for more than 61 seconds.").
+ */
+export function longestHungTaskS(console: string): number {
+  let longest = 0;
+  for (const m of console.matchAll(/INFO: task .+ blocked for more than (\d+) seconds\./g)) longest = Math.max(longest, Number(m[1]));
+  return longest;
+}
+
+/**
+ * The VM is stalled or deadlocked: its heartbeat stopped, or the kernel reports a task blocked for
+ * as long as the stall limit (its console has what the kernel said).
+ */
 export class VmStalled extends Error {
-  constructor(readonly share: string, readonly silentMs: number) {
-    super(`VM in ${share} stalled: no heartbeat for ${Math.round(silentMs / 1000)} s`);
+  constructor(readonly share: string, readonly silentMs: number, readonly why: 'no heartbeat' | 'a task blocked' = 'no heartbeat') {
+    super(why === 'no heartbeat' ? `VM in ${share} stalled: no heartbeat for ${Math.round(silentMs / 1000)} s` : `VM in ${share} stalled: a task blocked for more than ${Math.round(silentMs / 1000)} s (hung-task report on its console)`);
   }
 }
 

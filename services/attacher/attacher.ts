@@ -81,7 +81,8 @@ export class Attacher {
         const priority = chooseSwapPriority(swaps, await this.remoteDevices(), this.options.swapPriority);
         await this.run('mkswap', ['-L', request.leaseId, device]);
         const record: AttachRecord = { leaseId: request.leaseId, target: request.target, device, priority };
-        // Written whole or not at all (a crash mid-write must not leave a record nobody can read).
+        // Written whole or not at all: an attacher killed mid-write never leaves a torn record
+        // (no fsync: after a power cut the swap area is gone anyway).
         const file = join(this.dir(request.leaseId), 'attach.json');
         await writeFile(`${file}.new`, JSON.stringify(record), { mode: 0o600 });
         await rename(`${file}.new`, file);

@@ -8,13 +8,14 @@
  * - clear -> pressure once readings have stayed high for `enterHoldMs`; pressure -> clear once they
  *   have stayed low for `exitHoldMs`. A short spike or a short lull changes nothing.
  * - On a host without swap of its own, a reading is also "high" when the scope is about to run out:
- *   at the rate its available memory shrinks, it and the room left in its leases are gone within
- *   `headroomLeadS`. There the kernel shows no thrashing before the OOM killer acts, so this is the
+ *   at the rate its memory and swap in use grow (the fill), its available memory and the room
+ *   left in its own leases are gone within `headroomLeadS`. There the kernel shows no thrashing before the OOM killer acts, so this is the
  *   only warning. (With swap, the thrashing signals come in time, and a fast allocation that would
  *   fit is not taken for one.) Such a host is "low" only once its own headroom, without the
  *   leases, lasts twice the lead time: while it still fills, its leases stay.
  * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
- *   current rate over `horizonS` (or what it fills over `headroomLeadS`, if more), at least
+ *   current rate over `horizonS` (without swap of its own: what it fills over `headroomLeadS`, if
+ *   more), at least
  *   `minNeededBytes`, rounded up to a MiB.
  */
 import type { Signals } from '../../shared/schemas.js';
@@ -30,7 +31,7 @@ export interface DetectorOptions {
   exitHoldMs: number;
   minNeededBytes: number;
   horizonS: number;
-  /** Pressure when available memory would be gone within this many seconds at the current fill rate. */
+  /** Pressure when the room (memory, and own leases' free swap) would be gone within this many seconds at the fill rate. */
   headroomLeadS: number;
 }
 

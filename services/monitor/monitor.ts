@@ -71,7 +71,7 @@ export async function lending(exporterStateDir: string): Promise<{ lentBytes: nu
  * this host's room: where hosts share a kernel (the namespace testbed), another host's lease is in
  * /proc/swaps too, and its swap-off would read as this host filling.
  */
-export async function leaseSwap(attacherStateDir: string): Promise<{ freeBytes: number; otherAreas: number }> {
+export async function leaseSwap(attacherStateDir: string): Promise<{ freeBytes: number; usedBytes: number; otherAreas: number }> {
   const leasesDir = join(attacherStateDir, 'leases');
   const devices = new Set<string>();
   for (const leaseId of await readdir(leasesDir).catch(() => [] as string[])) {
@@ -82,12 +82,17 @@ export async function leaseSwap(attacherStateDir: string): Promise<{ freeBytes: 
     if (typeof record?.device === 'string') devices.add(record.device);
   }
   let freeBytes = 0;
+  let usedBytes = 0;
   let otherAreas = 0;
   for (const area of await readSwaps()) {
-    if (devices.has(area.path)) freeBytes += Math.max(0, area.sizeBytes - area.usedBytes);
-    else otherAreas += 1;
+    if (!devices.has(area.path)) {
+      otherAreas += 1;
+      continue;
+    }
+    freeBytes += Math.max(0, area.sizeBytes - area.usedBytes);
+    usedBytes += area.usedBytes;
   }
-  return { freeBytes, otherAreas };
+  return { freeBytes, usedBytes, otherAreas };
 }
 
 const MIN_SPACING_MS = 100;
@@ -189,8 +194,15 @@ export class Monitor {
     // A host that had no swap but its leases when the monitor started: its leases are its swap.
     if (this.swapless !== false) {
       const swap = await leaseSwap(this.options.attacherStateDir);
-      this.swapless ??= swap.otherAreas === 0;
-      if (this.swapless) reading.swapFreeBytes = swap.freeBytes;
+      if (this.swapless === undefined) {
+        this.swapless = swap.otherAreas === 0;
+        this.log.info({ otherSwapAreas: swap.otherAreas, attacherStateDir: this.options.attacherStateDir }, this.swapless ? 'no swap but this host\'s leases: watching the fill rate (--headroom-lead-s)' : 'swap of its own: leaving early warning to the thrashing signals');
+      }
+      if (this.swapless) {
+        reading.swapFreeBytes = swap.freeBytes;
+        // A cgroup that does not count its swap: what its host's leases hold is the best figure.
+        if (reading.swapUncounted) reading.swapUsedBytes = swap.usedBytes;
+      }
     }
     const previous = this.previous;
     this.recent.push(reading);

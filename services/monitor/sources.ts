@@ -20,9 +20,11 @@ export interface Reading {
   headroomBytes?: number;
   /** What the host has promised to its borrowers (set by the monitor where it lends). */
   lentBytes?: number;
-  /** Free room in the machine's swap areas, where the monitor read it. */
+  /** On a host without swap of its own: the free room in its own leases' swap areas. */
   swapFreeBytes?: number;
   swapUsedBytes: number;
+  /** The scope does not count its swap (a cgroup without swap accounting): swapUsedBytes reads 0. */
+  swapUncounted?: true;
   /** Cumulative counters (they only grow). */
   majorFaults: number;
   refaults: number;
@@ -87,6 +89,7 @@ export function cgroupV1Reading(at: number, usage: string, limit: string, stat: 
     usedBytes,
     availableBytes: Math.max(0, limitBytes - usedBytes + num(s, 'total_inactive_file')),
     swapUsedBytes: num(s, 'total_swap'),
+    ...(s.has('total_swap') ? {} : { swapUncounted: true as const }),
     majorFaults: num(s, 'total_pgmajfault'),
     refaults: num(s, 'total_workingset_refault_anon'),
   };
@@ -103,6 +106,7 @@ export function cgroupV2Reading(at: number, current: string, max: string, swapCu
     usedBytes,
     availableBytes: Math.max(0, limitBytes - usedBytes + num(s, 'inactive_file')),
     swapUsedBytes: Number(swapCurrent.trim() || 0),
+    ...(swapCurrent.trim() === '' ? { swapUncounted: true as const } : {}),
     majorFaults: num(s, 'pgmajfault'),
     refaults: num(s, 'workingset_refault_anon'),
     ...(s.has('pswpout') ? { swapOuts: num(s, 'pswpout') } : {}),
@@ -148,7 +152,7 @@ export async function openSource(scope: string): Promise<Source> {
           Date.now(),
           await read(join(dir, 'memory.current')),
           await read(join(dir, 'memory.max')),
-          await read(join(dir, 'memory.swap.current')).catch(() => '0'),
+          await read(join(dir, 'memory.swap.current')).catch(() => ''), // no swap accounting
           await read(join(dir, 'memory.stat')),
           await read(join(dir, 'memory.pressure')),
           total,

@@ -36,6 +36,9 @@ test('sources - cgroup v1 uses hierarchical totals; an unlimited cgroup is cappe
   assert.equal(r.swapOuts, undefined);
   assert.equal(r.stallUs, undefined);
   assert.equal(cgroupV1Reading(1, '0', '9223372036854771712', stat, 1000 * MiB).limitBytes, 1000 * MiB);
+  assert.equal(r.swapUncounted, undefined);
+  const uncounted = cgroupV1Reading(1, '200000000\n', '268435456\n', 'total_inactive_file 0\ntotal_pgmajfault 1\n', 24 * 1024 * MiB);
+  assert.equal(uncounted.swapUncounted, true, 'without swap accounting (no total_swap) the swap is not counted, not zero');
 });
 
 test('sources - cgroup v2 reads memory.max "max", memory.swap.current and memory.pressure', () => {
@@ -45,6 +48,8 @@ test('sources - cgroup v2 reads memory.max "max", memory.swap.current and memory
   assert.equal(r.swapUsedBytes, 4096);
   assert.equal(r.swapOuts, 9);
   assert.equal(r.stallUs, 77);
+  assert.equal(r.swapUncounted, undefined);
+  assert.equal(cgroupV2Reading(1, '1', 'max', '', '', '', MiB).swapUncounted, true, 'no memory.swap.current: not counted');
 });
 
 const reading = (at: number, extra: Partial<Reading> = {}): Reading => ({
