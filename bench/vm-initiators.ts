@@ -4,11 +4,14 @@
  * one with the userspace one (qemu-storage-daemon, FUSE, loop), each on a lease of the same size
  * from the same tgt lender in a namespace. The swap bench's workload (bench/swap/workload.js) runs
  * in one VM at a time, the initiators taking turns, so a slow spell of the machine falls on both:
- * data larger than the VM's memory, 4 KiB blocks, a sequential and a random read phase. Reported
+ * as in the swap bench, in a memory cgroup (cgroup v2 in the VM) with 2x its limit in data, 4 KiB
+ * blocks, a sequential and a random read phase. The cgroup, in a VM with room for it, the agents
+ * (about 190 MiB) and the initiator, keeps the pressure off the initiator itself: machine-wide, the
+ * userspace one deadlocks (docs/reliability.md; in a 384 MiB VM it did so here too). Reported
  * as ratios kernel / userspace: under TCG (no /dev/kvm) every instruction in the VM is emulated,
  * so the absolute figures are far below real hardware and say little; the ratio is the finding.
  *
- * Usage: node dist/bench/vm-initiators.js [--vm-mib 256] [--data-mib 384] [--lease-mib 512]
+ * Usage: node dist/bench/vm-initiators.js [--vm-mib 768] [--limit-mib 128] [--data-mib 256] [--lease-mib 512]
  *          [--reps 3] [--phase-seconds 15] [--out bench/results/vm-initiators.json]
  *          [--dir /run/rswap/bench-vm-initiators] [--nats-port 14227]
  */
@@ -59,8 +62,9 @@ export function summarize(runs: InitiatorRun[]): { mode: string; kernel: number[
 }
 
 async function main(): Promise<void> {
-  const vmMiB = Number(arg('vm-mib', '256'));
-  const dataMiB = Number(arg('data-mib', '384'));
+  const vmMiB = Number(arg('vm-mib', '768'));
+  const limitMiB = Number(arg('limit-mib', '128'));
+  const dataMiB = Number(arg('data-mib', '256'));
   const leaseMiB = Number(arg('lease-mib', '512'));
   const reps = Number(arg('reps', '3'));
   const phaseSeconds = Number(arg('phase-seconds', '15'));
@@ -98,7 +102,17 @@ async function main(): Promise<void> {
       for (const i of order) {
         const vm = vms[i]!;
         const initiator = INITIATORS[i]!;
-        const job = await vmExec(vm.dir, `sync; echo 3 > /proc/sys/vm/drop_caches; node ${WORKLOAD} --data ${dataMiB}MiB --block 4KiB --modes ${MODES.join(',')} --phase-seconds ${phaseSeconds} --seed ${rep}; echo rc=$?`, 1_800_000, 180_000);
+        // A fresh cgroup per run (cgroup v2, mounted on first use), the workload alone in it.
+        const cg = `/sys/fs/cgroup/rswap-bench-${rep}`;
+        const script = [
+          'grep -q " /sys/fs/cgroup cgroup2 " /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup',
+          'echo +memory > /sys/fs/cgroup/cgroup.subtree_control',
+          `mkdir -p ${cg} && echo ${limitMiB * MiB} > ${cg}/memory.max`,
+          'sync; echo 3 > /proc/sys/vm/drop_caches',
+          `sh -c 'echo $$ > ${cg}/cgroup.procs && exec node ${WORKLOAD} --data ${dataMiB}MiB --block 4KiB --modes ${MODES.join(',')} --phase-seconds ${phaseSeconds} --seed ${rep}'; echo rc=$?`,
+          `rmdir ${cg}`,
+        ].join('\n');
+        const job = await vmExec(vm.dir, script, 1_800_000, 180_000);
         const line = job.output.split('\n').find((l) => l.startsWith('{'));
         if (!line) throw new Error(`${initiator}: no report from the workload: ${job.output.slice(-500)}`);
         const report = JSON.parse(line) as SwapWorkloadReport;
@@ -114,7 +128,7 @@ async function main(): Promise<void> {
   }
   const summary = summarize(runs);
   await mkdir(dirname(out), { recursive: true });
-  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), accel, vmMiB, dataMiB, leaseMiB, blockBytes: 4096, phaseSeconds, reps, summary, runs }, null, 2) + '\n');
+  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), accel, vmMiB, limitMiB, dataMiB, leaseMiB, blockBytes: 4096, phaseSeconds, reps, summary, runs }, null, 2) + '\n');
   const range = (xs: number[]) => `${median(xs).toFixed(2)} (${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)})`;
   console.log('\n| phase | kernel MB/s, median (range) | userspace MB/s, median (range) | kernel / userspace |\n|---|---|---|---|');
   for (const s of summary) console.log(`| ${s.mode} | ${range(s.kernel)} | ${range(s.userspace)} | ${s.ratio.toFixed(2)}x |`);
