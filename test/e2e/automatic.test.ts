@@ -145,19 +145,25 @@ test('automatic - a workload that flaps between busy and idle faster than the co
   flapper.result.catch(() => undefined); // awaited below
   const reliefs: number[] = [];
   const sub = nc.subscribe(subjects.relief('host-b'), { callback: () => void reliefs.push(Date.now()) });
+  const pressures: number[] = [];
+  const pressureSub = nc.subscribe(subjects.pressure('host-b'), { callback: () => void pressures.push(Date.now()) });
   try {
     await waitFor('a lease for the flapping workload', async () => (await leasesOf('host-b')).some((l) => !before.has(l.id) && l.state === 'active'), { timeoutMs: 60_000, intervalMs: 250 });
     // Pressure really flaps: two reliefs, each followed by pressure again (a relief comes only after pressure).
     const from = reliefs.length;
     await waitFor('two reliefs while the workload flaps', async () => reliefs.length >= from + 2, { timeoutMs: 240_000, intervalMs: 250 });
     const during = (await leasesOf('host-b')).filter((l) => !before.has(l.id));
-    assert.deepEqual(
-      during.filter((l) => l.history.some((h) => h.state === 'draining')).map((l) => l.id),
-      [],
-      'no lease was given back while the workload flapped',
-    );
+    const drained = during.filter((l) => l.history.some((h) => h.state === 'draining'));
+    // On failure: why each lease went, against when host-b reported relief and pressure.
+    const story = [
+      ...drained.map((l) => `${l.history.find((h) => h.state === 'draining')!.at} ${l.id} from ${l.lender} draining: ${l.history.find((h) => h.state === 'draining')!.reason ?? ''}`),
+      ...reliefs.map((at) => `${at} relief`),
+      ...pressures.map((at) => `${at} pressure`),
+    ].sort();
+    assert.deepEqual(drained.map((l) => l.id), [], `no lease was given back while the workload flapped:\n${story.join('\n')}`);
   } finally {
     sub.unsubscribe();
+    pressureSub.unsubscribe();
     await writeFile(stop, '');
   }
   assert.equal((await flapper.result).corruptedChunks, 0);
