@@ -206,7 +206,10 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
 
   const node = process.execPath;
   const startBroker = async () => {
-    const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...credsOf('broker'), ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
+    // With VM hosts (often under TCG, where every guest instruction is emulated), an attach inside a
+    // VM under memory pressure can take minutes on a loaded machine: the broker waits that long.
+    const slowAttach = (options.vmHosts ?? 0) > 0 && !(options.brokerArgs ?? []).includes('--attach-timeout-ms') ? ['--attach-timeout-ms', '300000'] : [];
+    const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...credsOf('broker'), ...slowAttach, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
     await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
   };
   // With the broker last: listen for the monitors' first offers before they start.

@@ -80,7 +80,7 @@ test('vm - the kernel initiator end to end: CHAP login from a VM, its own disk, 
   assert.match(session.output, new RegExp(`^${device.startsWith('/dev/sd') ? device : '/dev/sd[a-z]+'}\\s+partition\\s+\\d+\\s+\\d+\\s+\\d+`, 'm'), 'swap on the session\'s disk');
 
   // A workload larger than what the VM has free (no local swap in the VM): it must swap to the lease.
-  const workload = await vmExec(vm.dir, `free -m; node ${WORKLOAD} --bytes 384MiB --passes 2; echo rc=$?; grep -E '^(pswpin|pswpout) ' /proc/vmstat; cat /proc/swaps`);
+  const workload = await vmExec(vm.dir, `free -m; node ${WORKLOAD} --bytes 384MiB --passes 2; echo rc=$?; grep -E '^(pswpin|pswpout) ' /proc/vmstat; cat /proc/swaps`, 1_800_000);
   assert.match(workload.output, /rc=0/, workload.output);
   const report = JSON.parse(workload.output.split('\n').find((l) => l.startsWith('{"bytes"'))!) as { corruptedChunks: number; chunks: number };
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact');

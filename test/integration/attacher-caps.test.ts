@@ -62,13 +62,13 @@ test('lease swap - the monitor counts only the areas its own attacher recorded a
     const areas = (await readSwaps()).length;
     const mine = (await readSwaps()).find((a) => a.path === SWAPFILE)!;
     // Before the record: the swap file is someone else's (local swap, or another host's lease).
-    assert.deepEqual(await leaseSwap(dir), { freeBytes: 0, otherAreas: areas });
+    assert.deepEqual(await leaseSwap(dir), { freeBytes: 0, usedBytes: 0, otherAreas: areas });
     await mkdir(join(dir, 'leases', 'l-0123456789ab'), { recursive: true });
     await writeFile(join(dir, 'leases', 'l-0123456789ab', 'attach.json'), JSON.stringify({ leaseId: 'l-0123456789ab', device: SWAPFILE, priority: 1 }));
     // A lease record whose area is gone, and a torn record, count as nothing.
     await mkdir(join(dir, 'leases', 'l-ba9876543210'), { recursive: true });
     await writeFile(join(dir, 'leases', 'l-ba9876543210', 'attach.json'), '{"device":');
-    assert.deepEqual(await leaseSwap(dir), { freeBytes: mine.sizeBytes - mine.usedBytes, otherAreas: areas - 1 });
+    assert.deepEqual(await leaseSwap(dir), { freeBytes: mine.sizeBytes - mine.usedBytes, usedBytes: mine.usedBytes, otherAreas: areas - 1 });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
