@@ -9,14 +9,14 @@
  *   have stayed low for `exitHoldMs`. A short spike or a short lull changes nothing.
  * - On a host without swap of its own, a reading is also "high" when the scope is about to run out:
  *   at the rate its memory and swap in use grow (the fill), its available memory and the room
- *   left in its own leases are gone within `headroomLeadS`. There the kernel shows no thrashing before the OOM killer acts, so this is the
- *   only warning. (With swap, the thrashing signals come in time, and a fast allocation that would
- *   fit is not taken for one.) Such a host is "low" only once its own headroom, without the
- *   leases, lasts twice the lead time: while it still fills, its leases stay.
+ *   left in its own leases are gone within `headroomLeadS`. There the kernel shows no thrashing
+ *   before the OOM killer acts, so this is the only warning. (With swap, the thrashing signals
+ *   come in time, and a fast allocation that would fit is not taken for one.) Such a host is "low"
+ *   only once its own headroom, without the leases, lasts twice the lead time: while it still
+ *   fills, its leases stay.
  * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
  *   current rate over `horizonS` (without swap of its own: what it fills over `headroomLeadS`, if
- *   more), at least
- *   `minNeededBytes`, rounded up to a MiB.
+ *   more), at least `minNeededBytes`, rounded up to a MiB.
  */
 import type { Signals } from '../../shared/schemas.js';
 import { MiB, roundUpToMiB } from '../../shared/units.js';
