@@ -25,14 +25,10 @@ import { waitFor } from '../shared/wait.js';
 import { testbedBus, testbedDown, testbedUp } from '../cli/testbed/testbed.js';
 import { startWorkload } from './run-workload.js';
 import { openSource } from '../services/monitor/sources.js';
+import { arg } from './args.js';
 
 const PHASES = ['detect', 'match', 'export', 'attach', 'total'] as const;
 type Phase = (typeof PHASES)[number];
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
 
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;

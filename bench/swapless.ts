@@ -18,6 +18,7 @@ import { waitFor } from '../shared/wait.js';
 import { testbedBus, testbedDown, testbedUp } from '../cli/testbed/testbed.js';
 import { listLeases } from '../cli/operator.js';
 import { startWorkload } from './run-workload.js';
+import { arg } from './args.js';
 
 export interface RateRun {
   mibPerS: number;
@@ -37,11 +38,6 @@ export function fastestRescued(runs: RateRun[]): number | undefined {
     fastest = rate;
   }
   return fastest;
-}
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
 }
 
 async function main(): Promise<void> {

@@ -26,19 +26,14 @@ import { testbedBus, testbedDown, testbedUp } from '../cli/testbed/testbed.js';
 import { accelerator, vmExec, vmImage } from '../cli/testbed/vm.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../cli/operator.js';
 import type { SwapWorkloadReport } from './swap/workload.js';
+import { arg } from './args.js';
+import { INITIATORS, initiatorPair, type InitiatorName } from './vm-pair.js';
 
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../swap/workload.js');
-const INITIATORS = ['kernel', 'userspace'] as const;
-type Initiator = (typeof INITIATORS)[number];
 const MODES = ['seq-read', 'random-read'] as const;
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
-
 export interface InitiatorRun {
-  initiator: Initiator;
+  initiator: InitiatorName;
   rep: number;
   /** MB/s (10^6 bytes/s) per phase, and pages swapped in during it. */
   phases: Record<string, { mbps: number; pswpin: number; timeCapped: boolean }>;
@@ -54,7 +49,7 @@ const median = (xs: number[]) => {
 /** Per mode: each initiator's median and range over its runs, and the ratio of the medians. */
 export function summarize(runs: InitiatorRun[]): { mode: string; kernel: number[]; userspace: number[]; ratio: number }[] {
   return ['fill', ...MODES].map((mode) => {
-    const of = (initiator: Initiator) => runs.filter((r) => r.initiator === initiator).map((r) => (mode === 'fill' ? r.fillMbps : r.phases[mode]?.mbps ?? 0));
+    const of = (initiator: InitiatorName) => runs.filter((r) => r.initiator === initiator).map((r) => (mode === 'fill' ? r.fillMbps : r.phases[mode]?.mbps ?? 0));
     const kernel = of('kernel');
     const userspace = of('userspace');
     return { mode, kernel, userspace, ratio: median(userspace) > 0 ? median(kernel) / median(userspace) : 0 };
@@ -75,17 +70,8 @@ async function main(): Promise<void> {
   const runs: InitiatorRun[] = [];
   let accel = '';
   try {
-    const tb = await testbedUp(run, log, {
-      dir,
-      hosts: 1,
-      vmHosts: 2,
-      vmInitiators: [...INITIATORS],
-      vmMemoryMiB: vmMiB,
-      natsPort: Number(arg('nats-port', '14227')),
-      memoryBytes: [2048 * MiB],
-      reserveBytes: [256 * MiB],
-      monitors: false, // leases by hand: the same size for both, and nothing else moving
-    });
+    // Leases by hand (no monitors): the same size for both, and nothing else moving.
+    const tb = await testbedUp(run, log, initiatorPair(dir, vmMiB, Number(arg('nats-port', '14227')), { monitors: false }));
     accel = await accelerator(await vmImage(log));
     const vms = tb.vms!;
     for (const vm of vms) {

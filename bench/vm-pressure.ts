@@ -21,14 +21,10 @@ import { waitFor } from '../shared/wait.js';
 import { killTestbedProcess, testbedBus, testbedDown, testbedUp } from '../cli/testbed/testbed.js';
 import { VmStalled, accelerator, vmExec, vmImage } from '../cli/testbed/vm.js';
 import { listLeases } from '../cli/operator.js';
+import { arg } from './args.js';
+import { INITIATORS, initiatorPair } from './vm-pair.js';
 
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
-const INITIATORS = ['kernel', 'userspace'] as const;
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
 
 interface Outcome {
   initiator: (typeof INITIATORS)[number];
@@ -53,21 +49,13 @@ async function main(): Promise<void> {
   const results: Outcome[] = [];
   let accel = '';
   try {
-    const tb = await testbedUp(run, log, {
-      dir,
-      hosts: 1,
-      vmHosts: 2,
-      vmInitiators: [...INITIATORS],
-      vmMemoryMiB: vmMiB,
-      natsPort: Number(arg('nats-port', '14226')),
-      memoryBytes: [2048 * MiB],
-      reserveBytes: [256 * MiB],
+    const tb = await testbedUp(run, log, initiatorPair(dir, vmMiB, Number(arg('nats-port', '14226')), {
       brokerArgs: ['--release-cooldown-ms', '3000'],
       // As in test/e2e/vm-pressure.test.ts: under TCG a lease takes 10-30 s to come up, so the
       // monitors ask 30 s ahead; the VMs are too small for the default swap-off margin (256 MiB).
       monitorArgs: ['--exit-hold-ms', '2000', '--headroom-lead-s', arg('headroom-lead-s', '30')],
       attacherArgs: ['--swapoff-margin-bytes', '32MiB'],
-    });
+    }));
     accel = await accelerator(await vmImage(log)); // as the testbed chose it
     for (const [i, initiator] of INITIATORS.entries()) {
       const vm = tb.vms![i]!;
