@@ -113,6 +113,8 @@ export const AnnounceEvent = z.discriminatedUnion('role', [
     at: Timestamp,
     /** Leases this lender still holds a target or ramfs for: their pages may be in use, so their capacity stays promised. */
     serving: z.array(LeaseId).max(4096).optional(),
+    /** Leases whose target has a borrower logged in now: that borrower is alive on the data path. */
+    sessions: z.array(LeaseId).max(4096).optional(),
     /** Targets it keeps although their lease record is missing, because a borrower is logged in. */
     orphans: z.array(LeaseId).max(4096).optional(),
   }),
@@ -233,6 +235,8 @@ export const HostRecord = z.object({
       portal: Portal,
       at: Timestamp,
       serving: z.array(LeaseId).optional(),
+      /** Leases with a borrower logged in, as of that announce. */
+      sessions: z.array(LeaseId).optional(),
       orphans: z.array(LeaseId).optional(),
       /** A borrower lost this lender: not chosen again until its exporter announces anew. */
       lostAt: Timestamp.optional(),

@@ -25,7 +25,7 @@ export class HostStore {
     const { value } = await casUpdate(this.kv, event.host, HostRecord, (current) => {
       const record = current ?? empty(event.host);
       if (event.role === 'exporter') {
-        return { ...record, exporter: { portal: event.portal, at: receivedAt, ...(event.serving ? { serving: event.serving } : {}), ...(event.orphans?.length ? { orphans: event.orphans } : {}) } };
+        return { ...record, exporter: { portal: event.portal, at: receivedAt, ...(event.serving ? { serving: event.serving } : {}), ...(event.sessions ? { sessions: event.sessions } : {}), ...(event.orphans?.length ? { orphans: event.orphans } : {}) } };
       }
       return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, at: receivedAt } };
     });

@@ -50,7 +50,7 @@ export function stuckAfterMs(state: LeaseState, o: ReconcilerOptions): number {
 
 /** What the reconciler does next with a lease. */
 export type Action =
-  | { do: 'rest'; why: string }
+  | { do: 'rest'; why: string; warn?: boolean }
   | { do: 'claim' }
   | { do: 'reserve' }
   | { do: 'export' }
@@ -65,6 +65,8 @@ export interface Facts {
   now: number;
   /** When this broker last heard the borrower's attacher (its own clock); undefined if unknown. */
   borrowerSeenAt?: number;
+  /** The lender's latest announce, itself fresh, lists a session on the lease's target. */
+  loggedInAtLender?: boolean;
 }
 
 /** The next step for a lease, from the state table: pure, so every rule is unit-tested. */
@@ -90,10 +92,15 @@ export function decide(lease: LeaseRecord, facts: Facts, o: ReconcilerOptions): 
       return { do: 'release' };
     case 'watch': {
       // Silence counts from the last announce this broker received (its own clock). A missing
-      // host record is no evidence that the borrower is gone.
+      // host record is no evidence that the borrower is gone. Nor is silence while the lender sees
+      // the borrower logged in: a host thrashing on this very lease can stall its agents for
+      // minutes while its kernel still swaps there, and a dead host's session ends by itself
+      // (tgtd's NOP-In). Until then nothing can be asked of it, a release included.
       const seen = facts.borrowerSeenAt;
       if (seen !== undefined && facts.now - seen >= o.borrowerTimeoutMs) {
-        return { do: 'fail', reason: `borrower ${lease.borrower} silent for ${Math.round((facts.now - seen) / 1000)}s`, borrowerGone: true };
+        const silence = `borrower ${lease.borrower} silent for ${Math.round((facts.now - seen) / 1000)}s`;
+        if (facts.loggedInAtLender) return { do: 'rest', why: `${silence} but logged in at ${lease.lender}: its pages are in use`, warn: true };
+        return { do: 'fail', reason: silence, borrowerGone: true };
       }
       if (lease.end) return { do: 'move', to: 'draining', reason: lease.end.reason };
       return { do: 'rest', why: 'active' };
@@ -119,6 +126,8 @@ export class Reconciler {
   private readonly queued = new Map<string, Promise<Outcome>>();
   /** Target and CHAP from an export, for the attach that follows (never written to KV). */
   private readonly exported = new Map<string, Exported>();
+  /** Leases resting for a reason worth one warning (a silent borrower still logged in), said once. */
+  private readonly warned = new Set<string>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -153,9 +162,18 @@ export class Reconciler {
     for (let steps = 0; steps < 12; steps += 1) {
       const lease = await this.leases.get(leaseId);
       if (!lease) return { ...outcome, lease: undefined };
+      const now = Date.now();
       const borrowerSeenAt = lease.state === 'active' ? (await this.hosts.get(lease.borrower))?.attacher?.at : undefined;
-      const action = decide(lease, { me: this.me, now: Date.now(), ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }) }, this.options);
-      if (action.do === 'rest') return { ...outcome, lease };
+      const lender = lease.state === 'active' ? (await this.hosts.get(lease.lender))?.exporter : undefined;
+      const loggedInAtLender = lender !== undefined && now - lender.at <= this.options.announceTtlMs && (lender.sessions ?? []).includes(lease.id);
+      const action = decide(lease, { me: this.me, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender }, this.options);
+      if (action.do === 'rest') {
+        if (action.warn && !this.warned.has(leaseId)) this.log.warn({ leaseId, borrower: lease.borrower, lender: lease.lender }, `${action.why}: the lease stays`);
+        if (action.warn) this.warned.add(leaseId);
+        else this.warned.delete(leaseId);
+        return { ...outcome, lease };
+      }
+      this.warned.delete(leaseId);
       const error = await this.inLeaseTrace(lease, `${action.do} ${lease.id}`, () => this.take(lease, action));
       if (error !== undefined) outcome = { lease, error, failedAt: action.do };
     }
@@ -305,19 +323,17 @@ export class Reconciler {
       return now;
     }
     let targetGone = false;
-    if (cleanUp) {
-      let swappedOff = true;
-      if (!borrowerGone) {
-        try {
-          await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
-        } catch (error) {
-          this.log.warn({ leaseId, err: errorMessage(error) }, 'cleanup: detach failed');
-          swappedOff = errorCode(error) !== ErrorCodes.SWAPOFF_UNSAFE;
-        }
+    if (cleanUp && !borrowerGone) {
+      // The target is asked for only once the borrower said it swapped off. Without that word (a
+      // silent borrower, a detach that timed out or failed) its session may be down for a while
+      // only, and its pages still needed: the lender removes the target by itself once no session
+      // has been seen for its grace period (sessionGraceMs), which is how a dead borrower's goes.
+      try {
+        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+        targetGone = await this.unexport(lease);
+      } catch (error) {
+        this.log.warn({ leaseId, err: errorMessage(error) }, 'cleanup: detach failed; the lender removes the target after its session grace');
       }
-      // The lender removes the target only when it sees no session on it (its own view, which
-      // tgtd's NOP-In probing keeps true for a dead borrower); else its reconciler does, later.
-      targetGone = swappedOff && (await this.unexport(lease));
     }
     await this.giveBack(lease, targetGone);
     return lease;

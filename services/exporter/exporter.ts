@@ -133,7 +133,22 @@ export class Exporter {
    * under the tgt queue, so an export half done is either not started or complete in the listing.
    */
   async serving(): Promise<string[]> {
-    return this.queue.run('tgt', async () => [...(await this.held())].filter((id) => LeaseId.safeParse(id).success).sort().slice(0, 4096));
+    return (await this.report()).serving;
+  }
+
+  /**
+   * What the broker is told in each announce: the leases it holds a target or ramfs for
+   * (`serving`), and those with a borrower logged in right now (`sessions`). A session is the data
+   * path's own proof that the borrower is alive and may be swapping there, whatever the bus says.
+   */
+  async report(): Promise<{ serving: string[]; sessions: string[] }> {
+    return this.queue.run('tgt', async () => {
+      const targets = await this.tgt.list();
+      const valid = (ids: Iterable<string>) => [...ids].filter((id) => LeaseId.safeParse(id).success).sort().slice(0, 4096);
+      const prefix = `${IQN_PREFIX}:${this.options.host}.`;
+      const loggedIn = targets.filter((t) => t.iqn.startsWith(prefix) && t.sessions.length > 0).map((t) => t.iqn.slice(prefix.length));
+      return { serving: valid(await this.held(targets)), sessions: valid(loggedIn) };
+    });
   }
 
   /** The lease ids this host holds anything for: targets and ramfs mounts. */

@@ -136,11 +136,12 @@ export async function startExporter(raw: Record<string, unknown>) {
 
   // Where it serves, and which leases it still holds a target or ramfs for: the broker keeps
   // those bytes promised until they are gone (see reservationEnded in services/broker/policy.ts).
+  // And which have a borrower logged in: the broker does not call a borrower gone while it is.
   const announce = async () => {
     try {
-      const serving = await exporter.serving();
+      const { serving, sessions } = await exporter.report();
       const orphans = [...exporter.orphans].sort().slice(0, 4096);
-      publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now(), serving, ...(orphans.length ? { orphans } : {}) });
+      publishJson(nc, subjects.announce(me), { host: me, role: 'exporter', portal, at: Date.now(), serving, sessions, ...(orphans.length ? { orphans } : {}) });
     } catch (error) {
       log.warn({ err: (error as Error).message }, 'announce failed');
     }

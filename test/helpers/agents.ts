@@ -32,6 +32,8 @@ export interface ScriptedAgents {
   silenced: Set<string>;
   /** Per lender, the leases its exporter says it still serves (left out of its announce when unset). */
   serving: Map<string, string[]>;
+  /** Per lender, the leases its exporter says have a borrower logged in (left out when unset). */
+  sessions: Map<string, string[]>;
   /** Lease ids whose unexport the exporter refuses (a session is still logged in). */
   refuseUnexport: Set<string>;
   /** Per lender, a portal its exporter answers exports with instead of the one it announced. */
@@ -59,6 +61,7 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
     clockOffsetMs: new Map(),
     silenced: new Set(),
     serving: new Map(),
+    sessions: new Map(),
     refuseUnexport: new Set(),
     exportPortal: new Map(),
     exportGate: undefined,
@@ -67,7 +70,8 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
       if (agents.silenced.has(host)) return;
       const address = addressOf(hosts.indexOf(host));
       const serving = agents.serving.get(host);
-      connOf(host).publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at, ...(serving ? { serving } : {}) }));
+      const sessions = agents.sessions.get(host);
+      connOf(host).publish(subjects.announce(host), JSON.stringify({ host, role: 'exporter', portal: `${address}:3260`, at, ...(serving ? { serving } : {}), ...(sessions ? { sessions } : {}) }));
       connOf(host).publish(subjects.announce(host), JSON.stringify({ host, role: 'attacher', iqn: `iqn.2026-11.io.rswap:${host}`, address, initiator: 'userspace', at }));
     },
   };

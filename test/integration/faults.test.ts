@@ -19,7 +19,7 @@ import { reservedBytes } from '../../services/broker/policy.js';
 
 const MiB = 1024 ** 2;
 const ask = (subject: string, body: string) => askOn(nc, subject, body);
-const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p'];
+const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p', 'lender-s', 'borrow-s'];
 let server: NatsServer;
 let brokers: Array<Awaited<ReturnType<typeof startBroker>>>;
 let nc: NatsConnection;
@@ -181,11 +181,13 @@ test('faults - a borrower that disappears: its leases end and the lender gets it
   agents.silenced.add('borrow-g');
   const failed = await waitFor('the lease ended', async () => (await leases('borrow-g')).find((l) => l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 200 });
   assert.match(failed.reason!, /borrower borrow-g silent for \d+s/);
-  // No swap-off asked of a dead host, and no force: the lender removes the target once it sees no
-  // session (tgtd drops a silent initiator's), which the e2e tests show with a real tgtd. The
-  // cleanup follows the failed mark: wait for it to be sent.
-  await waitFor('the cleanup sent', async () => agents.commands.length > 0, { timeoutMs: 30_000, intervalMs: 50 });
-  assert.deepEqual(agents.commands, [`unexport ${lease!.lender} ${lease!.id}`]);
+  // Nothing is asked of either host: a swap-off cannot reach a dead host, and the target is not
+  // asked for without the borrower's word that it let go (its session may be down for a while
+  // only). The lender removes it by itself once it has seen no session for its grace, which the
+  // e2e tests show with a real tgtd. Sweeps after the failed mark send nothing either.
+  const sweepsAfter = Math.max(...brokers.map((b) => b.sweeps())) + 1;
+  await waitFor('sweeps after the lease failed', async () => brokers.every((b) => b.sweeps() > sweepsAfter), { timeoutMs: 30_000 });
+  assert.deepEqual(agents.commands, []);
   await assertCapacityConsistent();
 });
 
@@ -246,5 +248,33 @@ test('faults - a forged or real lost event fails the lease, but its bytes stay p
   agents.announce('lender-p');
   await waitFor('the bytes back once the lender no longer serves the lease', async () => (await reserved()) === undefined, { timeoutMs: 10_000 });
   agents.serving.delete('lender-p');
+  await assertCapacityConsistent();
+});
+
+test('faults - a silent borrower still logged in at its lender keeps its lease; once its session is gone, the lease ends', async () => {
+  // Fails on the main before this change: a borrower thrashing on its leases stalled its agents
+  // for two minutes in a VM, its leases were failed, and their targets taken while it swapped there.
+  await offer('lender-s', 4096 * MiB); // the most free: chosen
+  await nc.request(subjects.pressure('borrow-s'), JSON.stringify({ host: 'borrow-s', neededBytes: 64 * MiB, at: Date.now(), source: 'inject' }), { timeout: 10_000 });
+  const [lease] = await leases('borrow-s');
+  assert.equal(lease!.state, 'active');
+  assert.equal(lease!.lender, 'lender-s');
+  agents.sessions.set('lender-s', [lease!.id]);
+  agents.announce('lender-s');
+  await waitFor('the lender reporting the session', async () => (await hostRecords()).find((h) => h.host === 'lender-s')?.exporter?.sessions?.includes(lease!.id), { timeoutMs: 10_000 });
+  agents.commands.length = 0;
+  agents.silenced.add('borrow-s');
+  // Past the borrower timeout (3 s) by a few sweeps: the lease stays, and nothing is asked.
+  const goneBy = Date.now() + 3_500;
+  const sweepsAfter = Math.max(...brokers.map((b) => b.sweeps())) + 2;
+  await waitFor('sweeps past the borrower timeout', async () => Date.now() > goneBy && brokers.every((b) => b.sweeps() > sweepsAfter), { timeoutMs: 30_000 });
+  const kept = (await leases('borrow-s')).find((l) => l.id === lease!.id)!;
+  assert.equal(kept.state, 'active', `kept while logged in: ${kept.reason ?? ''}`);
+  assert.deepEqual(agents.commands, []);
+  // Its session ends (tgtd's NOP-In dropped a dead host): now it is gone.
+  agents.sessions.set('lender-s', []);
+  agents.announce('lender-s');
+  const failed = await waitFor('the lease ended', async () => (await leases('borrow-s')).find((l) => l.id === lease!.id && l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 200 });
+  assert.match(failed.reason!, /borrower borrow-s silent for \d+s/);
   await assertCapacityConsistent();
 });

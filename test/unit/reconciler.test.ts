@@ -62,3 +62,13 @@ test("reconciler - a borrower silent past the timeout by the broker's clock is g
   assert.equal(decide(lease('active'), { me: 'me', now }, o).do, 'rest', 'no announce on record: no judgement');
   assert.equal(decide(lease('active'), { ...facts, borrowerSeenAt: now - o.borrowerTimeoutMs + 1 }, o).do, 'rest');
 });
+
+test('reconciler - a silent borrower still logged in at its lender is not gone: the lease rests, even with an end asked for', () => {
+  const silent = { ...facts, borrowerSeenAt: now - o.borrowerTimeoutMs, loggedInAtLender: true };
+  const kept = decide(lease('active'), silent, o);
+  assert.equal(kept.do, 'rest');
+  assert.match(kept.do === 'rest' ? kept.why : '', /borrower b silent for 120s but logged in at /);
+  assert.equal(kept.do === 'rest' && kept.warn, true, 'worth a warning');
+  assert.equal(decide(lease('active', { end: { reason: 'clear', at: now } }), silent, o).do, 'rest', 'a swap-off cannot be asked of it');
+  assert.equal(decide(lease('active'), { ...silent, loggedInAtLender: false }, o).do, 'fail', 'once its session is gone, it is');
+});
