@@ -48,7 +48,8 @@ export function redact(text: string, secrets: string[] = []): string {
 
 const tracer = trace.getTracer('rswap.runner');
 
-export function createRunner(log: Logger): Runner {
+/** `defaultTimeoutMs`: how long a command may take when its call names no timeout (30 s). */
+export function createRunner(log: Logger, { defaultTimeoutMs = DEFAULT_TIMEOUT_MS }: { defaultTimeoutMs?: number } = {}): Runner {
   return async function run(file, args, options = {}) {
     const secrets = options.secrets ?? [];
     const shown = redact([file, ...args].join(' '), secrets);
@@ -59,7 +60,7 @@ export function createRunner(log: Logger): Runner {
       const started = performance.now();
       try {
         const result = await execa(file, args, {
-          timeout: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+          timeout: options.timeoutMs ?? defaultTimeoutMs,
           reject: false,
           input: options.input,
           stripFinalNewline: false,
@@ -70,7 +71,7 @@ export function createRunner(log: Logger): Runner {
         span.setAttribute('process.exit.code', exitCode ?? -1);
         const ok = exitCode === 0 || (exitCode !== undefined && (options.okExitCodes ?? []).includes(exitCode));
         if (!ok) {
-          const reason = result.timedOut ? `timed out after ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS}ms` : result.failed && exitCode === undefined ? String(result.shortMessage) : `exit ${exitCode}`;
+          const reason = result.timedOut ? `timed out after ${options.timeoutMs ?? defaultTimeoutMs}ms` : result.failed && exitCode === undefined ? String(result.shortMessage) : `exit ${exitCode}`;
           log.warn({ cmd: shown, exitCode, durationMs, stderr: stderr.trim() }, 'command failed');
           throw new CommandError(shown, exitCode, stderr, redact(reason, secrets));
         }

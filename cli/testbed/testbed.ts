@@ -268,7 +268,8 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       await writeVmScript(spec, vmScript(spec, vm.address, `iqn.2026-11.io.rswap:${name}`, [
         inVm('exporter', ['--address', vm.address, '--state-dir', '/var/lib/rswap/exporter', ...(options.exporterArgs ?? [])]),
         ...(options.monitors !== false ? [inVm('monitor', ['--scope', 'machine', '--exporter-state-dir', '/var/lib/rswap/exporter', '--attacher-state-dir', '/var/lib/rswap/attacher', ...(options.monitorArgs ?? [])])] : []),
-        inVm('attacher', ['--address', vm.address, '--initiator', options.vmInitiators?.[i] ?? 'kernel', '--state-dir', '/var/lib/rswap/attacher', ...(options.attacherArgs ?? [])]),
+        // Under TCG every step runs emulated: iscsiadm alone can take a minute on a loaded machine.
+        inVm('attacher', ['--address', vm.address, '--initiator', options.vmInitiators?.[i] ?? 'kernel', '--state-dir', '/var/lib/rswap/attacher', ...((options.attacherArgs ?? []).includes('--command-timeout-ms') ? [] : ['--command-timeout-ms', '120000']), ...(options.attacherArgs ?? [])]),
       ]));
       startDetached(qemuCommand(image, spec, accel), join(vm.dir, 'console.log'), {}, `${name}/vm`);
       vms.push(vm);

@@ -32,6 +32,8 @@ export const AttacherConfig = z.strictObject({
   /** Swap areas this host may have in all, local ones included: the kernel allows at most 32 (MAX_SWAPFILES, fewer with some options). */
   maxSwapAreas: z.coerce.number().int().min(1).max(29).default(24),
   swapoffTimeoutMs: z.coerce.number().int().positive().default(300_000),
+  /** How long iscsiadm, mkswap, swapon and the like may take (a VM under emulation needs minutes). */
+  commandTimeoutMs: z.coerce.number().int().positive().default(30_000),
   replacementTimeoutS: z.coerce.number().int().min(1).default(120), // how long I/O waits for a lender that went away
   healthIntervalMs: z.coerce.number().int().positive().default(5_000), // a probe read per lease this often
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
@@ -58,7 +60,7 @@ export function makeInitiator(kind: 'kernel' | 'userspace', run: Runner, log: Lo
 export async function startAttacher(raw: Record<string, unknown>) {
   const config = parseConfig(AttacherConfig, raw);
   const log = createLogger('attacher', config.host);
-  const run = createRunner(log);
+  const run = createRunner(log, { defaultTimeoutMs: config.commandTimeoutMs });
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const iqn = config.iqn ?? `${IQN_PREFIX}:${config.host}`;
   const kind = await pickInitiator(config.initiator, run);

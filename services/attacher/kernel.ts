@@ -93,7 +93,7 @@ export class KernelInitiator implements Initiator {
       await this.update(target, 'node.session.auth.password_in', chap.targetSecret, [chap.targetSecret]);
     }
     await this.update(target, 'node.session.timeo.replacement_timeout', String(this.options.replacementTimeoutS));
-    await this.run('iscsiadm', [...this.node(target), '--login'], { okExitCodes: [ISCSI_ERR_SESS_EXISTS], timeoutMs: 30_000 });
+    await this.run('iscsiadm', [...this.node(target), '--login'], { okExitCodes: [ISCSI_ERR_SESS_EXISTS] });
     // The LUN's stable by-path link where udev runs; else its disk found through sysfs from the session.
     for (let waited = 0; ; waited += 100) {
       const device = (await access(link).then(() => link, () => undefined)) ?? (await sessionDevice(target, this.options.sysfs));

@@ -1,0 +1,432 @@
+/**
+ * The application bench: a real application (Redis) and a batch job (an in-memory sort) whose data
+ * is 1.5x, 2x and 3x their memory cgroup's limit, on each kind of swap.
+ *
+ *   node dist/bench/app/run.js [--devices none,local,zswap,zram,remote] [--ratios 1.5,2,3]
+ *     [--limit 128MiB] [--runs 5] [--ops 20000] [--value 4KiB] [--apps redis,touch,sort]
+ *     [--out bench/results/app] [--nats-port 14226] [--smoke]
+ *
+ * Method, the same for every point:
+ *   - a fixed amount of work, never a time cap: Redis loads `ratio x limit` of values, then serves
+ *     `--ops` GETs of uniformly random keys, then `--ops` SETs of random keys; touch (per-fault
+ *     latency) fills `ratio x limit` and reads one byte of `--ops` random pages, each timed; the
+ *     sort sorts `ratio x limit` of doubles once;
+ *   - one fresh process in a fresh memory cgroup per measurement, so nothing is warm from the last;
+ *   - `--runs` rounds; each round sets every device up, measures it and tears it down, and the
+ *     device order rotates from round to round (interleaved, so drift on the machine spreads
+ *     over every device instead of landing on one);
+ *   - values are random bytes (incompressible: zram and zswap get no help from compression), and
+ *     every GET reply is checked against the value last written;
+ *   - a run the OOM killer ends is recorded as such, never retried away.
+ * The client runs outside the cgroup, one connection, one request at a time; each request is
+ * timed from its write to its reply. Major faults are the cgroup's own count; swap-ins per fault
+ * (readahead) come from /proc/vmstat, machine-wide. Writes app.csv (one row per run), app.md, redis-get.svg and
+ * meta.json to --out. --smoke: a small, fast run for the test suite.
+ */
+import { mkdir, readFile, rmdir, writeFile, access } from 'node:fs/promises';
+import { cpus, release, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa, type ResultPromise } from 'execa';
+import pino from 'pino';
+import { createRunner, type Runner } from '../../shared/runner.js';
+import { createMemoryCgroup, type MemoryCgroup } from '../../shared/cgroup.js';
+import { readSwaps } from '../../shared/procfs.js';
+import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
+import { waitFor } from '../../shared/wait.js';
+import type { Logger } from '../../shared/log.js';
+import { cleanupDevices, RUN, setUpDevice } from '../swap/devices.js';
+import { percentile } from '../rescue.js';
+import { xorshift32 } from '../swap/workload.js';
+import { RedisClient } from './resp.js';
+import { markdownTables, svgBars, toCsv, type AppRow } from './report.js';
+
+export const APP_DEVICES = ['none', 'local', 'zswap', 'zram', 'remote'] as const;
+export type AppDevice = (typeof APP_DEVICES)[number];
+export const APP_LABELS: Record<AppDevice, string> = {
+  none: 'no swap',
+  local: 'local disk swap file (virtio)',
+  zswap: 'zswap in front of the local disk',
+  zram: 'zram (RAM, the ceiling)',
+  remote: 'rswap, userspace initiator',
+};
+
+export interface AppBenchOptions {
+  devices: AppDevice[];
+  ratios: number[];
+  limitBytes: number;
+  runs: number;
+  ops: number;
+  valueBytes: number;
+  apps: AppRow['app'][];
+  out: string;
+  natsPort: number;
+}
+
+const SORT_JOB = resolve(fileURLToPath(import.meta.url), '../sort-job.js');
+const TOUCH_JOB = resolve(fileURLToPath(import.meta.url), '../touch-job.js');
+const ZSWAP = '/sys/module/zswap/parameters/enabled';
+let running: ResultPromise | undefined;
+let serial = 0;
+
+/** The device order of round `round` (1-based): the list rotated by one more each round. */
+export function roundOrder<T>(devices: readonly T[], round: number): T[] {
+  const k = (round - 1) % Math.max(1, devices.length);
+  return [...devices.slice(k), ...devices.slice(0, k)];
+}
+
+/** The value stored under key `index` at `version`: `bytes` of seeded random data. */
+export function valueOf(index: number, version: number, bytes: number): Buffer {
+  const next = xorshift32(Math.imul(index + 1, 0x9e3779b1) ^ Math.imul(version + 1, 0x85ebca6b));
+  const words = new Uint32Array(Math.ceil(bytes / 4));
+  for (let i = 0; i < words.length; i += 1) words[i] = next();
+  return Buffer.from(words.buffer, 0, bytes);
+}
+
+const keyOf = (index: number) => `key:${index}`;
+
+async function memoryStat(cgroup: MemoryCgroup, field: string): Promise<number> {
+  const text = await readFile(join(cgroup.path, 'memory.stat'), 'utf8').catch(() => '');
+  const name = cgroup.version === 1 ? `total_${field}` : field;
+  return Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+}
+
+async function pswpin(): Promise<number> {
+  return Number(/^pswpin (\d+)$/m.exec(await readFile('/proc/vmstat', 'utf8'))?.[1] ?? 0);
+}
+
+async function oomKills(cgroup: MemoryCgroup): Promise<number> {
+  const text = await readFile(join(cgroup.path, cgroup.version === 1 ? 'memory.oom_control' : 'memory.events'), 'utf8').catch(() => '');
+  return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
+}
+
+/** A cgroup for one measurement; with no swap (device none), swap is forbidden to it outright. */
+async function cgroupFor(limitBytes: number, noSwap: boolean): Promise<MemoryCgroup> {
+  const cgroup = await createMemoryCgroup(`rswap-bench-app-${process.pid}-${(serial += 1)}`, limitBytes);
+  if (noSwap) {
+    if (cgroup.version === 1) await writeFile(join(cgroup.path, 'memory.memsw.limit_in_bytes'), String(limitBytes));
+    else await writeFile(join(cgroup.path, 'memory.swap.max'), '0');
+  }
+  return cgroup;
+}
+
+/** Bytes of the file's pages in the page cache (fincore). */
+async function cachedBytes(run: Runner, file: string): Promise<number> {
+  const { stdout } = await run('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]);
+  return Number(stdout.trim()) || 0;
+}
+
+/** The file behind a loop device (the remote lease's FUSE export), if it is one. */
+async function backingFile(run: Runner, device: string): Promise<string | undefined> {
+  const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
+  return stdout.split('\n').map((l) => l.trim().split(/\s+/)).find(([name]) => name === device)?.[1];
+}
+
+interface Measure {
+  round: number;
+  device: AppDevice;
+  ratio: number;
+  options: AppBenchOptions;
+  /** The remote lease's FUSE export file, watched for page cache. */
+  fuseFile?: string;
+  run: Runner;
+}
+
+/** Timed requests: ops/s over the whole phase, and latency percentiles in microseconds. */
+function phaseStats(latenciesNs: Float64Array, elapsedNs: number) {
+  const sorted = Array.from(latenciesNs).sort((a, b) => a - b);
+  const us = (p: number) => Math.round(percentile(sorted, p) / 100) / 10;
+  return { ops: Math.round(latenciesNs.length / (elapsedNs / 1e9)), p50: us(50), p99: us(99), p999: us(99.9) };
+}
+
+async function measureRedis(m: Measure): Promise<AppRow> {
+  const { options } = m;
+  const keys = Math.max(1, Math.round((m.ratio * options.limitBytes) / options.valueBytes));
+  const base = { round: m.round, app: 'redis' as const, device: m.device, ratio: m.ratio, limitBytes: options.limitBytes, dataBytes: keys * options.valueBytes };
+  const dir = join(RUN, `redis-${serial + 1}`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const socket = join(dir, 'redis.sock');
+  const cgroup = await cgroupFor(options.limitBytes, m.device === 'none');
+  let client: RedisClient | undefined;
+  let fuseCacheMaxBytes = 0;
+  const sampleCache = async () => {
+    if (m.fuseFile) fuseCacheMaxBytes = Math.max(fuseCacheMaxBytes, await cachedBytes(m.run, m.fuseFile));
+  };
+  try {
+    // No persistence (no fork, no disk writes), one thread; all memory is the dataset's.
+    const [command, ...rest] = cgroup.wrap(['redis-server', '--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--save', '', '--appendonly', 'no', '--dir', dir, '--loglevel', 'warning', '--protected-mode', 'yes']);
+    running = execa(command!, rest, { reject: false, timeout: 1_800_000 });
+    const server = running;
+    client = await waitFor('redis-server to listen', async () => {
+      if (server.exitCode !== null) throw new Error(`redis-server exited: ${String((await server).stderr)}`);
+      return RedisClient.connect(socket).catch(() => undefined);
+    }, { timeoutMs: 30_000, intervalMs: 50 });
+    const versions = new Uint8Array(keys);
+    try {
+      // Load: pipelined SETs, 32 at a time.
+      const loadStart = process.hrtime.bigint();
+      for (let i = 0; i < keys; i += 32) {
+        const batch: Buffer[][] = [];
+        for (let j = i; j < Math.min(keys, i + 32); j += 1) batch.push([Buffer.from('SET'), Buffer.from(keyOf(j)), valueOf(j, 0, options.valueBytes)]);
+        await client.pipeline(batch);
+      }
+      const loadS = Number(process.hrtime.bigint() - loadStart) / 1e9;
+      await sampleCache();
+      // GETs of random keys, one at a time, each checked.
+      const pick = xorshift32(0x5eed + m.round);
+      const get = new Float64Array(options.ops);
+      const faults0 = await memoryStat(cgroup, 'pgmajfault');
+      const swapins0 = await pswpin();
+      const getStart = process.hrtime.bigint();
+      for (let i = 0; i < options.ops; i += 1) {
+        const index = pick() % keys;
+        const t0 = process.hrtime.bigint();
+        const reply = await client.call([Buffer.from('GET'), Buffer.from(keyOf(index))]);
+        get[i] = Number(process.hrtime.bigint() - t0);
+        if (!(reply instanceof Buffer) || !reply.equals(valueOf(index, versions[index]!, options.valueBytes))) {
+          throw new Error(`redis on ${m.device}: the value of ${keyOf(index)} read back wrong`);
+        }
+      }
+      const getNs = Number(process.hrtime.bigint() - getStart);
+      const faults = (await memoryStat(cgroup, 'pgmajfault')) - faults0;
+      const swapins = (await pswpin()) - swapins0;
+      await sampleCache();
+      // SETs of random keys with new values.
+      const set = new Float64Array(options.ops);
+      const setStart = process.hrtime.bigint();
+      for (let i = 0; i < options.ops; i += 1) {
+        const index = pick() % keys;
+        const version = (versions[index]! + 1) & 0xff;
+        const value = valueOf(index, version, options.valueBytes);
+        const t0 = process.hrtime.bigint();
+        await client.call([Buffer.from('SET'), Buffer.from(keyOf(index)), value]);
+        set[i] = Number(process.hrtime.bigint() - t0);
+        versions[index] = version;
+      }
+      const setNs = Number(process.hrtime.bigint() - setStart);
+      await sampleCache();
+      const g = phaseStats(get, getNs);
+      const s = phaseStats(set, setNs);
+      return {
+        ...base, outcome: 'ok', loadS: Math.round(loadS * 100) / 100,
+        getOps: g.ops, getP50Us: g.p50, getP99Us: g.p99, getP999Us: g.p999,
+        setOps: s.ops, setP50Us: s.p50, setP99Us: s.p99, setP999Us: s.p999,
+        getFaultsPerOp: Math.round((faults / options.ops) * 1000) / 1000,
+        swapinsPerFault: faults > 0 ? Math.round((swapins / faults) * 100) / 100 : 0,
+        ...(m.fuseFile ? { fuseCacheMaxBytes } : {}),
+      };
+    } catch (error) {
+      // The connection closes when the OOM killer ends the server.
+      await server;
+      if ((await oomKills(cgroup)) > 0) return { ...base, outcome: 'oom' };
+      throw error;
+    }
+  } finally {
+    client?.close();
+    running?.kill('SIGKILL');
+    await running?.catch(() => {});
+    running = undefined;
+    await cgroup.remove();
+  }
+}
+
+/** A job's data size, its row's common fields, and a fresh cgroup for it. */
+async function jobSetup(m: Measure, app: AppRow['app']) {
+  const bytes = Math.round((m.ratio * m.options.limitBytes) / MiB) * MiB;
+  const base = { round: m.round, app, device: m.device, ratio: m.ratio, limitBytes: m.options.limitBytes, dataBytes: bytes };
+  return { bytes, base, cgroup: await cgroupFor(m.options.limitBytes, m.device === 'none') };
+}
+
+async function measureSort(m: Measure): Promise<AppRow> {
+  const { bytes, base, cgroup } = await jobSetup(m, 'sort');
+  try {
+    const [command, ...rest] = cgroup.wrap([process.execPath, SORT_JOB, '--bytes', String(bytes), '--seed', String(m.round)]);
+    running = execa(command!, rest, { reject: false, timeout: 1_800_000 });
+    const result = await running;
+    running = undefined;
+    if (result.exitCode !== 0) {
+      if ((await oomKills(cgroup)) > 0) return { ...base, outcome: 'oom' };
+      throw new Error(`sort on ${m.device} failed (${result.signal ?? result.exitCode}): ${String(result.stderr).trim()}`);
+    }
+    const report = JSON.parse(String(result.stdout)) as { fillS: number; sortS: number };
+    return { ...base, outcome: 'ok', loadS: Math.round(report.fillS * 100) / 100, sortS: Math.round(report.sortS * 100) / 100 };
+  } finally {
+    await cgroup.remove();
+  }
+}
+
+async function measureTouch(m: Measure): Promise<AppRow> {
+  const { options } = m;
+  const { bytes, base, cgroup } = await jobSetup(m, 'touch');
+  try {
+    const [command, ...rest] = cgroup.wrap([process.execPath, TOUCH_JOB, '--bytes', String(bytes), '--touches', String(options.ops), '--seed', String(m.round)]);
+    const job = execa(command!, rest, { reject: false, timeout: 1_800_000, stdin: 'pipe', maxBuffer: 64 * MiB });
+    running = job;
+    // The counters are read between the fill and the reads: the job waits for its go.
+    const filled = await new Promise<boolean>((resolve) => {
+      job.stdout!.on('data', (chunk: Buffer) => {
+        if (chunk.toString().includes('filled')) resolve(true);
+      });
+      void job.then(() => resolve(false), () => resolve(false));
+    });
+    const faults0 = await memoryStat(cgroup, 'pgmajfault');
+    const swapins0 = await pswpin();
+    if (filled) job.stdin!.write('go\n');
+    const result = await job;
+    running = undefined;
+    if (result.exitCode !== 0) {
+      if ((await oomKills(cgroup)) > 0) return { ...base, outcome: 'oom' };
+      throw new Error(`touch on ${m.device} failed (${result.signal ?? result.exitCode}): ${String(result.stderr).trim()}`);
+    }
+    const faults = (await memoryStat(cgroup, 'pgmajfault')) - faults0;
+    const swapins = (await pswpin()) - swapins0;
+    const report = JSON.parse(String(result.stdout).split('\n').find((l) => l.startsWith('{'))!) as { fillS: number; latenciesNs: number[] };
+    const sorted = report.latenciesNs.sort((a, b) => a - b);
+    const us = (p: number) => Math.round(percentile(sorted, p) / 100) / 10;
+    return {
+      ...base, outcome: 'ok', loadS: Math.round(report.fillS * 100) / 100,
+      touchP50Us: us(50), touchP90Us: us(90), touchP99Us: us(99), touchP999Us: us(99.9),
+      touchFaultsPerOp: Math.round((faults / sorted.length) * 1000) / 1000,
+      swapinsPerFault: faults > 0 ? Math.round((swapins / faults) * 100) / 100 : 0,
+    };
+  } finally {
+    await cgroup.remove();
+  }
+}
+
+interface Device {
+  path?: string;
+  teardown(): Promise<void>;
+}
+
+async function setUp(name: AppDevice, run: Runner, log: Logger, sizeBytes: number, natsPort: number): Promise<Device> {
+  if (name === 'none') return { teardown: async () => {} };
+  if (name === 'zswap') {
+    // zswap compresses pages on their way to the swap device below it (here the local file).
+    const device = await setUpDevice('local', run, log, { sizeBytes, natsPort });
+    const before = (await readFile(ZSWAP, 'utf8')).trim();
+    await writeFile(ZSWAP, 'Y');
+    return {
+      path: device.path,
+      teardown: async () => {
+        await device.teardown(); // swap-off first: zswap's pool empties into RAM
+        await writeFile(ZSWAP, before);
+      },
+    };
+  }
+  return setUpDevice(name, run, log, { sizeBytes, natsPort });
+}
+
+export async function runAppBench(options: AppBenchOptions, progress: (line: string) => void = console.log): Promise<AppRow[]> {
+  const log = pino({ level: 'warn' }, pino.destination(2));
+  const run = createRunner(log);
+  // The largest dataset, and room for Redis's own overhead per key.
+  const sizeBytes = Math.ceil((Math.max(...options.ratios) * options.limitBytes * 1.25) / MiB) * MiB + 64 * MiB;
+  const rows: AppRow[] = [];
+  const stop = () => running?.kill('SIGKILL');
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const runParentExisted = await access('/run/rswap').then(() => true, () => false);
+  const zswapBefore = (await readFile(ZSWAP, 'utf8').catch(() => 'N')).trim();
+  await cleanupDevices(run, log);
+  try {
+    for (let round = 1; round <= options.runs; round += 1) {
+      for (const device of roundOrder(options.devices, round)) {
+        const started = Date.now();
+        const d = await setUp(device, run, log, sizeBytes, options.natsPort);
+        try {
+          if (d.path) {
+            const top = (await readSwaps()).sort((a, b) => b.priority - a.priority)[0];
+            if (top?.path !== d.path) throw new Error(`${d.path} is not the highest-priority swap area (${top?.path} is): results would mix devices`);
+          } else if ((await readSwaps()).length > 0) {
+            progress('  (swap areas exist on this machine; the no-swap cgroup is kept off them by its memsw limit)');
+          }
+          const fuseFile = device === 'remote' && d.path ? await backingFile(run, d.path) : undefined;
+          for (const ratio of options.ratios) {
+            for (const app of options.apps) {
+              const m: Measure = { round, device, ratio, options, run, ...(fuseFile ? { fuseFile } : {}) };
+              const row = app === 'redis' ? await measureRedis(m) : app === 'sort' ? await measureSort(m) : await measureTouch(m);
+              rows.push(row);
+              progress(`round ${round} ${device} ${ratio}x ${app}: ${describe(row)}`);
+            }
+          }
+        } finally {
+          await d.teardown();
+        }
+        progress(`  ${device} round ${round} done in ${Math.round((Date.now() - started) / 1000)} s`);
+        await writeOutputs(rows, options);
+      }
+    }
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    await cleanupDevices(run, log);
+    await writeFile(ZSWAP, zswapBefore).catch(() => {});
+    if (!runParentExisted) await rmdir('/run/rswap').catch(() => {});
+  }
+  await writeOutputs(rows, options);
+  return rows;
+}
+
+function describe(row: AppRow): string {
+  if (row.outcome === 'oom') return 'OOM-killed';
+  if (row.app === 'sort') return `sort ${row.sortS} s (fill ${row.loadS} s)`;
+  if (row.app === 'touch') return `page reads p50 ${row.touchP50Us} p90 ${row.touchP90Us} p99 ${row.touchP99Us} p99.9 ${row.touchP999Us} µs, ${row.touchFaultsPerOp} faults/read, ${row.swapinsPerFault} swap-ins/fault`;
+  const cache = row.fuseCacheMaxBytes !== undefined ? `, FUSE file cache at most ${formatBytes(row.fuseCacheMaxBytes)}` : '';
+  return `load ${row.loadS} s, GET ${row.getOps}/s p50 ${row.getP50Us} p99 ${row.getP99Us} p99.9 ${row.getP999Us} µs, SET ${row.setOps}/s, ${row.getFaultsPerOp} faults/GET, ${row.swapinsPerFault} swap-ins/fault${cache}`;
+}
+
+async function writeOutputs(rows: AppRow[], options: AppBenchOptions): Promise<void> {
+  await mkdir(options.out, { recursive: true });
+  await writeFile(join(options.out, 'app.csv'), toCsv(rows));
+  const limit = formatBytes(options.limitBytes);
+  await writeFile(join(options.out, 'app.md'), `Memory cgroup limit ${limit}, values ${formatBytes(options.valueBytes)}, ${options.ops} GETs and ${options.ops} SETs per run, ${options.runs} run(s) per point.\n\n${markdownTables(rows, options.devices, APP_LABELS, options.ratios)}`);
+  await writeFile(join(options.out, 'redis-get.svg'), svgBars(rows, options.devices, APP_LABELS, options.ratios, `Redis random GETs, ${limit} cgroup, median of runs (whiskers: min-max)`));
+  const meta = {
+    at: new Date().toISOString(),
+    command: `node ${process.argv.slice(1).map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`,
+    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryBytes: totalmem(), kernel: release() },
+    pageCluster: (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim(),
+    zswapCompressor: (await readFile('/sys/module/zswap/parameters/compressor', 'utf8').catch(() => 'n/a')).trim(),
+    redis: (await execa('redis-server', ['--version'], { reject: false })).stdout.trim(),
+    options: { ...options, devices: options.devices.map((d) => `${d}: ${APP_LABELS[d]}`) },
+  };
+  await writeFile(join(options.out, 'meta.json'), JSON.stringify(meta, null, 2) + '\n');
+}
+
+export function parseAppArgs(argv: string[]): AppBenchOptions {
+  const value = (name: string) => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const smoke = argv.includes('--smoke');
+  const list = (name: string, fallback: string) => (value(name) ?? fallback).split(',').filter(Boolean);
+  const devices = list('devices', smoke ? 'none,zram' : APP_DEVICES.join(','));
+  for (const d of devices) if (!(APP_DEVICES as readonly string[]).includes(d)) throw new Error(`unknown device '${d}'; devices are ${APP_DEVICES.join(', ')}`);
+  const apps = list('apps', 'redis,touch,sort');
+  for (const a of apps) if (!['redis', 'sort', 'touch'].includes(a)) throw new Error(`unknown app '${a}'; apps are redis, touch, sort`);
+  const ratios = list('ratios', smoke ? '1.5' : '1.5,2,3').map(Number);
+  if (ratios.some((r) => !(r > 0 && r <= 8))) throw new Error(`ratios must be in (0, 8]: ${ratios.join(',')}`);
+  return {
+    devices: devices as AppDevice[],
+    apps: apps as AppRow['app'][],
+    ratios,
+    limitBytes: parseBytes(value('limit') ?? (smoke ? '64MiB' : '128MiB')),
+    runs: Number(value('runs') ?? (smoke ? 1 : 5)),
+    ops: Number(value('ops') ?? (smoke ? 500 : 20000)),
+    valueBytes: parseBytes(value('value') ?? '4KiB'),
+    out: value('out') ?? 'bench/results/app',
+    natsPort: Number(value('nats-port') ?? 14226),
+  };
+}
+
+if (process.argv[1]?.endsWith('app/run.js')) {
+  const started = Date.now();
+  runAppBench(parseAppArgs(process.argv.slice(2))).then(
+    () => console.log(`done in ${Math.round((Date.now() - started) / 1000)} s`),
+    (error: unknown) => {
+      console.error(error);
+      process.exit(1);
+    },
+  );
+}
