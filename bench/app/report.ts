@@ -7,7 +7,7 @@ export interface AppRow {
   ratio: number;
   limitBytes: number;
   dataBytes: number;
-  /** ok: finished and verified; oom: the cgroup's OOM killer ended it. */
+  /** ok: finished and verified; oom: the cgroup's OOM killer ended it (a retry has the same round). */
   outcome: 'ok' | 'oom';
   /** redis: loading the dataset; sort: filling the array. */
   loadS?: number;
@@ -77,11 +77,11 @@ export function summarize(rows: AppRow[], devices: string[], ratios: number[], a
   const out = [];
   for (const ratio of ratios) {
     for (const device of devices) {
-      const runs = rows.filter((r) => r.app === app && r.device === device && r.ratio === ratio);
-      if (runs.length === 0) continue;
-      const ok = runs.filter((r) => r.outcome === 'ok');
+      const attempts = rows.filter((r) => r.app === app && r.device === device && r.ratio === ratio);
+      if (attempts.length === 0) continue;
+      const ok = attempts.filter((r) => r.outcome === 'ok');
       const of = (k: keyof AppRow) => spread(ok.map((r) => r[k] as number | undefined));
-      out.push({ ratio, device, runs: runs.length, ok: ok.length, oom: runs.length - ok.length, of });
+      out.push({ ratio, device, runs: new Set(attempts.map((r) => r.round)).size, ok: ok.length, oom: attempts.length - ok.length, of });
     }
   }
   return out;
@@ -111,7 +111,7 @@ export function markdownTables(rows: AppRow[], devices: string[], labels: Record
   for (const { app, caption, columns } of TABLES) {
     const stats = summarize(rows, devices, ratios, app);
     if (stats.length === 0) continue;
-    const finished = (s: (typeof stats)[number]) => `${s.ok} of ${s.runs}${s.oom ? ` (${s.oom} OOM-killed)` : ''}`;
+    const finished = (s: (typeof stats)[number]) => `${s.ok} of ${s.runs}${s.oom ? `; ${s.oom} OOM kill${s.oom > 1 ? 's' : ''}` : ''}`;
     parts.push(
       caption,
       '',

@@ -28,9 +28,10 @@ test('bench - app smoke: Redis, page reads and a sort OOM-killed without swap, f
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/app.csv`, 'utf8'));
     for (const app of ['redis', 'touch', 'sort'] as const) {
-      assert.equal(rows.find((r) => r.app === app && r.device === 'none')?.outcome, 'oom', `${app} without swap: 1.5x its limit cannot fit`);
+      assert.deepEqual(rows.filter((r) => r.app === app && r.device === 'none').map((r) => r.outcome), ['oom'], `${app} without swap: 1.5x its limit cannot fit, and is not retried`);
       for (const device of ['zswap', 'zram']) {
-        const row = rows.find((r) => r.app === app && r.device === device);
+        // (An OOM kill near the limit is retried by the bench and kept in the CSV: the last try counts.)
+        const row = rows.filter((r) => r.app === app && r.device === device).at(-1);
         assert.equal(row?.outcome, 'ok', `${app} on ${device}: ${JSON.stringify(row)}`);
         if (app === 'sort') assert.ok(row!.sortS! > 0);
         else if (app === 'touch') {
@@ -42,7 +43,7 @@ test('bench - app smoke: Redis, page reads and a sort OOM-killed without swap, f
         }
       }
     }
-    assert.match(await readFile(`${out}/app.md`, 'utf8'), /0 of 1 \(1 OOM-killed\)/);
+    assert.match(await readFile(`${out}/app.md`, 'utf8'), /0 of 1; 1 OOM kill/);
     assert.match(await readFile(`${out}/redis-get.svg`, 'utf8'), /^<svg /);
   } finally {
     await rm(out, { recursive: true, force: true });

@@ -41,18 +41,18 @@ test('app bench - options: defaults, smoke, and refused names', () => {
   assert.throws(() => parseAppArgs(['--ratios', '0']), /ratios/);
 });
 
-test('app bench - medians with their range over finished runs; OOM kills counted, CSV round trip, figure', () => {
+test('app bench - medians with their range over finished runs; OOM kills counted apart from runs, CSV round trip, figure', () => {
   assert.deepEqual(spread([3, 1, 2, undefined]), { median: 2, min: 1, max: 3, n: 3 });
   assert.equal(spread([4, 1, 3, 2])!.median, 2.5);
   assert.equal(spread([]), undefined);
   const row = (round: number, device: string, getOps: number | undefined): AppRow => ({
     round, app: 'redis', device, ratio: 2, limitBytes: 1, dataBytes: 2, outcome: getOps === undefined ? 'oom' : 'ok', ...(getOps === undefined ? {} : { getOps, getP50Us: 10, getP99Us: 100, getP999Us: 1000 }),
   });
-  const rows = [row(1, 'zram', 1000), row(2, 'zram', 3000), row(3, 'zram', 2000), row(1, 'none', undefined), row(2, 'none', undefined)];
+  const rows = [row(1, 'zram', 1000), row(2, 'zram', undefined), row(2, 'zram', 3000), row(3, 'zram', 2000), row(1, 'none', undefined), row(2, 'none', undefined)];
   assert.deepEqual(fromCsv(toCsv(rows)), rows);
   const md = markdownTables(rows, ['none', 'zram'], { zram: 'zram' }, [2]);
-  assert.match(md, /\| 2x \| none \| 0 of 2 \(2 OOM-killed\) \| - \|/);
-  assert.match(md, /\| 2x \| zram \| 3 of 3 \| 2,000 \(1,000-3,000\) \|/);
+  assert.match(md, /\| 2x \| none \| 0 of 2; 2 OOM kills \| - \|/);
+  assert.match(md, /\| 2x \| zram \| 3 of 3; 1 OOM kill \| 2,000 \(1,000-3,000\) \|/, 'a retried kill is counted, not a run');
   const svg = svgBars(rows, ['none', 'zram'], {}, [2], 't');
   assert.equal((svg.match(/<rect [^>]*height=/g) ?? []).length, 1 + 2, 'one bar, two legend boxes');
   assert.match(svg, />OOM</);
