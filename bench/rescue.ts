@@ -45,7 +45,8 @@ async function main(): Promise<void> {
   const results: Array<Record<Phase, number>> = [];
   const missed: Array<Record<string, unknown>> = [];
   let interrupted = false;
-  process.once('SIGINT', () => {
+  // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left.
+  process.on('SIGINT', () => {
     interrupted = true;
   });
   try {

@@ -111,17 +111,21 @@ export async function runDemo(dir: string): Promise<void> {
   const run = createRunner(log);
   const t0 = Date.now();
   const say: Say = (text) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${text}`);
-  let cleaned = false;
-  const cleanUp = async () => {
-    if (cleaned) return;
-    cleaned = true;
-    say('removing the testbed');
-    const problems = await testbedDown(run, log, dir);
-    say(problems.length === 0 ? 'testbed removed: no target, mount, loop device, swap area, cgroup or namespace left' : `cleanup problems: ${problems.join('; ')}`);
-  };
-  process.once('SIGINT', () => {
+  // One cleanup, however many ask: a Ctrl-C during the final cleanup waits for it to finish.
+  let cleaning: Promise<void> | undefined;
+  const cleanUp = () =>
+    (cleaning ??= (async () => {
+      say('removing the testbed');
+      const problems = await testbedDown(run, log, dir);
+      say(problems.length === 0 ? 'testbed removed: no target, mount, loop device, swap area, cgroup or namespace left' : `cleanup problems: ${problems.join('; ')}`);
+    })());
+  // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left,
+  // which would end the demo before its cleanup. A second Ctrl-C waits for the same cleanup.
+  let interrupted: Promise<void> | undefined;
+  process.on('SIGINT', () => {
+    if (interrupted) return;
     console.log('\ninterrupted: cleaning up');
-    void cleanUp().then(() => process.exit(130));
+    interrupted = cleanUp().then(() => process.exit(130));
   });
   try {
     say('creating a testbed: NATS, broker; host-a (1GiB, lends) and host-b (128MiB) in network namespaces, each with a monitor, exporter and attacher; a 512MiB swap file on local disk');

@@ -274,7 +274,7 @@ async function measureTouch(m: Measure): Promise<AppRow> {
     });
     const faults0 = await memoryStat(cgroup, 'pgmajfault');
     const swapins0 = await pswpin();
-    if (filled) job.stdin!.write('go\n');
+    if (filled) job.stdin!.end('go\n');
     const result = await job;
     running = undefined;
     if (result.exitCode !== 0) {
@@ -339,8 +339,9 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
   const sizeBytes = Math.ceil((Math.max(...options.ratios) * options.limitBytes * 1.25) / MiB) * MiB + 64 * MiB;
   const rows: AppRow[] = [];
   const stop = () => running?.kill('SIGKILL');
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left.
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   const runParentExisted = await access('/run/rswap').then(() => true, () => false);
   const zswapBefore = (await readFile(ZSWAP, 'utf8').catch(() => 'N')).trim();
   await cleanup(run, log);

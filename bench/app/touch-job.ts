@@ -31,6 +31,7 @@ const fillS = Number(process.hrtime.bigint() - started) / 1e9;
 // Tell the bench the fill is done, then wait for its go: it reads the cgroup's counters between.
 process.stdout.write('filled\n');
 await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
+process.stdin.destroy(); // an open stdin would keep this process alive after its report
 
 const latenciesNs: number[] = new Array(touches);
 const pick = xorshift32(seed ^ 0x7f4a7c15);

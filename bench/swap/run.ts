@@ -128,8 +128,9 @@ export async function runSwapBench(options: SwapBenchOptions, progress: (line: s
   const oomKilled: string[] = [];
   const pageClusterBefore = (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim();
   const stop = () => running?.kill('SIGKILL');
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left.
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   const runParentExisted = await access('/run/rswap').then(() => true, () => false);
   await cleanupDevices(run, log); // an interrupted earlier run
   try {
