@@ -3,13 +3,13 @@
  * swap-off only when the pages fit, then log out. Idempotent by lease id; each lease's facts live
  * in `<stateDir>/leases/<id>/attach.json` so a restarted attacher finds what it made.
  */
-import { mkdir, readFile, readdir, rename, writeFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm } from 'node:fs/promises';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { ErrorCodes, RswapError, errorMessage } from '../../shared/errors.js';
 import { readMeminfo, readSwaps } from '../../shared/procfs.js';
-import { Target, type AttachRequest, type LeaseRecord } from '../../shared/schemas.js';
+import type { AttachRequest, LeaseRecord } from '../../shared/schemas.js';
+import { heldLeases, leaseDevices, leaseDir, readAttachRecord, writeAttachRecord, type AttachRecord } from '../../shared/attach-record.js';
 import type { Initiator } from './initiator.js';
 import { KeyedQueue } from '../../shared/serial.js';
 import { chooseSwapPriority, selfTest, swapoffSafety } from './swap.js';
@@ -23,13 +23,6 @@ export interface AttacherOptions {
   swapoffTimeoutMs: number;
   /** Swap areas this host may have in all, local ones included (the kernel's limit is 32). */
   maxSwapAreas: number;
-}
-
-interface AttachRecord {
-  leaseId: string;
-  target: Target;
-  device: string;
-  priority: number;
 }
 
 export class Attacher {
@@ -48,20 +41,15 @@ export class Attacher {
   }
 
   private dir(leaseId: string): string {
-    return join(this.options.stateDir, 'leases', leaseId);
+    return leaseDir(this.options.stateDir, leaseId);
   }
 
-  private async record(leaseId: string): Promise<AttachRecord | undefined> {
-    return readFile(join(this.dir(leaseId), 'attach.json'), 'utf8').then((t) => JSON.parse(t) as AttachRecord, () => undefined);
+  private record(leaseId: string): Promise<AttachRecord | undefined> {
+    return readAttachRecord(this.options.stateDir, leaseId);
   }
 
-  async remoteDevices(): Promise<Set<string>> {
-    const devices = new Set<string>();
-    for (const leaseId of await this.held()) {
-      const rec = await this.record(leaseId);
-      if (rec) devices.add(rec.device);
-    }
-    return devices;
+  remoteDevices(): Promise<Set<string>> {
+    return leaseDevices(this.options.stateDir);
   }
 
   async attach(request: AttachRequest): Promise<{ device: string; priority: number; initiator: 'kernel' | 'userspace' }> {
@@ -80,12 +68,8 @@ export class Attacher {
         await selfTest(this.run, device, request.sizeBytes, this.dir(request.leaseId), () => this.initiator.dropCaches(request.leaseId, device));
         const priority = chooseSwapPriority(swaps, await this.remoteDevices(), this.options.swapPriority);
         await this.run('mkswap', ['-L', request.leaseId, device]);
-        const record: AttachRecord = { leaseId: request.leaseId, target: request.target, device, priority };
-        // Written whole or not at all: an attacher killed mid-write never leaves a torn record
-        // (no fsync: after a power cut the swap area is gone anyway).
-        const file = join(this.dir(request.leaseId), 'attach.json');
-        await writeFile(`${file}.new`, JSON.stringify(record), { mode: 0o600 });
-        await rename(`${file}.new`, file);
+        // Written whole or not at all: an attacher killed mid-write never leaves a torn record.
+        await writeAttachRecord(this.options.stateDir, { leaseId: request.leaseId, target: request.target, device, priority });
         await this.run('swapon', ['-p', String(priority), device]);
         this.log.info({ leaseId: request.leaseId, device, priority, initiator: kind }, 'swap on remote memory active');
         return { device, priority, initiator: kind };
@@ -115,7 +99,6 @@ export class Attacher {
     });
   }
 
-  /** Lease ids with anything on this host (a state folder). */
   private readonly probes = new Map<string, Probe>();
 
   /**
@@ -145,8 +128,9 @@ export class Attacher {
     return lost;
   }
 
-  async held(): Promise<string[]> {
-    return readdir(join(this.options.stateDir, 'leases')).catch(() => []);
+  /** Lease ids with anything on this host (a state folder). */
+  held(): Promise<string[]> {
+    return heldLeases(this.options.stateDir);
   }
 
   /** Detaches what belongs to no live lease of this host (absent from KV, released or failed). */

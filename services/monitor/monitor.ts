@@ -23,6 +23,7 @@ import type { Logger } from '../../shared/log.js';
 import { publishJson } from '../../shared/messaging.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
+import { leaseDevices } from '../../shared/attach-record.js';
 import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
 import { Detector, FILL_WINDOW_MS, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
 import type { Reading, Source } from './sources.js';
@@ -72,15 +73,8 @@ export async function lending(exporterStateDir: string): Promise<{ lentBytes: nu
  * /proc/swaps too, and its swap-off would read as this host filling.
  */
 export async function leaseSwap(attacherStateDir: string): Promise<{ freeBytes: number; usedBytes: number; otherAreas: number }> {
-  const leasesDir = join(attacherStateDir, 'leases');
-  const devices = new Set<string>();
-  for (const leaseId of await readdir(leasesDir).catch(() => [] as string[])) {
-    // A record being written (or torn by a crash) counts as nothing: the attacher rewrites it.
-    const record = await readFile(join(leasesDir, leaseId, 'attach.json'), 'utf8')
-      .then((t) => JSON.parse(t) as { device?: unknown })
-      .catch(() => undefined);
-    if (typeof record?.device === 'string') devices.add(record.device);
-  }
+  // A record torn by a crash (or not a record) counts as nothing, as it does for the attacher.
+  const devices = await leaseDevices(attacherStateDir);
   let freeBytes = 0;
   let usedBytes = 0;
   let otherAreas = 0;

@@ -16,6 +16,7 @@ import type { Initiator } from '../../services/attacher/initiator.js';
 import { createRunner } from '../../shared/runner.js';
 import { readSwaps } from '../../shared/procfs.js';
 import { leaseSwap } from '../../services/monitor/monitor.js';
+import { leaseDevices, readAttachRecord, writeAttachRecord } from '../../shared/attach-record.js';
 
 const SWAPFILE = `/var/tmp/rswap-test-swap-areas-${process.pid}.swap`;
 let stateDir: string;
@@ -64,10 +65,17 @@ test('lease swap - the monitor counts only the areas its own attacher recorded a
     // Before the record: the swap file is someone else's (local swap, or another host's lease).
     assert.deepEqual(await leaseSwap(dir), { freeBytes: 0, usedBytes: 0, otherAreas: areas });
     await mkdir(join(dir, 'leases', 'l-0123456789ab'), { recursive: true });
-    await writeFile(join(dir, 'leases', 'l-0123456789ab', 'attach.json'), JSON.stringify({ leaseId: 'l-0123456789ab', device: SWAPFILE, priority: 1 }));
-    // A lease record whose area is gone, and a torn record, count as nothing.
+    const target = { portal: '198.18.0.11:3260', iqn: 'iqn.2026-11.io.rswap:host-a.l-0123456789ab', lun: 1 };
+    await writeAttachRecord(dir, { leaseId: 'l-0123456789ab', target, device: SWAPFILE, priority: 1 });
+    // A torn record, and one that parses but is no record (no target), count as nothing, for the
+    // monitor as for the attacher (one reader, shared/attach-record.ts).
     await mkdir(join(dir, 'leases', 'l-ba9876543210'), { recursive: true });
     await writeFile(join(dir, 'leases', 'l-ba9876543210', 'attach.json'), '{"device":');
+    await mkdir(join(dir, 'leases', 'l-ba9876543211'), { recursive: true });
+    await writeFile(join(dir, 'leases', 'l-ba9876543211', 'attach.json'), JSON.stringify({ leaseId: 'l-ba9876543211', device: SWAPFILE, priority: 1 }));
+    assert.equal(await readAttachRecord(dir, 'l-ba9876543210'), undefined);
+    assert.equal(await readAttachRecord(dir, 'l-ba9876543211'), undefined);
+    assert.deepEqual(await leaseDevices(dir), new Set([SWAPFILE]));
     assert.deepEqual(await leaseSwap(dir), { freeBytes: mine.sizeBytes - mine.usedBytes, usedBytes: mine.usedBytes, otherAreas: areas - 1 });
   } finally {
     await rm(dir, { recursive: true, force: true });
