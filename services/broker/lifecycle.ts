@@ -7,7 +7,8 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { context, propagation } from '@opentelemetry/api';
-import { metrics } from '../../shared/metrics.js';
+import { Gauge } from 'prom-client';
+import { metrics, registry } from '../../shared/metrics.js';
 import type { Logger } from '../../shared/log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
 import type { HostRecord, LeaseRecord, LostEvent, PressureEvent } from '../../shared/schemas.js';
@@ -17,7 +18,7 @@ import type { HostStore } from './hosts.js';
 import { LeaseStore, newLeaseId } from './lease-store.js';
 import { chooseLender } from './policy.js';
 import { isTerminal } from './states.js';
-import { Reconciler, decide, stuckAfterMs, type Outcome, type ReconcilerOptions } from './reconciler.js';
+import { Reconciler, decide, loggedInAtLender, stuckAfterMs, type Outcome, type ReconcilerOptions } from './reconciler.js';
 import type { UnservedDemand } from './demand.js';
 
 export { stuckAfterMs };
@@ -32,6 +33,8 @@ export interface LifecycleOptions extends ReconcilerOptions {
   /** Pressures handled at once (each may bring a lease up); more are refused until one is done. */
   maxInFlight: number;
 }
+
+const silentKeptGauge = new Gauge({ name: 'rswap_broker_silent_borrower_leases', help: 'Active leases whose borrower is silent past the timeout but still logged in at its lender: kept', registers: [registry] });
 
 /** The longest wait before a refused cool-down release is tried again. */
 const MAX_DRAIN_RETRY_MS = 600_000;
@@ -192,16 +195,36 @@ export class Lifecycle {
    */
   async sweep(now: number, read: { leases?: LeaseRecord[]; hosts?: HostRecord[] } = {}): Promise<string[]> {
     // A caller's lists may be a moment old: each reconcile reads the lease and the borrower again.
-    const seen = new Map((read.hosts ?? (await this.hosts.list())).map((h) => [h.host, h.attacher?.at]));
+    const hosts = new Map((read.hosts ?? (await this.hosts.list())).map((h) => [h.host, h]));
     const started = new Map<string, Promise<unknown>>();
+    const kept = new Map<string, string>();
     for (const lease of read.leases ?? (await this.leases.list())) {
-      const borrowerSeenAt = seen.get(lease.borrower);
-      const facts = { me: this.brokerId, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }) };
-      if (decide(lease, facts, this.options).do === 'rest') continue;
+      const borrowerSeenAt = hosts.get(lease.borrower)?.attacher?.at;
+      const loggedIn = lease.state === 'active' && loggedInAtLender(lease, hosts.get(lease.lender), now, this.options.announceTtlMs);
+      const facts = { me: this.brokerId, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender: loggedIn };
+      const action = decide(lease, facts, this.options);
+      if (action.do === 'rest') {
+        if (action.warn) kept.set(lease.id, action.why);
+        continue;
+      }
       started.set(lease.id, this.reconciler.reconcile(lease.id).catch((error: unknown) => this.log.error({ leaseId: lease.id, err: errorMessage(error) }, 'reconcile failed; the next sweep tries again')));
     }
+    this.noteKept(kept);
     await Promise.all(started.values());
     return [...started.keys()];
+  }
+
+  /**
+   * Leases kept although their borrower is silent, because its lender still sees it logged in: a
+   * warning when one starts, a note when it ends, and their count as a metric. Nothing can be
+   * asked of such a borrower; an operator should look at the host (docs/operations.md).
+   */
+  private keptSilent = new Map<string, string>();
+  private noteKept(kept: Map<string, string>): void {
+    for (const [leaseId, why] of kept) if (!this.keptSilent.has(leaseId)) this.log.warn({ leaseId }, `${why}: the lease stays`);
+    for (const leaseId of this.keptSilent.keys()) if (!kept.has(leaseId)) this.log.info({ leaseId }, 'no longer kept for a silent borrower');
+    this.keptSilent = kept;
+    silentKeptGauge.set(kept.size);
   }
 
   /**

@@ -22,7 +22,7 @@ import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/er
 import { requestJson } from '../../shared/messaging.js';
 import { subjects } from '../../shared/subjects.js';
 import { LEASE_STATES } from '../../shared/lease-states.js';
-import { AttachReply, ExportReply, OkReply, type LeaseRecord, type LeaseState } from '../../shared/schemas.js';
+import { AttachReply, ExportReply, OkReply, type HostRecord, type LeaseRecord, type LeaseState } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
 import { KeyedQueue } from '../../shared/serial.js';
 import type { HostStore } from './hosts.js';
@@ -36,7 +36,10 @@ export interface ReconcilerOptions extends PolicyOptions {
   attachTimeoutMs: number;
   detachTimeoutMs: number;
   unexportTimeoutMs: number;
-  /** A borrower whose attacher has not announced itself for this long is gone: its leases end. */
+  /**
+   * A borrower whose attacher has not announced itself for this long is gone, unless its lender
+   * still reports it logged in (see `decide`): its leases end.
+   */
   borrowerTimeoutMs: number;
 }
 
@@ -67,6 +70,15 @@ export interface Facts {
   borrowerSeenAt?: number;
   /** The lender's latest announce, itself fresh, lists a session on the lease's target. */
   loggedInAtLender?: boolean;
+}
+
+/**
+ * Whether the lease's lender, in an announce of its own that is still fresh, reports a borrower
+ * logged in to the lease's target (now, or within its session grace).
+ */
+export function loggedInAtLender(lease: LeaseRecord, lender: HostRecord | undefined, now: number, announceTtlMs: number): boolean {
+  const exporter = lender?.exporter;
+  return exporter !== undefined && now - exporter.at <= announceTtlMs && (exporter.sessions ?? []).includes(lease.id);
 }
 
 /** The next step for a lease, from the state table: pure, so every rule is unit-tested. */
@@ -126,8 +138,6 @@ export class Reconciler {
   private readonly queued = new Map<string, Promise<Outcome>>();
   /** Target and CHAP from an export, for the attach that follows (never written to KV). */
   private readonly exported = new Map<string, Exported>();
-  /** Leases resting for a reason worth one warning (a silent borrower still logged in), said once. */
-  private readonly warned = new Set<string>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -164,16 +174,9 @@ export class Reconciler {
       if (!lease) return { ...outcome, lease: undefined };
       const now = Date.now();
       const borrowerSeenAt = lease.state === 'active' ? (await this.hosts.get(lease.borrower))?.attacher?.at : undefined;
-      const lender = lease.state === 'active' ? (await this.hosts.get(lease.lender))?.exporter : undefined;
-      const loggedInAtLender = lender !== undefined && now - lender.at <= this.options.announceTtlMs && (lender.sessions ?? []).includes(lease.id);
-      const action = decide(lease, { me: this.me, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender }, this.options);
-      if (action.do === 'rest') {
-        if (action.warn && !this.warned.has(leaseId)) this.log.warn({ leaseId, borrower: lease.borrower, lender: lease.lender }, `${action.why}: the lease stays`);
-        if (action.warn) this.warned.add(leaseId);
-        else this.warned.delete(leaseId);
-        return { ...outcome, lease };
-      }
-      this.warned.delete(leaseId);
+      const loggedIn = lease.state === 'active' && loggedInAtLender(lease, await this.hosts.get(lease.lender), now, this.options.announceTtlMs);
+      const action = decide(lease, { me: this.me, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender: loggedIn }, this.options);
+      if (action.do === 'rest') return { ...outcome, lease };
       const error = await this.inLeaseTrace(lease, `${action.do} ${lease.id}`, () => this.take(lease, action));
       if (error !== undefined) outcome = { lease, error, failedAt: action.do };
     }
@@ -301,10 +304,10 @@ export class Reconciler {
   }
 
   /**
-   * Marks a lease failed, then (with `cleanUp`) asks the borrower to swap off and the lender to
-   * remove the target, and gives the bytes back once the target is gone. A borrower that refuses
-   * the swap-off keeps its target: the lender never removes one with a session. Only a borrower
-   * known to be gone is not asked.
+   * Marks a lease failed, then (with `cleanUp`) asks the borrower to swap off and, only once it
+   * did, the lender to remove the target; gives the bytes back once the target is gone. Without
+   * the borrower's word (a borrower known to be gone is not asked; one that refuses, times out or
+   * fails) the lender removes the target by itself once no session has been seen for its grace.
    */
   async fail(leaseId: string, reason: string, cleanUp: boolean, borrowerGone = false): Promise<LeaseRecord | undefined> {
     trace.getActiveSpan()?.setStatus({ code: SpanStatusCode.ERROR, message: `lease ${leaseId} failed: ${reason}` });

@@ -138,17 +138,28 @@ export class Exporter {
 
   /**
    * What the broker is told in each announce: the leases it holds a target or ramfs for
-   * (`serving`), and those with a borrower logged in right now (`sessions`). A session is the data
-   * path's own proof that the borrower is alive and may be swapping there, whatever the bus says.
+   * (`serving`), and those with a borrower logged in now or within the session grace (`sessions`).
+   * A session is the data path's own proof that the borrower is alive and may be swapping there,
+   * whatever the bus says; the grace covers a session dropped for a moment by a stalled borrower
+   * (the same grace after which the target of a failed lease goes).
    */
   async report(): Promise<{ serving: string[]; sessions: string[] }> {
     return this.queue.run('tgt', async () => {
       const targets = await this.tgt.list();
+      const now = Date.now();
       const valid = (ids: Iterable<string>) => [...ids].filter((id) => LeaseId.safeParse(id).success).sort().slice(0, 4096);
-      const prefix = `${IQN_PREFIX}:${this.options.host}.`;
-      const loggedIn = targets.filter((t) => t.iqn.startsWith(prefix) && t.sessions.length > 0).map((t) => t.iqn.slice(prefix.length));
-      return { serving: valid(await this.held(targets)), sessions: valid(loggedIn) };
+      const held = await this.held(targets);
+      this.noteSessions(targets, held, now);
+      const recent = [...this.sessionSeen].filter(([, at]) => now - at < this.options.sessionGraceMs).map(([id]) => id);
+      return { serving: valid(held), sessions: valid(recent) };
     });
+  }
+
+  /** When each held lease last had a session (this process's clock), from a listing of tgtd's. */
+  private noteSessions(targets: TargetInfo[], held: Set<string>, now: number): void {
+    const prefix = `${IQN_PREFIX}:${this.options.host}.`;
+    for (const t of targets) if (t.iqn.startsWith(prefix) && t.sessions.length > 0) this.sessionSeen.set(t.iqn.slice(prefix.length), now);
+    for (const leaseId of this.sessionSeen.keys()) if (!held.has(leaseId)) this.sessionSeen.delete(leaseId);
   }
 
   /** The lease ids this host holds anything for: targets and ramfs mounts. */
@@ -169,6 +180,8 @@ export class Exporter {
   readonly orphans = new Set<string>();
   /** When each held lease last had a session (or was first seen without one), this process's clock. */
   private readonly lastSession = new Map<string, number>();
+  /** When each held lease last had a session, as far as this process saw (never "first seen"). */
+  private readonly sessionSeen = new Map<string, number>();
 
   /**
    * Removes what belongs to no live lease of this host (released, failed, or absent from KV) once
@@ -182,6 +195,7 @@ export class Exporter {
     const sessionsOf = (leaseId: string) => targets.find((t) => t.iqn === this.iqnFor(leaseId))?.sessions ?? [];
     const now = Date.now();
     const held = await this.held(targets);
+    this.noteSessions(targets, held, now);
     for (const leaseId of this.lastSession.keys()) if (!held.has(leaseId)) this.lastSession.delete(leaseId);
     this.orphans.clear();
     for (const leaseId of held) {

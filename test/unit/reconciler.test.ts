@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decide, stuckAfterMs, type ReconcilerOptions } from '../../services/broker/reconciler.js';
+import { decide, loggedInAtLender, stuckAfterMs, type ReconcilerOptions } from '../../services/broker/reconciler.js';
 import { transition } from '../../services/broker/states.js';
 import { LEASE_STATES } from '../../shared/lease-states.js';
 import type { LeaseRecord, LeaseState } from '../../shared/schemas.js';
@@ -71,4 +71,14 @@ test('reconciler - a silent borrower still logged in at its lender is not gone: 
   assert.equal(kept.do === 'rest' && kept.warn, true, 'worth a warning');
   assert.equal(decide(lease('active', { end: { reason: 'clear', at: now } }), silent, o).do, 'rest', 'a swap-off cannot be asked of it');
   assert.equal(decide(lease('active'), { ...silent, loggedInAtLender: false }, o).do, 'fail', 'once its session is gone, it is');
+});
+
+test("reconciler - logged in at the lender: the lease listed in the lender's own announce, while that announce is fresh", () => {
+  const l = lease('active');
+  const lender = (at: number, sessions?: string[]) => ({ host: l.lender, reservations: {}, exporter: { portal: '198.18.0.11:3260', at, ...(sessions ? { sessions } : {}) } });
+  assert.equal(loggedInAtLender(l, lender(now, [l.id]), now, o.announceTtlMs), true);
+  assert.equal(loggedInAtLender(l, lender(now - o.announceTtlMs - 1, [l.id]), now, o.announceTtlMs), false, 'a silent lender vouches for nothing');
+  assert.equal(loggedInAtLender(l, lender(now, ['l-000000000000']), now, o.announceTtlMs), false, 'another lease listed');
+  assert.equal(loggedInAtLender(l, lender(now), now, o.announceTtlMs), false, 'an exporter that sends no sessions');
+  assert.equal(loggedInAtLender(l, undefined, now, o.announceTtlMs), false, 'no record');
 });
