@@ -164,3 +164,28 @@ export function svgBars(rows: AppRow[], devices: string[], labels: Record<string
   out.push('</svg>');
   return out.join('\n') + '\n';
 }
+
+/** Random 4 KiB reads per second of a hard disk at queue depth 1: 80 (a 5,400 rpm laptop disk) to 200 (15,000 rpm). */
+export const HDD_MODEL_IOPS = [80, 100, 150, 200];
+
+/**
+ * A MODEL, not a measurement: what a fault would cost on a hard disk that serves `iops` random
+ * reads a second at queue depth 1 (seek + half a rotation + transfer, about 1/iops), against the
+ * measured median per-fault latency (page reads' p50) of each device, where the p50 is a fault
+ * (from 2x on). No hard disk was measured.
+ */
+export function hddModelTable(rows: AppRow[], devices: string[], labels: Record<string, string>, ratios: number[]): string {
+  const stats = summarize(rows, devices, ratios, 'touch').filter((s) => s.ratio >= 2 && s.of('touchP50Us'));
+  if (stats.length === 0) return '';
+  const lines = [
+    'HDD MODEL (no hard disk measured): a random 4 KiB read at queue depth 1 takes 1/IOPS (seek, half a rotation, transfer); each cell: that time over the device\'s measured median per-fault latency (page reads\' p50, data 2x and more) = how many times faster than the modeled disk.',
+    '',
+    `| data / limit | device | measured p50 µs | ${HDD_MODEL_IOPS.map((i) => `vs ${i} IOPS (${(1e6 / i / 1000).toFixed(1)} ms)`).join(' | ')} |`,
+    `| --- | --- | --- | ${HDD_MODEL_IOPS.map(() => '---').join(' | ')} |`,
+  ];
+  for (const s of stats) {
+    const p50 = s.of('touchP50Us')!.median;
+    lines.push(`| ${s.ratio}x | ${labels[s.device] ?? s.device} | ${fmt(p50)} | ${HDD_MODEL_IOPS.map((i) => `${fmt(1e6 / i / p50)}x`).join(' | ')} |`);
+  }
+  return lines.join('\n') + '\n';
+}

@@ -5,6 +5,7 @@
  *   node dist/bench/app/run.js [--devices none,local,zswap,zram,remote] [--ratios 1.5,2,3]
  *     [--limit 128MiB] [--runs 5] [--ops 20000] [--value 4KiB] [--apps redis,touch,sort]
  *     [--out bench/results/app] [--nats-port 14226] [--smoke]
+ *   node dist/bench/app/run.js --report bench/results/app     (tables and figure again from app.csv)
  *
  * Method, the same for every point:
  *   - a fixed amount of work, never a time cap: Redis loads `ratio x limit` of values, then serves
@@ -40,7 +41,7 @@ import { cleanupDevices, RUN, setUpDevice } from '../swap/devices.js';
 import { percentile } from '../rescue.js';
 import { xorshift32 } from '../swap/workload.js';
 import { RedisClient } from './resp.js';
-import { markdownTables, svgBars, toCsv, type AppRow } from './report.js';
+import { fromCsv, hddModelTable, markdownTables, svgBars, toCsv, type AppRow } from './report.js';
 
 export const APP_DEVICES = ['none', 'local', 'zswap', 'zram', 'remote'] as const;
 export type AppDevice = (typeof APP_DEVICES)[number];
@@ -398,12 +399,26 @@ function describe(row: AppRow): string {
   return `load ${row.loadS} s, GET ${row.getOps}/s p50 ${row.getP50Us} p99 ${row.getP99Us} p99.9 ${row.getP999Us} µs, SET ${row.setOps}/s, ${row.getFaultsPerOp} faults/GET, ${row.swapinsPerFault} swap-ins/fault${cache}`;
 }
 
+/** app.md and redis-get.svg from the rows: written by every run, and again by `--report DIR` from DIR/app.csv. */
+async function writeReport(rows: AppRow[], options: AppBenchOptions): Promise<void> {
+  const limit = formatBytes(options.limitBytes);
+  const tables = markdownTables(rows, options.devices, APP_LABELS, options.ratios);
+  const model = hddModelTable(rows, options.devices, APP_LABELS, options.ratios);
+  await writeFile(join(options.out, 'app.md'), `Memory cgroup limit ${limit}, values ${formatBytes(options.valueBytes)}, ${options.ops} GETs and ${options.ops} SETs per run, ${options.runs} run(s) per point.\n\n${tables}${model ? `\n${model}` : ''}`);
+  await writeFile(join(options.out, 'redis-get.svg'), svgBars(rows, options.devices, APP_LABELS, options.ratios, `Redis random GETs, ${limit} cgroup, median of runs (whiskers: min-max)`));
+}
+
+/** Rewrites a results folder's tables and figure from its app.csv and meta.json (no measuring). */
+export async function rewriteReport(dir: string): Promise<void> {
+  const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as { options: AppBenchOptions };
+  const devices = meta.options.devices.map((d) => d.split(':')[0]!) as AppDevice[];
+  await writeReport(fromCsv(await readFile(join(dir, 'app.csv'), 'utf8')), { ...meta.options, devices, out: dir });
+}
+
 async function writeOutputs(rows: AppRow[], options: AppBenchOptions): Promise<void> {
   await mkdir(options.out, { recursive: true });
   await writeFile(join(options.out, 'app.csv'), toCsv(rows));
-  const limit = formatBytes(options.limitBytes);
-  await writeFile(join(options.out, 'app.md'), `Memory cgroup limit ${limit}, values ${formatBytes(options.valueBytes)}, ${options.ops} GETs and ${options.ops} SETs per run, ${options.runs} run(s) per point.\n\n${markdownTables(rows, options.devices, APP_LABELS, options.ratios)}`);
-  await writeFile(join(options.out, 'redis-get.svg'), svgBars(rows, options.devices, APP_LABELS, options.ratios, `Redis random GETs, ${limit} cgroup, median of runs (whiskers: min-max)`));
+  await writeReport(rows, options);
   const meta = {
     at: new Date().toISOString(),
     command: `node ${process.argv.slice(1).map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`,
@@ -444,7 +459,9 @@ export function parseAppArgs(argv: string[]): AppBenchOptions {
 
 if (process.argv[1]?.endsWith('app/run.js')) {
   const started = Date.now();
-  runAppBench(parseAppArgs(process.argv.slice(2))).then(
+  const report = process.argv.indexOf('--report');
+  const work = report > 0 ? rewriteReport(process.argv[report + 1] ?? 'bench/results/app') : runAppBench(parseAppArgs(process.argv.slice(2)));
+  work.then(
     () => console.log(`done in ${Math.round((Date.now() - started) / 1000)} s`),
     (error: unknown) => {
       console.error(error);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { encode, parseReply, RedisError } from '../../bench/app/resp.js';
 import { parseAppArgs, roundOrder, valueOf } from '../../bench/app/run.js';
-import { fromCsv, markdownTables, spread, svgBars, toCsv, type AppRow } from '../../bench/app/report.js';
+import { fromCsv, hddModelTable, markdownTables, spread, svgBars, toCsv, type AppRow } from '../../bench/app/report.js';
 
 test('app bench - RESP: commands as arrays of bulk strings; replies of every type, and none until complete', () => {
   assert.equal(encode(['SET', 'k', Buffer.from('v\r\n')]).toString('latin1'), '*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n');
@@ -56,4 +56,14 @@ test('app bench - medians with their range over finished runs; OOM kills counted
   const svg = svgBars(rows, ['none', 'zram'], {}, [2], 't');
   assert.equal((svg.match(/<rect [^>]*height=/g) ?? []).length, 1 + 2, 'one bar, two legend boxes');
   assert.match(svg, />OOM</);
+});
+
+test('app bench - the HDD model: 1/IOPS over the measured per-fault p50, only where the p50 is a fault (2x and more), labelled a model', () => {
+  const touch = (device: string, ratio: number, p50: number): AppRow => ({ round: 1, app: 'touch', device, ratio, limitBytes: 1, dataBytes: 1, outcome: 'ok', touchP50Us: p50 });
+  const table = hddModelTable([touch('remote', 1.5, 0.8), touch('remote', 2, 100), touch('zram', 2, 5)], ['zram', 'remote'], { remote: 'rswap' }, [1.5, 2]);
+  assert.match(table, /^HDD MODEL \(no hard disk measured\)/);
+  assert.match(table, /\| 2x \| rswap \| 100 \| 125x \| 100x \| 66\.7x \| 50\.0x \|/, '12.5, 10, 6.7 and 5 ms over 100 µs');
+  assert.match(table, /\| 2x \| zram \| 5\.00 \| 2,500x \|/);
+  assert.doesNotMatch(table, /\| 1\.5x \|/, 'a p50 that is RAM is no fault');
+  assert.equal(hddModelTable([touch('remote', 1.5, 0.8)], ['remote'], {}, [1.5]), '');
 });
