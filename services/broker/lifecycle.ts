@@ -18,7 +18,7 @@ import type { HostStore } from './hosts.js';
 import { LeaseStore, newLeaseId } from './lease-store.js';
 import { chooseLender } from './policy.js';
 import { isTerminal } from './states.js';
-import { Reconciler, decide, loggedInAtLender, stuckAfterMs, type Outcome, type ReconcilerOptions } from './reconciler.js';
+import { Reconciler, decide, factsFor, stuckAfterMs, type Outcome, type ReconcilerOptions } from './reconciler.js';
 import type { UnservedDemand } from './demand.js';
 
 export { stuckAfterMs };
@@ -199,10 +199,7 @@ export class Lifecycle {
     const started = new Map<string, Promise<unknown>>();
     const kept = new Map<string, string>();
     for (const lease of read.leases ?? (await this.leases.list())) {
-      const borrowerSeenAt = hosts.get(lease.borrower)?.attacher?.at;
-      const loggedIn = lease.state === 'active' && loggedInAtLender(lease, hosts.get(lease.lender), now, this.options.announceTtlMs);
-      const facts = { me: this.brokerId, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender: loggedIn };
-      const action = decide(lease, facts, this.options);
+      const action = decide(lease, factsFor(lease, this.brokerId, now, hosts.get(lease.borrower), hosts.get(lease.lender), this.options.announceTtlMs), this.options);
       if (action.do === 'rest') {
         if (action.warn) kept.set(lease.id, action.why);
         continue;

@@ -81,6 +81,16 @@ export function loggedInAtLender(lease: LeaseRecord, lender: HostRecord | undefi
   return exporter !== undefined && now - exporter.at <= announceTtlMs && (exporter.sessions ?? []).includes(lease.id);
 }
 
+/**
+ * The facts `decide` needs about a lease, from its borrower's and lender's host records: one
+ * derivation for the reconciler and the broker's sweep. Liveness matters only to an active lease.
+ */
+export function factsFor(lease: LeaseRecord, me: string, now: number, borrower: HostRecord | undefined, lender: HostRecord | undefined, announceTtlMs: number): Facts {
+  if (lease.state !== 'active') return { me, now };
+  const borrowerSeenAt = borrower?.attacher?.at;
+  return { me, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender: loggedInAtLender(lease, lender, now, announceTtlMs) };
+}
+
 /** The next step for a lease, from the state table: pure, so every rule is unit-tested. */
 export function decide(lease: LeaseRecord, facts: Facts, o: ReconcilerOptions): Action {
   const row = LEASE_STATES[lease.state];
@@ -172,10 +182,9 @@ export class Reconciler {
     for (let steps = 0; steps < 12; steps += 1) {
       const lease = await this.leases.get(leaseId);
       if (!lease) return { ...outcome, lease: undefined };
-      const now = Date.now();
-      const borrowerSeenAt = lease.state === 'active' ? (await this.hosts.get(lease.borrower))?.attacher?.at : undefined;
-      const loggedIn = lease.state === 'active' && loggedInAtLender(lease, await this.hosts.get(lease.lender), now, this.options.announceTtlMs);
-      const action = decide(lease, { me: this.me, now, ...(borrowerSeenAt === undefined ? {} : { borrowerSeenAt }), loggedInAtLender: loggedIn }, this.options);
+      const active = lease.state === 'active'; // (only then are the host records read)
+      const [borrower, lender] = active ? await Promise.all([this.hosts.get(lease.borrower), this.hosts.get(lease.lender)]) : [undefined, undefined];
+      const action = decide(lease, factsFor(lease, this.me, Date.now(), borrower, lender, this.options.announceTtlMs), this.options);
       if (action.do === 'rest') return { ...outcome, lease };
       const error = await this.inLeaseTrace(lease, `${action.do} ${lease.id}`, () => this.take(lease, action));
       if (error !== undefined) outcome = { lease, error, failedAt: action.do };
