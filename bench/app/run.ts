@@ -26,7 +26,6 @@
  * meta.json to --out. --smoke: a small, fast run for the test suite.
  */
 import { access, mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
-import { cpus, release, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
@@ -42,6 +41,7 @@ import { percentile } from '../rescue.js';
 import { xorshift32 } from '../swap/workload.js';
 import { RedisClient } from './resp.js';
 import { fromCsv, hddModelTable, markdownTables, svgBars, toCsv, type AppRow } from './report.js';
+import { runMeta } from '../args.js';
 
 export const APP_DEVICES = ['none', 'local', 'zswap', 'zram', 'remote'] as const;
 export type AppDevice = (typeof APP_DEVICES)[number];
@@ -420,10 +420,7 @@ async function writeOutputs(rows: AppRow[], options: AppBenchOptions): Promise<v
   await writeFile(join(options.out, 'app.csv'), toCsv(rows));
   await writeReport(rows, options);
   const meta = {
-    at: new Date().toISOString(),
-    command: `node ${process.argv.slice(1).map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`,
-    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryBytes: totalmem(), kernel: release() },
-    pageCluster: (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim(),
+    ...(await runMeta()),
     zswapCompressor: (await readFile('/sys/module/zswap/parameters/compressor', 'utf8').catch(() => 'n/a')).trim(),
     redis: (await execa('redis-server', ['--version'], { reject: false })).stdout.trim(),
     options: { ...options, devices: options.devices.map((d) => `${d}: ${APP_LABELS[d]}`) },

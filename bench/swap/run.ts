@@ -14,7 +14,6 @@
  * --page-cluster sets vm.page-cluster for the run and puts the old value back after.
  */
 import { access, mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
-import { cpus, totalmem, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
@@ -26,6 +25,7 @@ import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
 import { cleanupDevices, DEVICE_LABELS, DEVICES, setUpDevice, type DeviceName } from './devices.js';
 import { markdownTables, svgFigure, toCsv, type Row, type Sweep } from './report.js';
 import { MODES, type Mode, type SwapWorkloadReport } from './workload.js';
+import { runMeta } from '../args.js';
 
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
 
@@ -185,10 +185,7 @@ async function writeOutputs(rows: Row[], options: SwapBenchOptions, oomKilled: s
   await writeFile(join(options.out, 'data-size.svg'), svgFigure(rows, 'data', devices, options.modes, `Swap throughput vs data size, ratio to local-disk swap (1 KiB blocks, ${scale})`));
   await writeFile(join(options.out, 'block-size.svg'), svgFigure(rows, 'block', devices, options.modes, `Swap throughput vs block size, ratio to local-disk swap (data = 1x, ${scale})`));
   const meta = {
-    at: new Date().toISOString(),
-    command: `node ${process.argv.slice(1).map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`,
-    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryBytes: totalmem(), kernel: release() },
-    pageCluster: (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim(),
+    ...(await runMeta()),
     // 0 on this VM: an idle vCPU halts at once, so every cross-CPU wake-up pays a VM exit (docs/benchmarks.md).
     guestHaltPollNs: (await readFile('/sys/module/haltpoll/parameters/guest_halt_poll_ns', 'utf8').catch(() => 'n/a')).trim(),
     oomKilled,
