@@ -273,6 +273,9 @@ test('invariants - a borrower that dies hard (no logout, its network gone) keeps
   assert.equal(reply.state, 'active', JSON.stringify(reply));
   const lease = (await listLeases(testbedBus(tb))).find((l) => l.id === reply.leaseId)!;
   assert.deepEqual((await targetOf(lease)).sessions, ['198.18.0.13'], 'host-c is logged in');
+  // The broker knows it from host-a's announce (every 10 s here, against a 5 s borrower timeout):
+  // waited for, or a lease younger than one announce would fail before host-a could vouch for it.
+  await waitFor('host-a reporting the session', async () => (await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')?.exporter?.sessions?.includes(lease.id), { timeoutMs: 60_000, intervalMs: 250 });
   // host-c dies: its link goes first (no FIN, no logout ever reaches host-a), then every process in it.
   const cutAt = Date.now();
   await run('ip', ['link', 'set', 'rsw-host-c', 'down']);
