@@ -11,7 +11,9 @@
  *   attach  exported -> active (attacher: login, self-test, mkswap, swapon)
  * Then the workload finishes verifying, the lease goes back after a 1 s cool-down, and the next run
  * starts. Usage: node dist/bench/rescue.js [--runs 20] [--out bench/results/rescue.json]
- *                                       [--dir /run/rswap/bench-rescue] [--nats-port 14224]
+ *                                       [--dir /run/rswap/bench-rescue] [--nats-port 14224] [--unsealed]
+ * Leases are sealed, as by default (docs/security.md); --unsealed runs the attacher with --unsealed,
+ * to show what sealing adds to the attach phase.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -59,6 +61,7 @@ async function main(): Promise<void> {
       localSwapBytes: 512 * MiB,
       brokerArgs: ['--release-cooldown-ms', '1000'],
       monitorArgs: ['--exit-hold-ms', '1000'],
+      ...(process.argv.includes('--unsealed') ? { attacherArgs: ['--unsealed'] } : {}),
     });
     const borrower = tb.hosts[1]!;
     // The monitor's own reader of a cgroup: swap in use is total_swap (v1) or memory.swap.current (v2).
@@ -127,7 +130,8 @@ async function main(): Promise<void> {
   );
   await mkdir(dirname(out), { recursive: true });
   const attempted = results.length + missed.length;
-  await writeFile(out, JSON.stringify({ runs: results.length, attempted, rescued: results.length, missed, at: new Date().toISOString(), summary, results }, null, 2) + '\n');
+  const sealed = !process.argv.includes('--unsealed');
+  await writeFile(out, JSON.stringify({ runs: results.length, attempted, rescued: results.length, sealed, missed, at: new Date().toISOString(), summary, results }, null, 2) + '\n');
   console.log(`\n| phase | p50 (ms) | p95 (ms) | min | max |\n|---|---|---|---|---|`);
   for (const p of PHASES) console.log(`| ${p} | ${summary[p]!.p50} | ${summary[p]!.p95} | ${summary[p]!.min} | ${summary[p]!.max} |`);
   console.log(`\n${results.length} of ${attempted} runs rescued; written to ${out}`);

@@ -11,6 +11,8 @@
  *   --idle-ms N       sleep N ms between passes (a workload that flaps between busy and idle)
  *   --fill-mib-per-s N  fill at most this fast (a workload that grows at a stated rate)
  *   --progress        JSON lines {"phase","done","total"} on stderr while it runs
+ *   --mark TEXT       start every 4 KiB page with TEXT (the rest stays random): a pattern a test
+ *                     can search for where the pages were swapped to
  */
 import { createHash, randomFillSync } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -36,6 +38,7 @@ async function main(): Promise<void> {
   const idleMs = args.includes('--idle-ms') ? Number(args[args.indexOf('--idle-ms') + 1]) : 0;
   const progress = args.includes('--progress');
   const fillRate = args.includes('--fill-mib-per-s') ? Number(args[args.indexOf('--fill-mib-per-s') + 1]) : Infinity;
+  const mark = args.includes('--mark') ? Buffer.from(args[args.indexOf('--mark') + 1] ?? '') : undefined;
   const report = (phase: string, done: number, total: number) => {
     if (progress && (done % 16 === 0 || done === total)) process.stderr.write(`${JSON.stringify({ phase, done, total })}\n`);
   };
@@ -47,6 +50,7 @@ async function main(): Promise<void> {
   for (let i = 0; i < chunks; i += 1) {
     const chunk = Buffer.allocUnsafeSlow(CHUNK);
     randomFillSync(chunk);
+    if (mark) for (let page = 0; page < CHUNK; page += 4096) mark.copy(chunk, page);
     data.push(chunk);
     digests.push(createHash('sha256').update(chunk).digest('hex'));
     report('fill', i + 1, chunks);

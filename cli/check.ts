@@ -141,6 +141,7 @@ export function checkCompose(text: string): string[] {
     if (!/^http:\/\/[^/]+:4318\/?$/.test(otlp)) problems.push(`${role}: OTEL_EXPORTER_OTLP_ENDPOINT '${otlp}' is not Jaeger's OTLP/HTTP port 4318`);
     if (!env.RSWAP_CREDS) problems.push(`${role}: RSWAP_CREDS is not set: it needs its NATS credentials (rswap auth)`);
     if (env.RSWAP_INSECURE !== undefined || cmd.includes('--insecure')) problems.push(`${role}: runs without NATS identity and TLS (--insecure / RSWAP_INSECURE)`);
+    if (env.RSWAP_UNSEALED !== undefined || cmd.includes('--unsealed')) problems.push(`${role}: swaps to leases unencrypted (--unsealed / RSWAP_UNSEALED): lenders can read its pages`);
     if (agent) {
       if (s.privileged !== true) problems.push(`${role}: host agents must be privileged (swap, mounts, loop devices, iSCSI)`);
       if (s.network_mode !== 'host') problems.push(`${role}: host agents must use network_mode: host (portals and initiators use the host's addresses)`);
@@ -164,6 +165,7 @@ function checkUnitAuth(where: string, text: string): string[] {
     problems.push(`${where}: NATS credentials are needed: LoadCredential=creds:FILE and Environment=RSWAP_CREDS=%d/creds`);
   }
   if (/--insecure|RSWAP_INSECURE/.test(text)) problems.push(`${where}: runs without NATS identity and TLS (--insecure / RSWAP_INSECURE)`);
+  if (/--unsealed|RSWAP_UNSEALED/.test(text)) problems.push(`${where}: swaps to leases unencrypted (--unsealed / RSWAP_UNSEALED): lenders can read its pages`);
   return problems;
 }
 

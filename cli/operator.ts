@@ -167,7 +167,7 @@ export function hostsTable(hosts: HostRecord[]): string {
     rows.push([
       h.cordoned ? `${h.host} (cordoned)` : h.host,
       h.exporter?.portal ?? '-',
-      h.attacher ? `${h.attacher.initiator} ${h.attacher.address}` : '-',
+      h.attacher ? `${h.attacher.initiator}${h.attacher.sealed === false ? ' UNSEALED' : ''} ${h.attacher.address}` : '-',
       h.offer ? formatBytes(h.offer.lendableBytes) : '-',
       ago(h.offer?.at, now),
       formatBytes(reservedBytes(h)),

@@ -85,7 +85,8 @@ serviceCommand('attacher', 'swap onto remote memory leased to this host', keysOf
   .addOption(new Option('--initiator <kind>', 'iSCSI initiator (default auto: kernel where iscsi_tcp exists)').choices(['auto', 'kernel', 'userspace']))
   .option('--state-dir <path>', 'default /var/lib/rswap/attacher')
   .option('--swap-priority <n>', 'priority of remote swap (default: highest local + 100)')
-  .option('--swapoff-margin-bytes <size>', 'RAM left free after a swap-off (default 256MiB)');
+  .option('--swapoff-margin-bytes <size>', 'RAM left free after a swap-off (default 256MiB)')
+  .option('--unsealed', 'swap to leases unencrypted: every lender can read and change the pages (warned about; default: sealed with a per-lease key held only here; env RSWAP_UNSEALED)');
 
 serviceCommand('monitor', 'watch this host\'s memory (or one cgroup\'s) and publish pressure, relief and surplus', keysOf(MonitorConfig), startMonitor)
   .option('--scope <scope>', "'machine' (default) or 'cgroup:/sys/fs/cgroup/...' for one memory cgroup")

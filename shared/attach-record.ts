@@ -13,9 +13,11 @@ import { LeaseId, Target } from './schemas.js';
 export const AttachRecord = z.object({
   leaseId: LeaseId,
   target: Target,
-  /** The swap area as /proc/swaps names it: /dev/sdX (kernel initiator) or /dev/loopN (userspace). */
+  /** The swap area as /proc/swaps names it: /dev/sdX or /dev/mapper/rswap-<lease> (kernel initiator), /dev/loopN (userspace). */
   device: z.string().startsWith('/'),
   priority: z.number().int(),
+  /** Whether the swap area encrypts what goes to the lease (absent in records written before sealing). */
+  sealed: z.boolean().optional(),
 });
 export type AttachRecord = z.infer<typeof AttachRecord>;
 

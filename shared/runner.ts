@@ -13,7 +13,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Strings to redact from logs and errors (CHAP secrets on an iscsiadm command line). */
   secrets?: string[];
-  input?: string;
+  /** Standard input; a Buffer lets a caller zero a secret (a dm-crypt table) once it is handed over. */
+  input?: string | Uint8Array;
   /** Exit codes that count as success besides 0 (e.g. a query that exits 1 for "none"). */
   okExitCodes?: number[];
 }

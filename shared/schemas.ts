@@ -124,6 +124,8 @@ export const AnnounceEvent = z.discriminatedUnion('role', [
     iqn: Iqn,
     address: Ipv4,
     initiator: InitiatorKind,
+    /** Whether what it swaps to a lease is encrypted with a key only it holds (false: --unsealed). */
+    sealed: z.boolean().optional(),
     at: Timestamp,
   }),
 ]);
@@ -190,7 +192,7 @@ export function replySchema<T extends z.ZodRawShape>(shape: T) {
   return z.union([z.object({ ok: z.literal(true), ...shape }), z.object({ ok: z.literal(false), error: ErrorBody })]);
 }
 export const ExportReply = replySchema({ target: Target, chap: Chap });
-export const AttachReply = replySchema({ device: z.string(), priority: z.number().int(), initiator: InitiatorKind });
+export const AttachReply = replySchema({ device: z.string(), priority: z.number().int(), initiator: InitiatorKind, sealed: z.boolean().optional() });
 export const OkReply = replySchema({});
 
 // ---- KV records ----
@@ -213,6 +215,8 @@ export const LeaseRecord = z.object({
   target: Target.optional(),
   device: z.string().optional(),
   initiator: InitiatorKind.optional(),
+  /** Whether the borrower encrypts what it swaps to this lease (its attach reply says). */
+  sealed: z.boolean().optional(),
   /** The broker that took the lease's latest step (another takes it over if that step is overdue). */
   driver: z.string().optional(),
   /**
@@ -242,7 +246,7 @@ export const HostRecord = z.object({
       lostAt: Timestamp.optional(),
     })
     .optional(),
-  attacher: z.object({ iqn: Iqn, address: Ipv4, initiator: InitiatorKind, at: Timestamp }).optional(),
+  attacher: z.object({ iqn: Iqn, address: Ipv4, initiator: InitiatorKind, sealed: z.boolean().optional(), at: Timestamp }).optional(),
   offer: z.object({ lendableBytes: Bytes, lentBytes: Bytes, deficitBytes: Bytes.default(0), at: Timestamp }).optional(),
   pressure: z.object({ neededBytes: Bytes, at: Timestamp }).optional(),
   /** A broker bringing up a lease for this borrower: no other broker starts one meanwhile. */

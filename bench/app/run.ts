@@ -4,7 +4,7 @@
  *
  *   node dist/bench/app/run.js [--devices none,local,zswap,zram,remote] [--ratios 1.5,2,3]
  *     [--limit 128MiB] [--runs 5] [--ops 20000] [--value 4KiB] [--apps redis,touch,sort]
- *     [--out bench/results/app] [--nats-port 14226] [--smoke]
+ *     [--out bench/results/app] [--nats-port 14226] [--vma-readahead on|off] [--smoke]
  *   node dist/bench/app/run.js --report bench/results/app     (tables and figure again from app.csv)
  *
  * Method, the same for every point:
@@ -43,14 +43,15 @@ import { RedisClient } from './resp.js';
 import { fromCsv, hddModelTable, markdownTables, svgBars, toCsv, type AppRow } from './report.js';
 import { runMeta } from '../args.js';
 
-export const APP_DEVICES = ['none', 'local', 'zswap', 'zram', 'remote'] as const;
+export const APP_DEVICES = ['none', 'local', 'zswap', 'zram', 'remote', 'remote-unsealed'] as const;
 export type AppDevice = (typeof APP_DEVICES)[number];
 export const APP_LABELS: Record<AppDevice, string> = {
   none: 'no swap',
   local: 'local disk swap file (virtio)',
   zswap: 'zswap in front of the local disk',
   zram: 'zram (RAM, the ceiling)',
-  remote: 'rswap, userspace initiator',
+  remote: 'rswap, userspace initiator (sealed)',
+  'remote-unsealed': 'rswap, userspace initiator, unsealed',
 };
 
 export interface AppBenchOptions {
@@ -63,11 +64,24 @@ export interface AppBenchOptions {
   apps: AppRow['app'][];
   out: string;
   natsPort: number;
+  /** Sets /sys/kernel/mm/swap/vma_ra_enabled for the run (and puts it back): the readahead check. */
+  vmaReadahead?: boolean;
 }
 
 const SORT_JOB = resolve(fileURLToPath(import.meta.url), '../sort-job.js');
 const TOUCH_JOB = resolve(fileURLToPath(import.meta.url), '../touch-job.js');
 const ZSWAP = '/sys/module/zswap/parameters/enabled';
+const VMA_RA = '/sys/kernel/mm/swap/vma_ra_enabled';
+
+/** The rotational flag of the block device a swap area is on (its own, or its file's disk). */
+async function rotational(path: string): Promise<string> {
+  const { stat } = await import('node:fs/promises');
+  const st = await stat(path);
+  const dev = st.isBlockDevice() ? st.rdev : st.dev;
+  const sys = `/sys/dev/block/${Math.floor(dev / 256) & 0xfff}:${(dev & 0xff) | ((dev >> 12) & 0xfff00)}`;
+  const flag = await readFile(`${sys}/queue/rotational`, 'utf8').catch(() => readFile(`${sys}/../queue/rotational`, 'utf8')).catch(() => '?');
+  return flag.trim();
+}
 const ATTEMPTS = 3;
 const CGROUP_PREFIX = 'rswap-bench-app-';
 let running: ResultPromise | undefined;
@@ -345,8 +359,10 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
   process.on('SIGTERM', stop);
   const runParentExisted = await access('/run/rswap').then(() => true, () => false);
   const zswapBefore = (await readFile(ZSWAP, 'utf8').catch(() => 'N')).trim();
+  const vmaBefore = (await readFile(VMA_RA, 'utf8').catch(() => '')).trim();
   await cleanup(run, log);
   try {
+    if (options.vmaReadahead !== undefined) await writeFile(VMA_RA, options.vmaReadahead ? 'true' : 'false');
     for (let round = 1; round <= options.runs; round += 1) {
       for (const device of roundOrder(options.devices, round)) {
         const started = Date.now();
@@ -358,7 +374,10 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
           } else if ((await readSwaps()).length > 0) {
             progress('  (swap areas exist on this machine; the no-swap cgroup is kept off them by its memsw limit)');
           }
-          const fuseFile = device === 'remote' && d.path ? await backingFile(run, d.path) : undefined;
+          const fuseFile = (device === 'remote' || device === 'remote-unsealed') && d.path ? await backingFile(run, d.path) : undefined;
+          // Which swap readahead the kernel uses: per VMA unless a rotational area is on (then by
+          // swap offset for all), so the device's rotational flag explains readahead differences.
+          if (d.path) progress(`  ${device}: ${d.path}, rotational ${await rotational(d.path)}, vma_ra_enabled ${(await readFile(VMA_RA, 'utf8').catch(() => '?')).trim()}`);
           for (const ratio of options.ratios) {
             for (const app of options.apps) {
               const m: Measure = { round, device, ratio, options, run, ...(fuseFile ? { fuseFile } : {}) };
@@ -384,6 +403,7 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
     await writeFile(ZSWAP, zswapBefore).catch(() => {});
+    if (vmaBefore) await writeFile(VMA_RA, vmaBefore).catch(() => {});
     await cleanup(run, log);
     if (!runParentExisted) await rmdir('/run/rswap').catch(() => {});
   }
@@ -435,11 +455,14 @@ export function parseAppArgs(argv: string[]): AppBenchOptions {
   };
   const smoke = argv.includes('--smoke');
   const list = (name: string, fallback: string) => (value(name) ?? fallback).split(',').filter(Boolean);
-  const devices = list('devices', smoke ? 'none,zram' : APP_DEVICES.join(','));
+  // remote-unsealed only when asked for (the cost of sealing): the default compares what users run.
+  const devices = list('devices', smoke ? 'none,zram' : APP_DEVICES.filter((d) => d !== 'remote-unsealed').join(','));
   for (const d of devices) if (!(APP_DEVICES as readonly string[]).includes(d)) throw new Error(`unknown device '${d}'; devices are ${APP_DEVICES.join(', ')}`);
   const apps = list('apps', 'redis,touch,sort');
   for (const a of apps) if (!['redis', 'sort', 'touch'].includes(a)) throw new Error(`unknown app '${a}'; apps are redis, touch, sort`);
   const ratios = list('ratios', smoke ? '1.5' : '1.5,2,3').map(Number);
+  const vma = value('vma-readahead');
+  if (vma !== undefined && vma !== 'on' && vma !== 'off') throw new Error(`--vma-readahead is on or off, not '${vma}'`);
   if (ratios.some((r) => !(r > 0 && r <= 8))) throw new Error(`ratios must be in (0, 8]: ${ratios.join(',')}`);
   return {
     devices: devices as AppDevice[],
@@ -451,6 +474,7 @@ export function parseAppArgs(argv: string[]): AppBenchOptions {
     valueBytes: parseBytes(value('value') ?? '4KiB'),
     out: value('out') ?? 'bench/results/app',
     natsPort: Number(value('nats-port') ?? 14226),
+    ...(vma !== undefined ? { vmaReadahead: vma === 'on' } : {}),
   };
 }
 

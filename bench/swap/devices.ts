@@ -4,7 +4,8 @@
  * again by those paths, so `cleanupDevices` also mends an interrupted run and touches nothing else.
  *
  *   remote      an rswap lease on the testbed: tgt on ramfs in host-a's namespace, the userspace
- *               initiator (qemu-storage-daemon + FUSE + loop) on the borrower
+ *               initiator (qemu-storage-daemon + FUSE + loop) on the borrower, sealed (luks)
+ *   remote-unsealed  the same lease with the attacher's --unsealed: what sealing costs
  *   local       a swap file on the local disk (here a virtio disk), the paper's baseline
  *   hdd-model   a MODEL of the paper's hard disk: a file on the local disk behind
  *               qemu-storage-daemon's throttle (150 IOPS, 120 MB/s), FUSE and loop
@@ -24,11 +25,12 @@ import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../c
 import { chooseSwapPriority } from '../../services/attacher/swap.js';
 import { stopGracefully } from '../../shared/process.js';
 
-export const DEVICES = ['remote', 'local', 'hdd-model', 'zram', 'ramfs-loop'] as const;
+export const DEVICES = ['remote', 'local', 'hdd-model', 'zram', 'ramfs-loop', 'remote-unsealed'] as const;
 export type DeviceName = (typeof DEVICES)[number];
 
 export const DEVICE_LABELS: Record<DeviceName, string> = {
-  remote: 'rswap remote (tgt on ramfs, userspace initiator)',
+  remote: 'rswap remote (tgt on ramfs, userspace initiator, sealed)',
+  'remote-unsealed': 'rswap remote, unsealed (--unsealed)',
   local: 'local disk swap file (virtio)',
   'hdd-model': 'HDD model (150 IOPS, 120 MB/s throttle)',
   zram: 'zram',
@@ -178,8 +180,10 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
       await recordLoop(device);
       return { name, path: device, priority: await swapOn(run, device), teardown };
     }
-    case 'remote': {
+    case 'remote':
+    case 'remote-unsealed': {
       // host-a lends; host-b borrows. No monitors: the bench asks for exactly one lease of `size`.
+      const attacherArgs = [...(options.attacherArgs ?? []), ...(name === 'remote-unsealed' ? ['--unsealed'] : [])];
       const tb = await testbedUp(run, log, {
         dir: TESTBED,
         hosts: 2,
@@ -188,7 +192,7 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
         memoryBytes: [size + 512 * MiB, 256 * MiB],
         reserveBytes: [256 * MiB, 64 * MiB],
         ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
-        ...(options.attacherArgs ? { attacherArgs: options.attacherArgs } : {}),
+        ...(attacherArgs.length > 0 ? { attacherArgs } : {}),
       });
       await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', `${size + 256 * MiB}`, '0');
       await injectPressure(testbedBus(tb, 'host-b'), 'host-b', String(size));

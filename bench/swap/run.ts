@@ -201,7 +201,7 @@ function parseArgs(argv: string[]): SwapBenchOptions {
   };
   const smoke = argv.includes('--smoke');
   const list = (name: string, fallback: string) => (value(name) ?? fallback).split(',').filter(Boolean);
-  const devices = list('devices', DEVICES.join(','));
+  const devices = list('devices', DEVICES.filter((d) => d !== 'remote-unsealed').join(','));
   for (const d of devices) if (!(DEVICES as readonly string[]).includes(d)) throw new Error(`unknown device '${d}'; devices are ${DEVICES.join(', ')}`);
   const modes = list('modes', MODES.join(','));
   for (const m of modes) if (!(MODES as readonly string[]).includes(m)) throw new Error(`unknown mode '${m}'; modes are ${MODES.join(', ')}`);

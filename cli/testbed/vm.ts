@@ -18,8 +18,11 @@ import type { Logger } from '../../shared/log.js';
 
 export const VM_CACHE = '/var/cache/rswap/vm';
 
-/** The modules the VM loads at boot (their dependencies come with them, in order). */
-const MODULES = ['virtio_pci', 'virtio_net', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel', 'fuse', 'loop'];
+/**
+ * The modules the VM loads at boot (their dependencies come with them, in order). dm_crypt, xts
+ * and aesni_intel seal what the kernel path swaps: the VM cannot load modules on demand.
+ */
+const MODULES = ['virtio_pci', 'virtio_net', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel', 'fuse', 'loop', 'dm_crypt', 'xts', 'aesni_intel'];
 
 export interface VmImage {
   version: string;

@@ -52,27 +52,30 @@ export class Attacher {
     return leaseDevices(this.options.stateDir);
   }
 
-  async attach(request: AttachRequest): Promise<{ device: string; priority: number; initiator: 'kernel' | 'userspace' }> {
+  async attach(request: AttachRequest): Promise<{ device: string; priority: number; initiator: 'kernel' | 'userspace'; sealed: boolean }> {
     return this.serial(async () => {
       const kind = this.initiator.kind;
+      const sealed = this.initiator.sealed;
       const done = await this.record(request.leaseId);
       const swaps = await readSwaps();
-      if (done && swaps.some((a) => a.path === done.device)) return { device: done.device, priority: done.priority, initiator: kind };
+      // Done before (a repeated command, or a restart): reported as it was built, not as configured now.
+      if (done && swaps.some((a) => a.path === done.device)) return { device: done.device, priority: done.priority, initiator: kind, sealed: done.sealed ?? false };
       // Refused before any login: swapon would fail past the kernel's limit, after all the work.
       if (swaps.length >= this.options.maxSwapAreas) {
         throw new RswapError(ErrorCodes.NO_CAPACITY, `this host has ${swaps.length} swap areas, the most it takes (--max-swap-areas ${this.options.maxSwapAreas}; the kernel allows 32)`);
       }
       await mkdir(this.dir(request.leaseId), { recursive: true, mode: 0o700 });
-      const device = await this.initiator.login(request.leaseId, request.target, request.chap);
       try {
-        await selfTest(this.run, device, request.sizeBytes, this.dir(request.leaseId), () => this.initiator.dropCaches(request.leaseId, device));
+        // Inside the try: a login that fails after its session is up (sealing, the disk) logs out.
+        const device = await this.initiator.login(request.leaseId, request.target, request.chap);
+        await selfTest(this.run, device, this.dir(request.leaseId), () => this.initiator.dropCaches(request.leaseId, device));
         const priority = chooseSwapPriority(swaps, await this.remoteDevices(), this.options.swapPriority);
         await this.run('mkswap', ['-L', request.leaseId, device]);
         // Written whole or not at all: an attacher killed mid-write never leaves a torn record.
-        await writeAttachRecord(this.options.stateDir, { leaseId: request.leaseId, target: request.target, device, priority });
+        await writeAttachRecord(this.options.stateDir, { leaseId: request.leaseId, target: request.target, device, priority, sealed });
         await this.run('swapon', ['-p', String(priority), device]);
-        this.log.info({ leaseId: request.leaseId, device, priority, initiator: kind }, 'swap on remote memory active');
-        return { device, priority, initiator: kind };
+        this.log.info({ leaseId: request.leaseId, device, priority, initiator: kind, sealed }, 'swap on remote memory active');
+        return { device, priority, initiator: kind, sealed };
       } catch (error) {
         await this.initiator.logout(request.leaseId, request.target).catch((e) => this.log.error({ leaseId: request.leaseId, err: errorMessage(e) }, 'logout after failed attach'));
         await rm(this.dir(request.leaseId), { recursive: true, force: true });

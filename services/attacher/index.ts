@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { createLogger, type Logger } from '../../shared/log.js';
 import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, publishJson, RejectCounter } from '../../shared/messaging.js';
-import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
+import { BoolSetting, SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { createRunner, type Runner } from '../../shared/runner.js';
 import { getParsed } from '../../shared/kv.js';
 import { requireLease } from '../../shared/lease-check.js';
@@ -27,6 +27,8 @@ export const AttacherConfig = z.strictObject({
   iqn: Iqn.optional(), // default iqn.2026-11.io.rswap:<host>
   initiator: z.enum(['auto', 'kernel', 'userspace']).default('auto'),
   stateDir: z.string().startsWith('/').default('/var/lib/rswap/attacher'),
+  /** Swap to leases in the clear: the lender can read every page (warned about on start and attach). */
+  unsealed: BoolSetting.default(false),
   swapPriority: z.coerce.number().int().min(0).max(32767).optional(), // default: local max + 100
   swapoffMarginBytes: SizeSetting.default(256 * 1024 * 1024), // 256 MiB
   /** Swap areas this host may have in all, local ones included: the kernel allows at most 32 (MAX_SWAPFILES, fewer with some options). */
@@ -42,6 +44,9 @@ export const AttacherConfig = z.strictObject({
 });
 export type AttacherConfig = z.infer<typeof AttacherConfig>;
 
+export const UNSEALED_WARNING =
+  'UNSEALED: swapping to leases without encryption (--unsealed). Every lender this host borrows from can read and change the pages it swaps there: process memory, keys and passwords included.';
+
 const exists = (path: string) => access(path).then(() => true, () => false);
 
 /** kernel where open-iscsi can work (iscsi_tcp loaded or loadable), else userspace. */
@@ -53,8 +58,11 @@ export async function pickInitiator(wanted: 'auto' | 'kernel' | 'userspace', run
 }
 
 export function makeInitiator(kind: 'kernel' | 'userspace', run: Runner, log: Logger, config: AttacherConfig, iqn: string): Initiator {
-  if (kind === 'kernel') return new KernelInitiator(run, log, { initiatorIqn: iqn, replacementTimeoutS: config.replacementTimeoutS, deviceWaitMs: 15_000 });
-  return new UserspaceInitiator(run, log, config.stateDir, iqn);
+  const seal = !config.unsealed;
+  if (kind === 'kernel') return new KernelInitiator(run, log, { initiatorIqn: iqn, replacementTimeoutS: config.replacementTimeoutS, deviceWaitMs: 15_000, seal });
+  const userspace = new UserspaceInitiator(run, log, config.stateDir, iqn, seal);
+  userspace.prepare(); // the first lease's LUKS header, made before any attach waits for it
+  return userspace;
 }
 
 export async function startAttacher(raw: Record<string, unknown>) {
@@ -84,7 +92,7 @@ export async function startAttacher(raw: Record<string, unknown>) {
   });
 
   const stopAnnounce = announceLoop(nc, config.announceIntervalMs, log, () => {
-    publishJson(nc, subjects.announce(me), { host: me, role: 'attacher', iqn, address: config.address, initiator: kind, at: Date.now() });
+    publishJson(nc, subjects.announce(me), { host: me, role: 'attacher', iqn, address: config.address, initiator: kind, sealed: !config.unsealed, at: Date.now() });
   });
   const stopReconcile = every(config.reconcileIntervalMs, 'reconcile', log, async () => {
     await attacher.reconcile(async (leaseId) => (await getParsed(stores.leases, leaseId, LeaseRecord))?.value);
@@ -105,6 +113,7 @@ export async function startAttacher(raw: Record<string, unknown>) {
     metricsServer?.close();
     await stop();
   });
-  log.info({ initiator: kind, iqn, address: config.address }, 'attacher started');
+  if (config.unsealed) log.warn(UNSEALED_WARNING);
+  log.info({ initiator: kind, iqn, address: config.address, sealed: !config.unsealed }, 'attacher started');
   return { nc, attacher, rejects, stop: async () => { metricsServer?.close(); await stop(); await nc.drain(); } };
 }

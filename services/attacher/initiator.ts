@@ -3,6 +3,8 @@ import type { Chap, Target } from '../../shared/schemas.js';
 
 export interface Initiator {
   readonly kind: 'kernel' | 'userspace';
+  /** Whether login seals the lease (seal.ts): what it swaps there is encrypted with a key held only here. */
+  readonly sealed: boolean;
   /** Logs in and returns the block device to swap on. Idempotent by lease id. */
   login(leaseId: string, target: Target, chap: Chap): Promise<string>;
   /** Logs out and removes everything login made. Idempotent: nothing there is fine. */

@@ -13,6 +13,7 @@ import type { Runner } from '../../shared/runner.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import type { Chap, Target } from '../../shared/schemas.js';
 import type { Initiator } from './initiator.js';
+import { closeSealedMapping, openSealedMapping } from './seal.js';
 
 export const IFACE = 'rswap';
 /** iscsiadm exit code: no matching session / no records found. */
@@ -24,8 +25,12 @@ export interface KernelOptions {
   replacementTimeoutS: number;
   /** How long to wait for the LUN's disk after login. */
   deviceWaitMs: number;
+  /** Swap through dm-crypt with a random key held only in this kernel (seal.ts). */
+  seal: boolean;
   /** Where sysfs is (tests use a fake tree). */
   sysfs?: string;
+  /** The device mapper's control node (tests name a stand-in). */
+  dmControl?: string;
 }
 
 /**
@@ -57,6 +62,9 @@ export function byPathLink(target: Target): string {
 
 export class KernelInitiator implements Initiator {
   readonly kind = 'kernel' as const;
+  get sealed(): boolean {
+    return this.options.seal;
+  }
 
   constructor(
     private readonly run: Runner,
@@ -98,8 +106,16 @@ export class KernelInitiator implements Initiator {
     for (let waited = 0; ; waited += 100) {
       const device = (await access(link).then(() => link, () => undefined)) ?? (await sessionDevice(target, this.options.sysfs));
       if (device) {
-        this.log.info({ leaseId, device: await realpath(device) }, 'iscsi session up');
-        return device;
+        // The real node, as /proc/swaps will name it (a by-path link or a udev /dev/mapper link is not).
+        const disk = await realpath(device);
+        this.log.info({ leaseId, device: disk }, 'iscsi session up');
+        if (!this.options.seal) {
+          this.log.warn({ leaseId }, 'lease UNSEALED: the lender can read every page swapped to it');
+          return disk;
+        }
+        const sealed = await realpath(await openSealedMapping(this.run, leaseId, disk, this.options.dmControl));
+        this.log.info({ leaseId, device: sealed }, 'lease sealed (dm-crypt, key held only here)');
+        return sealed;
       }
       if (waited >= this.options.deviceWaitMs) {
         throw new RswapError(ErrorCodes.TIMEOUT, `lease ${leaseId}: logged in but neither ${link} nor the session's disk in sysfs appeared within ${this.options.deviceWaitMs}ms`);
@@ -109,6 +125,8 @@ export class KernelInitiator implements Initiator {
   }
 
   async logout(leaseId: string, target: Target | undefined): Promise<void> {
+    // The mapping goes first: it holds the disk open, and with it goes the key.
+    await closeSealedMapping(this.run, leaseId, this.options.dmControl);
     if (!target) return;
     await this.run('iscsiadm', [...this.node(target), '--logout'], { okExitCodes: [ISCSI_ERR_NO_OBJS_FOUND] });
     await this.run('iscsiadm', [...this.node(target), '-o', 'delete'], { okExitCodes: [ISCSI_ERR_NO_OBJS_FOUND] });

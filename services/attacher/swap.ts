@@ -45,9 +45,14 @@ const PATTERN_BYTES = 1024 * 1024; // 1 MiB at each end of the device
  * cache between the device and the target, reads both back and compares. A device that returns
  * anything else is refused before mkswap can put pages on it.
  */
-export async function selfTest(run: Runner, device: string, sizeBytes: number, workDir: string, dropCaches: () => Promise<void>): Promise<void> {
+export async function selfTest(run: Runner, device: string, workDir: string, dropCaches: () => Promise<void>): Promise<void> {
   const pattern = join(workDir, 'selftest.pattern');
   const readBack = join(workDir, 'selftest.read');
+  // The device's own size: a sealed one is the lease less its header.
+  const sizeBytes = Number((await run('blockdev', ['--getsize64', device])).stdout.trim());
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 2 * PATTERN_BYTES) {
+    throw new RswapError(ErrorCodes.SELF_TEST_FAILED, `self-test refused ${device}: its size (${sizeBytes} bytes) is under 2 MiB`);
+  }
   const offsetsMiB = [0, Math.floor(sizeBytes / PATTERN_BYTES) - 1];
   const data = randomBytes(PATTERN_BYTES);
   await writeFile(pattern, data, { mode: 0o600 });

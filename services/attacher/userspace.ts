@@ -3,6 +3,9 @@
  * onto a regular file; a loop device on that file is what the kernel swaps on. For kernels without
  * iscsi_tcp (containers, these test machines). Slower and less safe than the kernel path: its
  * sockets get no memory reserves, so it must stay out of memory-limited cgroups.
+ *
+ * Sealed (the default), the daemon puts its `luks` driver between the LUN and the export, keyed
+ * by a random passphrase handed over its QMP socket: the lender stores only ciphertext. See seal.ts.
  */
 import { readFile, readdir, writeFile, mkdir, rm, access } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -14,6 +17,8 @@ import type { Chap, Target } from '../../shared/schemas.js';
 import type { Initiator } from './initiator.js';
 import { escapeToRootMemoryCgroup } from './cgroup.js';
 import { isAlive, stopGracefully } from '../../shared/process.js';
+import { Qmp } from './qmp.js';
+import { exportLun, makeLuksHeader, type LuksHeader } from './seal.js';
 
 export class UserspaceInitiator implements Initiator {
   readonly kind = 'userspace' as const;
@@ -23,14 +28,41 @@ export class UserspaceInitiator implements Initiator {
     private readonly log: Logger,
     private readonly stateDir: string,
     private readonly initiatorIqn: string,
+    /** Encrypt what is swapped to the lease with a key that never leaves this host (seal.ts). */
+    readonly sealed: boolean,
   ) {}
+
+  /** The next lease's LUKS header, made while no attach waits (undefined: none made or it failed). */
+  private spare: Promise<LuksHeader | undefined> | undefined;
+
+  /** Starts making a spare header, so the first attach does not wait about 2 s for one. */
+  prepare(): void {
+    if (this.sealed && !this.spare) this.spare = this.makeSpare();
+  }
+
+  private makeSpare(): Promise<LuksHeader | undefined> {
+    return makeLuksHeader(this.run, this.stateDir).catch((error: unknown) => {
+      this.log.warn({ err: errorMessage(error) }, 'could not make a spare LUKS header; the next attach makes its own');
+      return undefined;
+    });
+  }
+
+  /** A header for this attach (the spare, or one made now), and the next spare started. */
+  private async takeHeader(): Promise<LuksHeader> {
+    const ready = this.spare ? await this.spare : undefined;
+    this.spare = this.makeSpare();
+    return ready ?? (await makeLuksHeader(this.run, this.stateDir));
+  }
 
   private paths(leaseId: string) {
     const dir = join(this.stateDir, 'leases', leaseId);
-    return { dir, secret: join(dir, 'chap.secret'), exportFile: join(dir, 'export'), pidfile: join(dir, 'qsd.pid'), loopFile: join(dir, LOOP_FILE) };
+    return { dir, secret: join(dir, 'chap.secret'), exportFile: join(dir, 'export'), pidfile: join(dir, 'qsd.pid'), qmp: join(dir, 'qmp.sock'), loopFile: join(dir, LOOP_FILE) };
   }
 
-  /** The qemu-storage-daemon arguments; the secret travels in a file, never on the command line. */
+  /**
+   * The qemu-storage-daemon arguments: the LUN and a QMP socket; the export (sealed or not) is
+   * added over QMP once the daemon runs. The CHAP secret travels in a file, never on the command line.
+   */
   daemonArgs(leaseId: string, target: Target, chap: Chap): string[] {
     const p = this.paths(leaseId);
     const blockdev = [
@@ -47,7 +79,8 @@ export class UserspaceInitiator implements Initiator {
     return [
       '--object', `secret,id=chap,file=${p.secret}`,
       '--blockdev', blockdev,
-      '--export', `type=fuse,id=swap,node-name=lun,mountpoint=${p.exportFile},writable=on`,
+      '--chardev', `socket,id=qmp,path=${p.qmp},server=on,wait=off`,
+      '--monitor', 'chardev=qmp',
       '--pidfile', p.pidfile,
       '--daemonize',
     ];
@@ -59,16 +92,30 @@ export class UserspaceInitiator implements Initiator {
     if (existing) return existing;
     await mkdir(p.dir, { recursive: true, mode: 0o700 });
     if (!(await this.exportMounted(p.exportFile))) {
+      // A daemon left by an attach that died before its export existed holds a session: stop it.
+      await this.stopDaemon(leaseId);
       await writeFile(p.exportFile, '', { mode: 0o600 });
       await writeFile(p.secret, chap.secret, { mode: 0o600 });
       try {
-        // --daemonize returns once the iSCSI login succeeded and the FUSE export exists.
+        // --daemonize returns once the iSCSI login succeeded and the QMP socket listens.
         await this.run('qemu-storage-daemon', this.daemonArgs(leaseId, target, chap), { timeoutMs: 30_000, secrets: [chap.secret] });
       } finally {
         await rm(p.secret, { force: true });
       }
       const pid = Number((await readFile(p.pidfile, 'utf8')).trim());
       await escapeToRootMemoryCgroup(pid, this.log);
+      const header = this.sealed ? await this.takeHeader() : undefined;
+      const qmp = await Qmp.connect(p.qmp).catch((error: unknown) => {
+        header?.passphrase.fill(0);
+        throw error;
+      });
+      try {
+        await exportLun(qmp, 'lun', p.exportFile, header);
+      } finally {
+        qmp.close();
+      }
+      if (this.sealed) this.log.info({ leaseId }, 'lease sealed (luks, key held only here)');
+      else this.log.warn({ leaseId }, 'lease UNSEALED: the lender can read every page swapped to it');
     }
     // No --direct-io: with qemu 7.2's FUSE export it corrupts data past 8 KiB (DESIGN.md).
     const { stdout } = await this.run('losetup', ['--find', '--show', p.exportFile]);
@@ -86,8 +133,7 @@ export class UserspaceInitiator implements Initiator {
     // With qemu-storage-daemon gone (a lost lender) the file lookup above finds nothing: the
     // device login recorded is detached by name, if it is still the one backed by our export.
     for (const device of await recordedLoops(join(this.stateDir, 'leases'), leaseId)) await this.run('losetup', ['-d', device]);
-    const pid = await readFile(p.pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
-    if (pid) await stopGracefully(pid);
+    await this.stopDaemon(leaseId);
     if (await this.exportMounted(p.exportFile)) {
       await this.run('umount', ['-l', p.exportFile]).catch((error) => this.log.warn({ leaseId, err: errorMessage(error) }, 'could not unmount FUSE export'));
     }
@@ -113,6 +159,14 @@ export class UserspaceInitiator implements Initiator {
     const pid = await readFile(this.paths(leaseId).pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
     if (pid && isAlive(pid)) process.kill(pid, 'SIGKILL');
     this.log.warn({ leaseId, pid }, 'initiator stopped: I/O on the lost lease now fails');
+  }
+
+  /** Stops this lease's daemon: the pid in its pidfile, if that process still names the pidfile. */
+  private async stopDaemon(leaseId: string): Promise<void> {
+    const { pidfile } = this.paths(leaseId);
+    const pid = await readFile(pidfile, 'utf8').then((t) => Number(t.trim()), () => undefined);
+    const cmdline = pid ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') : '';
+    if (pid && cmdline.split('\0').includes(pidfile)) await stopGracefully(pid);
   }
 
   private async loopOf(file: string): Promise<string | undefined> {

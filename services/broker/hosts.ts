@@ -27,7 +27,7 @@ export class HostStore {
       if (event.role === 'exporter') {
         return { ...record, exporter: { portal: event.portal, at: receivedAt, ...(event.serving ? { serving: event.serving } : {}), ...(event.sessions ? { sessions: event.sessions } : {}), ...(event.orphans?.length ? { orphans: event.orphans } : {}) } };
       }
-      return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, at: receivedAt } };
+      return { ...record, attacher: { iqn: event.iqn, address: event.address, initiator: event.initiator, ...(event.sealed !== undefined ? { sealed: event.sealed } : {}), at: receivedAt } };
     });
     return value;
   }

@@ -275,7 +275,7 @@ export class Reconciler {
       const exported = this.exported.get(lease.id) ?? (await this.requestExport(lease));
       const body = { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap };
       const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs);
-      const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator });
+      const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator, ...(attached.sealed !== undefined ? { sealed: attached.sealed } : {}) });
       metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
       return undefined;
     } catch (error) {

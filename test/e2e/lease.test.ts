@@ -6,7 +6,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { access, readFile } from 'node:fs/promises';
+import { access, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -28,6 +28,15 @@ const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workloa
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 const LOCAL_SWAP = localSwapPath(DIR);
+/** What the workload writes at the start of every page (bench/workload.ts --mark). */
+const MARK = 'RSWAP-E2E-SEALED-PAGE:';
+
+/** How many 4 KiB pages of `image` between `from` and `to` hold anything but zeros. */
+function writtenPages(image: Buffer, from: number, to: number): number {
+  let n = 0;
+  for (let page = from; page + 4096 <= to; page += 4096) if (image.subarray(page, page + 4096).some((b) => b !== 0)) n += 1;
+  return n;
+}
 let tb: Testbed;
 let nc: TestBus;
 let parentExisted = true;
@@ -61,7 +70,7 @@ async function iscsiInq(netns: string, url: string): Promise<string> {
   return `${result.stdout}\n${result.stderr}`;
 }
 
-test('lease - inject, active above local swap, data intact under swapping, CHAP and address enforced, forged commands refused, released clean', async () => {
+test('lease - inject, active above local swap, data intact under swapping, sealed from the lender, CHAP and address enforced, forged commands refused, released clean', async () => {
   await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', '512MiB', '0');
   await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '256MiB');
   const lease = await waitForLease((l) => l.borrower === 'host-b' && l.state === 'active');
@@ -85,17 +94,46 @@ test('lease - inject, active above local swap, data intact under swapping, CHAP 
   }
 
   // A workload twice its cgroup's limit: every byte must come back, and pages must be swapped in.
+  // Every page it writes starts with MARK; once it is filled (and mostly swapped out), the lender's
+  // ramfs image must hold a LUKS header and not one marked page: it stores ciphertext only.
   const cgroup = await createMemoryCgroup(`rswap-e2e-${process.pid}`, 96 * MiB);
+  const pauseFile = join(DIR, 'lease-test.resume');
+  let workload: ReturnType<typeof execa> | undefined;
   try {
-    const command = cgroup.wrap([process.execPath, WORKLOAD, '--bytes', '192MiB']);
-    const result = await execa(command[0]!, command.slice(1), { reject: false, timeout: 300_000 });
-    assert.equal(result.exitCode, 0, result.stderr);
-    const report = JSON.parse(result.stdout) as { corruptedChunks: number; chunks: number; pswpinDelta: number };
+    const command = cgroup.wrap([process.execPath, WORKLOAD, '--bytes', '192MiB', '--mark', MARK, '--pause-file', pauseFile]);
+    workload = execa(command[0]!, command.slice(1), { reject: false, timeout: 300_000 });
+    const running = workload;
+    await new Promise<void>((resolve, reject) => {
+      let seen = '';
+      running.stderr!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('"phase":"paused"')) resolve();
+      });
+      running.then((r) => reject(new Error(`the workload ended before its pause: ${String(r.stderr)}`)), reject);
+    });
+    // Pages reached the lender: 32 MiB or more written between the header and the self-test's last
+    // MiB (what mkswap and the self-test write lies outside that), read from the lender's ramfs.
+    const imagePath = join(DIR, 'host-a', 'exporter', 'leases', lease.id, 'image');
+    const image = await waitFor('32 MiB of swapped pages on the lender', async () => {
+      const bytes = await readFile(imagePath);
+      return writtenPages(bytes, 3 * MiB, bytes.length - MiB) * 4096 >= 32 * MiB ? bytes : undefined;
+    }, { timeoutMs: 120_000, intervalMs: 1_000 });
+    assert.ok(image.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])), 'the lease starts with a LUKS header');
+    assert.equal(image.indexOf(Buffer.from(MARK)), -1, `no page swapped to the lease is readable by the lender (${writtenPages(image, 0, image.length)} pages written there)`);
+    await writeFile(pauseFile, '');
+    const result = await running;
+    assert.equal(result.exitCode, 0, String(result.stderr));
+    const report = JSON.parse(String(result.stdout)) as { corruptedChunks: number; chunks: number; pswpinDelta: number };
     assert.equal(report.chunks, 192);
     assert.equal(report.corruptedChunks, 0);
     assert.ok(report.pswpinDelta > 0, 'pages were swapped in');
     assert.ok((await readSwaps()).find((a) => a.path === lease.device), 'still swapping on the lease');
   } finally {
+    if (workload && workload.exitCode === null) {
+      workload.kill('SIGKILL');
+      await workload.catch(() => undefined);
+    }
+    await rm(pauseFile, { force: true });
     await cgroup.remove();
   }
 

@@ -25,6 +25,8 @@ import { ask as askOn, freePort } from '../helpers/nats.js';
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-vm';
 const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../../../bench/workload.js');
+/** What the workload writes at the start of every page (bench/workload.ts --mark). */
+const MARK = 'RSWAP-VM-SEALED-PAGE:';
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
 let tb: Testbed;
@@ -77,12 +79,17 @@ test('vm - the kernel initiator end to end: CHAP login from a VM, its own disk, 
   const session = await vmExec(vm.dir, 'iscsiadm -m session; cat /proc/swaps; lsmod | grep -c iscsi_tcp');
   assert.equal(session.code, 0, session.output);
   assert.match(session.output, new RegExp(`^tcp: \\[\\d+\\] ${lease.target!.portal.replace(/\./g, '\\.')},1 ${lease.target!.iqn.replace(/\./g, '\\.')} \\(non-flash\\)$`, 'm'));
-  const device = lease.device!;
-  assert.match(device, /^\/dev\/(sd[a-z]+|disk\/by-path\/.+)$/);
-  assert.match(session.output, new RegExp(`^${device.startsWith('/dev/sd') ? device : '/dev/sd[a-z]+'}\\s+partition\\s+\\d+\\s+\\d+\\s+\\d+`, 'm'), 'swap on the session\'s disk');
+  // Sealed: swap goes on a dm-crypt mapping of the session's disk, keyed inside the VM only.
+  // (Named as /proc/swaps names it: the node dmsetup made, or the dm-N it resolves to.)
+  assert.match(lease.device!, new RegExp(`^/dev/(mapper/rswap-${lease.id}|dm-\\d+)$`));
+  assert.equal(lease.sealed, true);
+  const mapping = await vmExec(vm.dir, `dmsetup table rswap-${lease.id}; dmsetup deps -o devname rswap-${lease.id}`);
+  assert.match(mapping.output, /^0 \d+ crypt aes-xts-plain64 0+ 0 \d+:\d+ 0$/m, `a dm-crypt mapping, its key not shown: ${mapping.output}`);
+  assert.match(mapping.output, /\(sd[a-z]+\)/, 'over the session\'s disk');
+  assert.match(session.output, new RegExp(`^${lease.device}\\s+partition\\s+\\d+\\s+\\d+\\s+\\d+`, 'm'), 'swap on the mapping');
 
   // A workload larger than what the VM has free (no local swap in the VM): it must swap to the lease.
-  const workload = await vmExec(vm.dir, `free -m; node ${WORKLOAD} --bytes 384MiB --passes 2; echo rc=$?; grep -E '^(pswpin|pswpout) ' /proc/vmstat; cat /proc/swaps`, 1_800_000);
+  const workload = await vmExec(vm.dir, `free -m; node ${WORKLOAD} --bytes 384MiB --passes 2 --mark ${MARK}; echo rc=$?; grep -E '^(pswpin|pswpout) ' /proc/vmstat; cat /proc/swaps`, 1_800_000);
   assert.match(workload.output, /rc=0/, workload.output);
   const report = JSON.parse(workload.output.split('\n').find((l) => l.startsWith('{"bytes"'))!) as { corruptedChunks: number; chunks: number };
   assert.equal(report.corruptedChunks, 0, 'every byte read back intact');
@@ -90,6 +97,14 @@ test('vm - the kernel initiator end to end: CHAP login from a VM, its own disk, 
   const swappedOut = Number(/^pswpout (\d+)$/m.exec(workload.output)?.[1] ?? 0);
   assert.ok(swappedOut > 0, `the VM swapped out (${swappedOut} pages)`);
   console.log(`kernel initiator in a VM: 384 MiB verified twice in 512 MiB of RAM, ${swappedOut} pages swapped out to the lease`);
+  // What the lender holds: ciphertext. The pages were written there (the image is not empty), and
+  // not one of them starts with the workload's mark.
+  const image = await readFile(join(DIR, 'host-a', 'exporter', 'leases', lease.id, 'image'));
+  // Between the self-test's first and last MiB (and mkswap's first page), only swapped pages land.
+  let written = 0;
+  for (let page = MiB; page + 4096 <= image.length - MiB; page += 4096) if (image.subarray(page, page + 4096).some((b) => b !== 0)) written += 1;
+  assert.ok(written * 4096 >= 32 * MiB, `the VM's pages reached the lender (${written} pages)`);
+  assert.equal(image.indexOf(Buffer.from(MARK)), -1, 'no page the VM swapped out is readable on the lender');
 
   // Release: swap-off and logout in the VM, then the lender removes the target.
   const released = (await ask(subjects.release, { leaseId: lease.id })) as { ok: boolean; lease?: { state: string } };
@@ -97,7 +112,9 @@ test('vm - the kernel initiator end to end: CHAP login from a VM, its own disk, 
   assert.deepEqual(await sessionsOf(lease.target!.iqn), [], 'no session left on the lender');
   const after = await vmExec(vm.dir, 'iscsiadm -m session; echo rc=$?; cat /proc/swaps');
   assert.match(after.output, /No active sessions|rc=21/, after.output);
-  assert.doesNotMatch(after.output, /^\/dev\/sd/m, 'no swap area left in the VM');
+  assert.doesNotMatch(after.output, /^\/dev\/(sd|dm-|mapper\/)/m, 'no swap area left in the VM');
+  const mappings = await vmExec(vm.dir, 'dmsetup ls');
+  assert.doesNotMatch(mappings.output, /rswap-/, 'the mapping (and its key) is gone');
 });
 
 /** A lease for the VM from `lender` (the only one offering), active. */
@@ -118,13 +135,14 @@ test('vm - kill -9 of the attacher while a workload\'s pages are on the lease: t
     // The workload fills 384 MiB (more than the VM has free: much of it goes to the lease) and waits.
     // (It waits, rather than reading on, because a VM under TCG thrashing on every page takes many
     // minutes to start node again: the agent's restart is what is tested here, not its speed.)
-    const started = await vmExec(vm.dir, `rm -f ${vm.dir}/stop ${vm.dir}/wl.out; node ${WORKLOAD} --bytes 384MiB --pause-file ${vm.dir}/stop --progress > ${vm.dir}/wl.out 2>&1 & echo started`);
+    // wl.exit appears once the workload's process is gone (and with it the memory it held).
+    const started = await vmExec(vm.dir, `rm -f ${vm.dir}/stop ${vm.dir}/wl.out ${vm.dir}/wl.exit; (node ${WORKLOAD} --bytes 384MiB --pause-file ${vm.dir}/stop --progress > ${vm.dir}/wl.out 2>&1; echo $? > ${vm.dir}/wl.exit) & echo started`);
     assert.match(started.output, /started/);
     await waitFor('the workload filled, with pages on the lease', async () => {
       const { output } = await vmExec(vm.dir, 'cat /proc/swaps');
       const filled = (await readFile(join(vm.dir, 'wl.out'), 'utf8').catch(() => '')).includes('"phase":"paused"');
-      return filled && new RegExp(`^/dev/sd[a-z]+\\s+partition\\s+\\d+\\s+[1-9]\\d{4,}`, 'm').test(output);
-    }, { timeoutMs: 300_000, intervalMs: 2_000 });
+      return filled && new RegExp(`^/dev/(sd[a-z]+|dm-\\d+|mapper/rswap-l-[0-9a-f]+)\\s+partition\\s+\\d+\\s+[1-9]\\d{4,}`, 'm').test(output);
+    }, { timeoutMs: 900_000, intervalMs: 2_000 });
     // kill -9; the VM starts it again 2 s later, as systemd's Restart=always does.
     const killed = await vmExec(vm.dir, "pid=$(pgrep -f 'rswap.js attacher') && kill -9 $pid && echo killed $pid");
     assert.match(killed.output, /^killed \d+$/m, killed.output);
@@ -140,10 +158,14 @@ test('vm - kill -9 of the attacher while a workload\'s pages are on the lease: t
     const report = await waitFor('the workload\'s report', async () => {
       const line = (await readFile(join(vm.dir, 'wl.out'), 'utf8').catch(() => '')).split('\n').find((l) => l.startsWith('{"bytes"'));
       return line ? (JSON.parse(line) as { corruptedChunks: number; passes: number; pswpinDelta: number }) : undefined;
-    }, { timeoutMs: 600_000, intervalMs: 1_000 });
+    }, { timeoutMs: 900_000, intervalMs: 1_000 });
     assert.equal(report.corruptedChunks, 0, 'every byte read back intact across the kill');
     assert.ok(report.pswpinDelta > 0, 'pages came back from the lease\'s swap');
     console.log(`kill -9 of the VM's attacher: the session and swap lived on, ${report.passes} verified pass(es) of 384 MiB`);
+    // The report comes before the process is gone; its memory (and its pages on the lease) go
+    // with it. Until then a swap-off would not fit, and the attacher rightly refuses it.
+    const exit = await waitFor('the workload\'s exit', async () => (await readFile(join(vm.dir, 'wl.exit'), 'utf8').catch(() => '')).trim() || undefined, { timeoutMs: 300_000, intervalMs: 1_000 });
+    assert.equal(exit, '0', 'the workload exited cleanly');
     // The restarted attacher knows the lease: it swaps off and logs out on release.
     const released = (await ask(subjects.release, { leaseId: lease.id })) as { lease?: { state: string } };
     assert.equal(released.lease?.state, 'released', JSON.stringify(released));

@@ -42,6 +42,7 @@ test('attacher caps - at --max-swap-areas, an attach is refused before any login
   // Records whether the attach got as far as a login; it must not.
   const initiator: Initiator = {
     kind: 'userspace',
+    sealed: false,
     login: async (leaseId) => (logins.push(leaseId), '/dev/null'),
     logout: async () => {},
     dropCaches: async () => {},

@@ -43,7 +43,7 @@ const chap = { user: 'l-0123456789ab', secret: 'S3cretS3cretS3cret' };
 
 test('kernel initiator - node record with CHAP and replacement timeout, then login, secret redacted', async () => {
   const { run, calls } = recordingRunner();
-  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200 });
+  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200, seal: false });
   // No iscsi_tcp here, so the by-path link never appears: the login must time out clearly.
   await assert.rejects(initiator.login('l-0123456789ab', target, chap), /neither \/dev\/disk\/by-path\/ip-198\.18\.0\.11:3260-iscsi-iqn\.2026-11\.io\.rswap:host-a\.l-0123456789ab-lun-1 nor the session's disk in sysfs appeared/);
   const lines = calls.map((c) => c.args.join(' '));
@@ -60,23 +60,25 @@ test('kernel initiator - node record with CHAP and replacement timeout, then log
 
 test('kernel initiator - logout and delete tolerate a missing session (exit 21)', async () => {
   const { run, calls } = recordingRunner();
-  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200 });
+  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200, seal: false });
   await initiator.logout('l-0123456789ab', target);
-  assert.deepEqual(calls.map((c) => c.args.at(-1)), ['--logout', 'delete']);
-  assert.ok(calls.every((c) => c.options?.okExitCodes?.includes(21)));
+  const iscsiadm = calls.filter((c) => c.file === 'iscsiadm');
+  assert.deepEqual(iscsiadm.map((c) => c.args.at(-1)), ['--logout', 'delete']);
+  assert.ok(iscsiadm.every((c) => c.options?.okExitCodes?.includes(21)));
+  assert.equal(calls.some((c) => c.file === 'dmsetup' && c.args.includes('remove')), false, 'no mapping listed, none removed');
   assert.equal(byPathLink(target), '/dev/disk/by-path/ip-198.18.0.11:3260-iscsi-iqn.2026-11.io.rswap:host-a.l-0123456789ab-lun-1');
 });
 
 test('kernel initiator - a failed credential update stops before login', async () => {
   const { run, calls } = recordingRunner((c) => c.args.includes('node.session.auth.password'));
-  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200 });
+  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200, seal: false });
   await assert.rejects(initiator.login('l-0123456789ab', target, chap));
   assert.equal(calls.some((c) => c.args.includes('--login')), false);
 });
 
 test('kernel initiator - mutual CHAP: the target must prove its own secret (username_in/password_in), before login', async () => {
   const { run, calls } = recordingRunner();
-  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 100 });
+  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 100, seal: false });
   const mutual = { ...chap, targetUser: 'l-0123456789ab-target', targetSecret: 'T4rgetT4rgetT4rget' };
   await assert.rejects(initiator.login('l-0123456789ab', target, mutual), /appeared within/);
   const lines = calls.map((c) => c.args.join(' '));
@@ -112,4 +114,78 @@ test('kernel initiator - without udev, the LUN\'s disk is found through sysfs fr
   } finally {
     await rm(sysfs, { recursive: true, force: true });
   }
+});
+
+/** A fake sysfs with one session of `target` whose disk is /dev/null (a path that resolves here). */
+async function sysfsWithSession(): Promise<{ sysfs: string; cleanup: () => Promise<void> }> {
+  const { mkdtemp, mkdir, writeFile, rm } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const sysfs = await mkdtemp(join(tmpdir(), 'rswap-sysfs-'));
+  const base = join(sysfs, 'class/iscsi_session/session1');
+  await mkdir(join(base, 'device/target1:0:0/1:0:0:1/block/null'), { recursive: true });
+  await writeFile(join(base, 'targetname'), `${target.iqn}\n`);
+  const connection = join(sysfs, 'class/iscsi_connection/connection1:0');
+  await mkdir(connection, { recursive: true });
+  await writeFile(join(connection, 'persistent_address'), '198.18.0.11\n');
+  await writeFile(join(connection, 'persistent_port'), '3260\n');
+  return { sysfs, cleanup: () => rm(sysfs, { recursive: true, force: true }) };
+}
+
+test('kernel initiator - sealed: the disk is mapped through dm-crypt with a fresh random key given on stdin, never on a command line, zeroed after', async () => {
+  const { sysfs, cleanup } = await sysfsWithSession();
+  try {
+    const keys: string[] = [];
+    for (let i = 0; i < 2; i += 1) {
+      const calls: Call[] = [];
+      const handed: Array<Uint8Array> = [];
+      const run: Runner = async (file, args, options) => {
+        // What dmsetup read from stdin, copied as it was then (the attacher zeroes its buffer after).
+        if (options?.input instanceof Uint8Array) handed.push(options.input);
+        calls.push({ file, args, options: { ...options, ...(options?.input !== undefined ? { input: Buffer.from(options.input).toString() } : {}) } });
+        return { stdout: file === 'blockdev' ? '1048576\n' : '', stderr: '', exitCode: 0 };
+      };
+      const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200, sysfs, seal: true, dmControl: '/dev/null' });
+      // dmsetup is recorded, not run, so the mapping's node does not exist here: its realpath fails.
+      await assert.rejects(initiator.login('l-0123456789ab', target, chap), /ENOENT.*\/dev\/mapper\/rswap-l-0123456789ab/);
+      const create = calls.find((c) => c.file === 'dmsetup' && c.args.includes('create'));
+      assert.ok(create, 'dmsetup create ran');
+      assert.deepEqual(create.args.slice(-2), ['create', 'rswap-l-0123456789ab']);
+      const input = String(create.options?.input ?? '');
+      const table = /^0 1048576 crypt aes-xts-plain64 ([0-9a-f]{128}) 0 \/dev\/null 0\n$/.exec(input);
+      assert.ok(table, `a whole-device aes-xts table on stdin: ${input.replace(/[0-9a-f]{128}/, 'KEY')}`);
+      const key = table[1]!;
+      assert.ok(calls.every((c) => !c.args.join(' ').includes(key)), 'the key is on no command line');
+      assert.ok(handed.length === 1 && handed[0]!.every((b) => b === 0), 'the buffer that held the table is zeroed once dmsetup has it');
+      assert.ok(calls.findIndex((c) => c === create) > calls.findIndex((c) => c.args.includes('--login')), 'mapped after login');
+      keys.push(key);
+    }
+    assert.notEqual(keys[0], keys[1], 'every lease gets its own key');
+  } finally {
+    await cleanup();
+  }
+});
+
+test('kernel initiator - sealed logout removes the mapping (and its key) before logging out', async () => {
+  const calls: Call[] = [];
+  const run: Runner = async (file, args, options) => {
+    calls.push({ file, args, options });
+    return { stdout: file === 'dmsetup' && args.includes('info') ? 'other\nrswap-l-0123456789ab\n' : '', stderr: '', exitCode: 0 };
+  };
+
+  // dmControl: a file that exists, standing in for /dev/mapper/control (this machine has no device mapper).
+  const initiator = new KernelInitiator(run, pino({ level: 'silent' }), { initiatorIqn: 'iqn.2026-11.io.rswap:host-b', replacementTimeoutS: 120, deviceWaitMs: 200, seal: true, dmControl: '/dev/null' });
+  await initiator.logout('l-0123456789ab', target);
+  const remove = calls.findIndex((c) => c.file === 'dmsetup' && c.args.includes('remove'));
+  assert.ok(remove >= 0 && calls[remove]!.args.at(-1) === 'rswap-l-0123456789ab', 'only our mapping is removed');
+  assert.ok(remove < calls.findIndex((c) => c.args.includes('--logout')));
+});
+
+test('dm-crypt table - refuses a short or non-hex key or an empty device; hex digits without a string', async () => {
+  const { dmCryptTable, hexBuffer } = await import('../../services/attacher/seal.js');
+  assert.throws(() => dmCryptTable('/dev/sdb', 2048, Buffer.from('ab')), /64 bytes of hex/);
+  assert.throws(() => dmCryptTable('/dev/sdb', 2048, Buffer.from('A'.repeat(128))), /64 bytes of hex/);
+  assert.throws(() => dmCryptTable('/dev/sdb', 0, Buffer.from('a'.repeat(128))), /0 sectors/);
+  assert.equal(dmCryptTable('/dev/sdb', 2048, Buffer.from('a'.repeat(128))).toString(), `0 2048 crypt aes-xts-plain64 ${'a'.repeat(128)} 0 /dev/sdb 0\n`);
+  assert.equal(hexBuffer(Buffer.from([0, 1, 0xab, 0xff])).toString(), '0001abff');
 });

@@ -42,6 +42,7 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     ['nats without identities and TLS', (d) => { d.services.nats.command = ['--jetstream', '--store_dir', '/data']; }, /nats: no -c nats\.conf from rswap auth/],
     ['a service without credentials', (d) => { delete d.services.broker.environment.RSWAP_CREDS; }, /broker: RSWAP_CREDS is not set/],
     ['a service run insecure', (d) => { d.services.exporter.command = ['exporter', '--insecure']; }, /exporter: runs without NATS identity and TLS/],
+    ['an attacher swapping unsealed', (d) => { d.services.attacher.environment.RSWAP_UNSEALED = '1'; }, /attacher: swaps to leases unencrypted/],
   ];
   for (const [what, edit, expected] of cases) {
     const problems = await broken(edit);
@@ -56,6 +57,7 @@ test('check - a unit that would kill the initiator with the agent, or has a wron
   assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics 9465'))[0]!, /'rswap exporter' has no flag --metrics/);
   assert.match(checkUnit('x', exporter.replace(/^LoadCredential=.*\n/m, '')).join('; '), /NATS credentials are needed/);
   assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics-port 9465 --insecure')).join('; '), /runs without NATS identity and TLS/);
+  assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics-port 9465 --unsealed')).join('; '), /swaps to leases unencrypted/);
   assert.match(checkUnit('x', '[Service]\nExecStart=/bin/true\n')[0]!, /no ExecStart running rswap/);
 });
 

@@ -1,0 +1,157 @@
+/**
+ * Sealing on the userspace path, on the real qemu-storage-daemon: its luks driver between a block
+ * node and the FUSE export, keyed over QMP. A file stands in for the iSCSI LUN (the whole stack with
+ * a lender runs in the e2e tests); what matters here is what lands in the backing store.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { Qmp } from '../../services/attacher/qmp.js';
+import { LUKS_HEADER_BYTES, exportLun, makeLuksHeader } from '../../services/attacher/seal.js';
+import { createRunner } from '../../shared/runner.js';
+import pino from 'pino';
+import { readMounts } from '../../shared/procfs.js';
+import { stopGracefully } from '../../shared/process.js';
+
+const MiB = 1024 * 1024;
+const run = createRunner(pino({ level: 'silent' }));
+const MARKER = Buffer.from('RSWAP-SEAL-TEST-MARKER-');
+
+/** 1 MiB of pages that each start with MARKER, the rest random: easy to find in the clear. */
+function markedMiB(): Buffer {
+  const data = randomBytes(MiB);
+  for (let page = 0; page < MiB; page += 4096) MARKER.copy(data, page);
+  return data;
+}
+
+function count(haystack: Buffer, needle: Buffer): number {
+  let n = 0;
+  for (let at = haystack.indexOf(needle); at >= 0; at = haystack.indexOf(needle, at + 1)) n += 1;
+  return n;
+}
+
+/** A qemu-storage-daemon with node `lun` on `image` and a QMP socket; stopped and unmounted by `stop`. */
+async function startDaemon(dir: string, image: string) {
+  const pidfile = join(dir, 'qsd.pid');
+  const socket = join(dir, 'qmp.sock');
+  const exportFile = join(dir, 'export');
+  await writeFile(exportFile, '');
+  await execa('qemu-storage-daemon', [
+    '--blockdev', `driver=file,filename=${image},node-name=lun`,
+    '--chardev', `socket,id=qmp,path=${socket},server=on,wait=off`,
+    '--monitor', 'chardev=qmp',
+    '--pidfile', pidfile,
+    '--daemonize',
+  ]);
+  const pid = Number((await readFile(pidfile, 'utf8')).trim());
+  const qmp = await Qmp.connect(socket);
+  const stop = async () => {
+    qmp.close();
+    await stopGracefully(pid);
+    if ((await readMounts()).some((m) => m.target === exportFile)) await execa('umount', ['-l', exportFile]);
+  };
+  return { qmp, exportFile, stop };
+}
+
+/** Writes marked data at the start and the end of the export, reads it back, returns the raw image. */
+async function roundTrip(exportFile: string, image: string): Promise<{ raw: Buffer; exportBytes: number }> {
+  const exportBytes = (await stat(exportFile)).size;
+  const data = markedMiB();
+  const file = await open(exportFile, 'r+');
+  try {
+    for (const offset of [0, exportBytes - MiB]) {
+      await file.write(data, 0, MiB, offset);
+    }
+    await file.sync();
+    // The page cache dropped (fadvise DONTNEED), so the read-back goes through the daemon's decryption.
+    await execa('dd', [`if=${exportFile}`, 'iflag=nocache', 'count=0', 'status=none']);
+    for (const offset of [0, exportBytes - MiB]) {
+      const back = Buffer.alloc(MiB);
+      await file.read(back, 0, MiB, offset);
+      assert.ok(back.equals(data), `read back at ${offset} equals what was written`);
+    }
+  } finally {
+    await file.close();
+  }
+  return { raw: await readFile(image), exportBytes };
+}
+
+for (const sealed of [true, false]) {
+  test(`seal - ${sealed ? 'sealed: the backing store holds a LUKS header and no page in the clear' : 'unsealed (the control): the pages lie in the backing store in the clear'}`, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
+    const image = join(dir, 'lun.img');
+    await writeFile(image, '');
+    await truncate(image, 16 * MiB);
+    const daemon = await startDaemon(dir, image);
+    try {
+      const header = sealed ? await makeLuksHeader(run, dir) : undefined;
+      await exportLun(daemon.qmp, 'lun', daemon.exportFile, header);
+      if (header) assert.ok(header.passphrase.every((b) => b === 0), 'the passphrase buffer is zeroed once the daemon has it');
+      const { raw, exportBytes } = await roundTrip(daemon.exportFile, image);
+      assert.equal(raw.length, 16 * MiB, 'the backing store did not grow or shrink');
+      const found = count(raw, MARKER);
+      if (sealed) {
+        assert.equal(exportBytes, 16 * MiB - LUKS_HEADER_BYTES, 'the header takes LUKS_HEADER_BYTES, the rest is swap');
+        assert.ok(raw.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])), 'a LUKS header at the start');
+        assert.equal(found, 0, 'no marked page readable by the lender');
+      } else {
+        assert.equal(exportBytes, 16 * MiB);
+        assert.equal(found, 2 * 256, 'every marked page lies in the clear');
+      }
+    } finally {
+      await daemon.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test('seal - a node too small for the header is refused with a clear error, and nothing is exported', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
+  const image = join(dir, 'lun.img');
+  await writeFile(image, '');
+  await truncate(image, MiB);
+  const daemon = await startDaemon(dir, image);
+  try {
+    await assert.rejects(exportLun(daemon.qmp, 'lun', daemon.exportFile, await makeLuksHeader(run, dir)), /cannot seal node lun: 1048576 bytes, the header alone takes 2068480/);
+    assert.equal((await readMounts()).some((m) => m.target === daemon.exportFile), false, 'no export');
+    assert.equal((await readFile(image)).length, MiB, 'nothing written');
+  } finally {
+    await daemon.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('seal - QMP errors come back as errors naming the command, not as hangs', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
+  const image = join(dir, 'lun.img');
+  await writeFile(image, '');
+  await truncate(image, 4 * MiB);
+  const daemon = await startDaemon(dir, image);
+  try {
+    await assert.rejects(daemon.qmp.execute('blockdev-add', { driver: 'luks', 'node-name': 'x', file: 'lun', 'key-secret': 'missing' }), /QMP blockdev-add failed: .*missing/);
+    // A LUN with no LUKS header (a header that never made it there) does not open.
+    await daemon.qmp.execute('object-add', { 'qom-type': 'secret', id: 'k', data: 'x', format: 'raw' });
+    await assert.rejects(daemon.qmp.execute('blockdev-add', { driver: 'luks', 'node-name': 'y', file: 'lun', 'key-secret': 'k' }), /QMP blockdev-add failed/);
+  } finally {
+    await daemon.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('seal - every header has its own master key and passphrase, and no file is left', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
+  try {
+    const [a, b] = [await makeLuksHeader(run, dir), await makeLuksHeader(run, dir)];
+    assert.equal(a.header.length, LUKS_HEADER_BYTES);
+    assert.notDeepEqual(a.passphrase, b.passphrase);
+    // Bytes 168-207 of a LUKS1 header: the master key digest and its salt.
+    assert.notDeepEqual(a.header.subarray(168, 208), b.header.subarray(168, 208));
+    assert.deepEqual(await readdir(dir), [], 'the header files are removed');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
