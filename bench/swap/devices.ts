@@ -27,6 +27,8 @@ import { stopGracefully } from '../../shared/process.js';
 
 export const DEVICES = ['remote', 'local', 'hdd-model', 'zram', 'ramfs-loop', 'remote-unsealed'] as const;
 export type DeviceName = (typeof DEVICES)[number];
+/** What a run without --devices compares: remote-unsealed only when asked for (the cost of sealing). */
+export const DEFAULT_DEVICES: DeviceName[] = DEVICES.filter((d) => d !== 'remote-unsealed');
 
 export const DEVICE_LABELS: Record<DeviceName, string> = {
   remote: 'rswap remote (tgt on ramfs, userspace initiator, sealed)',

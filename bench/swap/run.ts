@@ -22,7 +22,7 @@ import { createRunner } from '../../shared/runner.js';
 import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readSwaps } from '../../shared/procfs.js';
 import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
-import { cleanupDevices, DEVICE_LABELS, DEVICES, setUpDevice, type DeviceName } from './devices.js';
+import { cleanupDevices, DEFAULT_DEVICES, DEVICE_LABELS, DEVICES, setUpDevice, type DeviceName } from './devices.js';
 import { markdownTables, svgFigure, toCsv, type Row, type Sweep } from './report.js';
 import { MODES, type Mode, type SwapWorkloadReport } from './workload.js';
 import { runMeta } from '../args.js';
@@ -201,7 +201,7 @@ function parseArgs(argv: string[]): SwapBenchOptions {
   };
   const smoke = argv.includes('--smoke');
   const list = (name: string, fallback: string) => (value(name) ?? fallback).split(',').filter(Boolean);
-  const devices = list('devices', DEVICES.filter((d) => d !== 'remote-unsealed').join(','));
+  const devices = list('devices', DEFAULT_DEVICES.join(','));
   for (const d of devices) if (!(DEVICES as readonly string[]).includes(d)) throw new Error(`unknown device '${d}'; devices are ${DEVICES.join(', ')}`);
   const modes = list('modes', MODES.join(','));
   for (const m of modes) if (!(MODES as readonly string[]).includes(m)) throw new Error(`unknown mode '${m}'; modes are ${MODES.join(', ')}`);
