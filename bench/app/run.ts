@@ -25,7 +25,7 @@
  * (readahead) come from /proc/vmstat, machine-wide. Writes app.csv (one row per run), app.md, redis-get.svg and
  * meta.json to --out. --smoke: a small, fast run for the test suite.
  */
-import { access, mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
@@ -75,7 +75,6 @@ const VMA_RA = '/sys/kernel/mm/swap/vma_ra_enabled';
 
 /** The rotational flag of the block device a swap area is on (its own, or its file's disk). */
 async function rotational(path: string): Promise<string> {
-  const { stat } = await import('node:fs/promises');
   const st = await stat(path);
   const dev = st.isBlockDevice() ? st.rdev : st.dev;
   const sys = `/sys/dev/block/${Math.floor(dev / 256) & 0xfff}:${(dev & 0xff) | ((dev >> 12) & 0xfff00)}`;
@@ -375,8 +374,8 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
             progress('  (swap areas exist on this machine; the no-swap cgroup is kept off them by its memsw limit)');
           }
           const fuseFile = (device === 'remote' || device === 'remote-unsealed') && d.path ? await backingFile(run, d.path) : undefined;
-          // Which swap readahead the kernel uses: per VMA unless a rotational area is on (then by
-          // swap offset for all), so the device's rotational flag explains readahead differences.
+          // Which swap readahead the kernel uses (6.18): by address on an area it takes for
+          // solid-state, by swap slot on a rotational one; the flag explains readahead differences.
           if (d.path) progress(`  ${device}: ${d.path}, rotational ${await rotational(d.path)}, vma_ra_enabled ${(await readFile(VMA_RA, 'utf8').catch(() => '?')).trim()}`);
           for (const ratio of options.ratios) {
             for (const app of options.apps) {

@@ -74,6 +74,7 @@ export class Attacher {
         // Written whole or not at all: an attacher killed mid-write never leaves a torn record.
         await writeAttachRecord(this.options.stateDir, { leaseId: request.leaseId, target: request.target, device, priority, sealed });
         await this.run('swapon', ['-p', String(priority), device]);
+        if (!sealed) this.log.warn({ leaseId: request.leaseId }, 'lease UNSEALED: the lender can read every page swapped to it');
         this.log.info({ leaseId: request.leaseId, device, priority, initiator: kind, sealed }, 'swap on remote memory active');
         return { device, priority, initiator: kind, sealed };
       } catch (error) {

@@ -109,13 +109,8 @@ export class KernelInitiator implements Initiator {
         // The real node, as /proc/swaps will name it (a by-path link or a udev /dev/mapper link is not).
         const disk = await realpath(device);
         this.log.info({ leaseId, device: disk }, 'iscsi session up');
-        if (!this.options.seal) {
-          this.log.warn({ leaseId }, 'lease UNSEALED: the lender can read every page swapped to it');
-          return disk;
-        }
-        const sealed = await realpath(await openSealedMapping(this.run, leaseId, disk, this.options.dmControl));
-        this.log.info({ leaseId, device: sealed }, 'lease sealed (dm-crypt, key held only here)');
-        return sealed;
+        if (!this.options.seal) return disk;
+        return realpath(await openSealedMapping(this.run, leaseId, disk, this.options.dmControl));
       }
       if (waited >= this.options.deviceWaitMs) {
         throw new RswapError(ErrorCodes.TIMEOUT, `lease ${leaseId}: logged in but neither ${link} nor the session's disk in sysfs appeared within ${this.options.deviceWaitMs}ms`);

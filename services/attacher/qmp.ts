@@ -1,8 +1,8 @@
 /**
  * A minimal QMP client (QEMU's JSON monitor protocol) over a unix socket: qemu-storage-daemon's
- * control channel. One command at a time; events are kept so a caller can wait for a block job.
+ * control channel. One command at a time; events are kept until a caller waits for one.
  * Used instead of command-line options for what must not appear in /proc/PID/cmdline or on disk
- * (a sealing key) and for steps that run after the daemon is up (formatting, the FUSE export).
+ * (a sealing passphrase) and for steps that run after the daemon is up (the exports, the luks node).
  */
 import { createConnection, type Socket } from 'node:net';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
@@ -19,7 +19,7 @@ export class Qmp {
   private readonly lines: Json[] = [];
   private waiter: (() => void) | undefined;
   private closed: Error | undefined;
-  readonly events: QmpEvent[] = [];
+  private readonly events: QmpEvent[] = [];
 
   private constructor(private readonly socket: Socket, private readonly timeoutMs: number) {
     socket.setEncoding('utf8');

@@ -114,8 +114,6 @@ export class UserspaceInitiator implements Initiator {
       } finally {
         qmp.close();
       }
-      if (this.sealed) this.log.info({ leaseId }, 'lease sealed (luks, key held only here)');
-      else this.log.warn({ leaseId }, 'lease UNSEALED: the lender can read every page swapped to it');
     }
     // No --direct-io: with qemu 7.2's FUSE export it corrupts data past 8 KiB (DESIGN.md).
     const { stdout } = await this.run('losetup', ['--find', '--show', p.exportFile]);

@@ -21,6 +21,7 @@ import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../c
 import { ask as askOn, freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
+import { LUKS_MAGIC, writtenPages } from '../helpers/sealed.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-e2e';
@@ -31,12 +32,6 @@ const LOCAL_SWAP = localSwapPath(DIR);
 /** What the workload writes at the start of every page (bench/workload.ts --mark). */
 const MARK = 'RSWAP-E2E-SEALED-PAGE:';
 
-/** How many 4 KiB pages of `image` between `from` and `to` hold anything but zeros. */
-function writtenPages(image: Buffer, from: number, to: number): number {
-  let n = 0;
-  for (let page = from; page + 4096 <= to; page += 4096) if (image.subarray(page, page + 4096).some((b) => b !== 0)) n += 1;
-  return n;
-}
 let tb: Testbed;
 let nc: TestBus;
 let parentExisted = true;
@@ -118,7 +113,7 @@ test('lease - inject, active above local swap, data intact under swapping, seale
       const bytes = await readFile(imagePath);
       return writtenPages(bytes, 3 * MiB, bytes.length - MiB) * 4096 >= 32 * MiB ? bytes : undefined;
     }, { timeoutMs: 120_000, intervalMs: 1_000 });
-    assert.ok(image.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])), 'the lease starts with a LUKS header');
+    assert.ok(image.subarray(0, LUKS_MAGIC.length).equals(LUKS_MAGIC), 'the lease starts with a LUKS header');
     assert.equal(image.indexOf(Buffer.from(MARK)), -1, `no page swapped to the lease is readable by the lender (${writtenPages(image, 0, image.length)} pages written there)`);
     await writeFile(pauseFile, '');
     const result = await running;

@@ -21,6 +21,7 @@ import { waitFor } from '../../shared/wait.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
 import { TestBus } from '../helpers/bus.js';
 import { ask as askOn, freePort } from '../helpers/nats.js';
+import { writtenPages } from '../helpers/sealed.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-vm';
@@ -101,8 +102,7 @@ test('vm - the kernel initiator end to end: CHAP login from a VM, its own disk, 
   // not one of them starts with the workload's mark.
   const image = await readFile(join(DIR, 'host-a', 'exporter', 'leases', lease.id, 'image'));
   // Between the self-test's first and last MiB (and mkswap's first page), only swapped pages land.
-  let written = 0;
-  for (let page = MiB; page + 4096 <= image.length - MiB; page += 4096) if (image.subarray(page, page + 4096).some((b) => b !== 0)) written += 1;
+  const written = writtenPages(image, MiB, image.length - MiB);
   assert.ok(written * 4096 >= 32 * MiB, `the VM's pages reached the lender (${written} pages)`);
   assert.equal(image.indexOf(Buffer.from(MARK)), -1, 'no page the VM swapped out is readable on the lender');
 

@@ -15,6 +15,7 @@ import { LUKS_HEADER_BYTES, exportLun, makeLuksHeader } from '../../services/att
 import { createRunner } from '../../shared/runner.js';
 import pino from 'pino';
 import { readMounts } from '../../shared/procfs.js';
+import { LUKS_MAGIC } from '../helpers/sealed.js';
 import { stopGracefully } from '../../shared/process.js';
 
 const MiB = 1024 * 1024;
@@ -34,27 +35,42 @@ function count(haystack: Buffer, needle: Buffer): number {
   return n;
 }
 
-/** A qemu-storage-daemon with node `lun` on `image` and a QMP socket; stopped and unmounted by `stop`. */
-async function startDaemon(dir: string, image: string) {
+/**
+ * Runs `body` against a qemu-storage-daemon with node `lun` on a fresh `imageBytes` image file and
+ * a QMP socket; afterwards the daemon is stopped, its export unmounted and its folder removed.
+ */
+async function withDaemon(imageBytes: number, body: (d: { qmp: Qmp; exportFile: string; image: string; dir: string }) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
+  const image = join(dir, 'lun.img');
   const pidfile = join(dir, 'qsd.pid');
   const socket = join(dir, 'qmp.sock');
   const exportFile = join(dir, 'export');
+  await writeFile(image, '');
+  await truncate(image, imageBytes);
   await writeFile(exportFile, '');
-  await execa('qemu-storage-daemon', [
-    '--blockdev', `driver=file,filename=${image},node-name=lun`,
-    '--chardev', `socket,id=qmp,path=${socket},server=on,wait=off`,
-    '--monitor', 'chardev=qmp',
-    '--pidfile', pidfile,
-    '--daemonize',
-  ]);
-  const pid = Number((await readFile(pidfile, 'utf8')).trim());
-  const qmp = await Qmp.connect(socket);
-  const stop = async () => {
-    qmp.close();
-    await stopGracefully(pid);
-    if ((await readMounts()).some((m) => m.target === exportFile)) await execa('umount', ['-l', exportFile]);
-  };
-  return { qmp, exportFile, stop };
+  try {
+    await execa('qemu-storage-daemon', [
+      '--blockdev', `driver=file,filename=${image},node-name=lun`,
+      '--chardev', `socket,id=qmp,path=${socket},server=on,wait=off`,
+      '--monitor', 'chardev=qmp',
+      '--pidfile', pidfile,
+      '--daemonize',
+    ]);
+    const pid = Number((await readFile(pidfile, 'utf8')).trim());
+    try {
+      const qmp = await Qmp.connect(socket);
+      try {
+        await body({ qmp, exportFile, image, dir });
+      } finally {
+        qmp.close();
+      }
+    } finally {
+      await stopGracefully(pid);
+      if ((await readMounts()).some((m) => m.target === exportFile)) await execa('umount', ['-l', exportFile]);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** Writes marked data at the start and the end of the export, reads it back, returns the raw image. */
@@ -82,64 +98,40 @@ async function roundTrip(exportFile: string, image: string): Promise<{ raw: Buff
 
 for (const sealed of [true, false]) {
   test(`seal - ${sealed ? 'sealed: the backing store holds a LUKS header and no page in the clear' : 'unsealed (the control): the pages lie in the backing store in the clear'}`, async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
-    const image = join(dir, 'lun.img');
-    await writeFile(image, '');
-    await truncate(image, 16 * MiB);
-    const daemon = await startDaemon(dir, image);
-    try {
+    await withDaemon(16 * MiB, async ({ qmp, exportFile, image, dir }) => {
       const header = sealed ? await makeLuksHeader(run, dir) : undefined;
-      await exportLun(daemon.qmp, 'lun', daemon.exportFile, header);
+      await exportLun(qmp, 'lun', exportFile, header);
       if (header) assert.ok(header.passphrase.every((b) => b === 0), 'the passphrase buffer is zeroed once the daemon has it');
-      const { raw, exportBytes } = await roundTrip(daemon.exportFile, image);
+      const { raw, exportBytes } = await roundTrip(exportFile, image);
       assert.equal(raw.length, 16 * MiB, 'the backing store did not grow or shrink');
       const found = count(raw, MARKER);
       if (sealed) {
         assert.equal(exportBytes, 16 * MiB - LUKS_HEADER_BYTES, 'the header takes LUKS_HEADER_BYTES, the rest is swap');
-        assert.ok(raw.subarray(0, 6).equals(Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])), 'a LUKS header at the start');
+        assert.ok(raw.subarray(0, LUKS_MAGIC.length).equals(LUKS_MAGIC), 'a LUKS header at the start');
         assert.equal(found, 0, 'no marked page readable by the lender');
       } else {
         assert.equal(exportBytes, 16 * MiB);
         assert.equal(found, 2 * 256, 'every marked page lies in the clear');
       }
-    } finally {
-      await daemon.stop();
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 }
 
 test('seal - a node too small for the header is refused with a clear error, and nothing is exported', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
-  const image = join(dir, 'lun.img');
-  await writeFile(image, '');
-  await truncate(image, MiB);
-  const daemon = await startDaemon(dir, image);
-  try {
-    await assert.rejects(exportLun(daemon.qmp, 'lun', daemon.exportFile, await makeLuksHeader(run, dir)), /cannot seal node lun: 1048576 bytes, the header alone takes 2068480/);
-    assert.equal((await readMounts()).some((m) => m.target === daemon.exportFile), false, 'no export');
+  await withDaemon(MiB, async ({ qmp, exportFile, image, dir }) => {
+    await assert.rejects(exportLun(qmp, 'lun', exportFile, await makeLuksHeader(run, dir)), /cannot seal node lun: 1048576 bytes, the header alone takes 2068480/);
+    assert.equal((await readMounts()).some((m) => m.target === exportFile), false, 'no export');
     assert.equal((await readFile(image)).length, MiB, 'nothing written');
-  } finally {
-    await daemon.stop();
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('seal - QMP errors come back as errors naming the command, not as hangs', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'rswap-seal-'));
-  const image = join(dir, 'lun.img');
-  await writeFile(image, '');
-  await truncate(image, 4 * MiB);
-  const daemon = await startDaemon(dir, image);
-  try {
-    await assert.rejects(daemon.qmp.execute('blockdev-add', { driver: 'luks', 'node-name': 'x', file: 'lun', 'key-secret': 'missing' }), /QMP blockdev-add failed: .*missing/);
+  await withDaemon(4 * MiB, async ({ qmp }) => {
+    await assert.rejects(qmp.execute('blockdev-add', { driver: 'luks', 'node-name': 'x', file: 'lun', 'key-secret': 'missing' }), /QMP blockdev-add failed: .*missing/);
     // A LUN with no LUKS header (a header that never made it there) does not open.
-    await daemon.qmp.execute('object-add', { 'qom-type': 'secret', id: 'k', data: 'x', format: 'raw' });
-    await assert.rejects(daemon.qmp.execute('blockdev-add', { driver: 'luks', 'node-name': 'y', file: 'lun', 'key-secret': 'k' }), /QMP blockdev-add failed/);
-  } finally {
-    await daemon.stop();
-    await rm(dir, { recursive: true, force: true });
-  }
+    await qmp.execute('object-add', { 'qom-type': 'secret', id: 'k', data: 'x', format: 'raw' });
+    await assert.rejects(qmp.execute('blockdev-add', { driver: 'luks', 'node-name': 'y', file: 'lun', 'key-secret': 'k' }), /QMP blockdev-add failed/);
+  });
 });
 
 test('seal - every header has its own master key and passphrase, and no file is left', async () => {
