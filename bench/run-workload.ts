@@ -34,8 +34,11 @@ export function startWorkload(cgroupPath: string, args: string[], onProgress: (p
   const command = wrapInCgroup(cgroupPath, [process.execPath, WORKLOAD, '--progress', ...args]);
   const child = execa(command[0]!, command.slice(1), { reject: false, timeout: 1_800_000 });
   let stderr = '';
+  let partial = ''; // a line split across two reads is parsed once whole
   child.stderr!.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n').filter(Boolean)) {
+    const lines = (partial + chunk.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines.filter(Boolean)) {
       try {
         onProgress(JSON.parse(line) as Progress);
       } catch {
@@ -44,6 +47,7 @@ export function startWorkload(cgroupPath: string, args: string[], onProgress: (p
     }
   });
   const result = child.then((r) => {
+    if (partial) stderr += `${partial}\n`;
     if (r.exitCode !== 0 || !r.stdout) {
       throw new Error(`workload ${r.signal ? `killed by ${r.signal}` : `exited with ${r.exitCode}`}: ${stderr.trim() || String(r.stdout)}`);
     }

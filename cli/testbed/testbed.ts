@@ -156,6 +156,16 @@ function startDetached(command: string[], logFile: string, env: Record<string, s
   return child.pid!;
 }
 
+/** The last lines of a host's agent logs (and a VM's console), for an error that says why it is not up. */
+async function lastWords(hostDir: string, vm: boolean): Promise<string> {
+  const files = [...(vm ? ['console.log'] : []), 'exporter.log', 'attacher.log', 'monitor.log'];
+  const parts = await Promise.all(files.map(async (file) => {
+    const lines = (await readFile(join(hostDir, file), 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-8);
+    return `--- ${join(hostDir, file)}\n${lines.map((l) => l.slice(0, 400)).join('\n')}`;
+  }));
+  return parts.join('\n');
+}
+
 export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
   const dir = options.dir;
   const hosts = hostsFor(options.hosts, await memoryCgroupRoot(), options.memoryBytes);
@@ -281,12 +291,20 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   // Ready when the broker has recorded every host's exporter and attacher (a VM's too: it boots
   // and starts node under TCG, which takes a while).
   const names = [...hosts.map((h) => h.name), ...vms.map((v) => v.name)];
-  await waitFor('testbed: agents announced to the broker', async () => {
-    // NATS may refuse for a moment while the broker creates the buckets: not ready yet.
-    const known = await listHosts(testbedBus(testbed)).catch(() => []);
-    for (const vm of vms) if (vm.readyMs === undefined && known.some((k) => k.host === vm.name && k.exporter && k.attacher)) vm.readyMs = Date.now() - bootedAt;
-    return names.every((name) => known.some((k) => k.host === name && k.exporter && k.attacher));
-  }, { timeoutMs: vms.length > 0 ? 240_000 : 30_000 });
+  let missing = names;
+  try {
+    await waitFor('testbed: agents announced to the broker', async () => {
+      // NATS may refuse for a moment while the broker creates the buckets: not ready yet.
+      const known = await listHosts(testbedBus(testbed)).catch(() => []);
+      for (const vm of vms) if (vm.readyMs === undefined && known.some((k) => k.host === vm.name && k.exporter && k.attacher)) vm.readyMs = Date.now() - bootedAt;
+      missing = names.filter((name) => !known.some((k) => k.host === name && k.exporter && k.attacher));
+      return missing.length === 0;
+    }, { timeoutMs: vms.length > 0 ? 240_000 : 30_000 });
+  } catch (error) {
+    // The testbed's directory goes with testbed down: what the missing hosts said goes in the error.
+    const said = await Promise.all(missing.map((name) => lastWords(join(dir, name), vms.some((v) => v.name === name))));
+    throw new Error(`${errorMessage(error)}; not announced: ${missing.join(', ')}\n${said.join('\n')}`);
+  }
   if (vms.length > 0) {
     await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
     for (const vm of vms) log.info({ vm: vm.name, readyMs: vm.readyMs, accel: await accelerator(image!) }, `VM host ${vm.name} ready ${((vm.readyMs ?? 0) / 1000).toFixed(1)} s after it started`);

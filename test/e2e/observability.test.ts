@@ -17,7 +17,7 @@ import { freePort } from '../helpers/nats.js';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp.js';
 import { waitFor } from '../../shared/wait.js';
 import { traceIdOf } from '../../shared/tracing.js';
-import { startWorkload } from '../../bench/run-workload.js';
+import { thrashUntil } from '../helpers/thrash.js';
 import { subjects } from '../../shared/subjects.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
 
@@ -76,10 +76,11 @@ function ancestry(spans: ReceivedSpan[], span: ReceivedSpan): ReceivedSpan[] {
 let lease: LeaseRecord;
 
 test('tracing - a lease is one trace from the pressure event to swapon, across monitor, broker, exporter and attacher', async () => {
-  const report = await startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB']).result;
+  const { report, answer } = await thrashUntil(tb.hosts[1]!.cgroup, '256MiB', join(DIR, 'thrash.stop'), 'a lease of host-b active', async () => {
+    return (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-b' && l.state === 'active');
+  });
   assert.equal(report.corruptedChunks, 0);
-  lease = (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-b' && l.history.some((h) => h.state === 'active'))!;
-  assert.ok(lease, 'a lease came up');
+  lease = answer;
   const traceId = traceIdOf(lease.traceparent);
   assert.ok(traceId, `the lease records its trace: ${lease.traceparent}`);
 
