@@ -60,9 +60,7 @@ export async function pickInitiator(wanted: 'auto' | 'kernel' | 'userspace', run
 export function makeInitiator(kind: 'kernel' | 'userspace', run: Runner, log: Logger, config: AttacherConfig, iqn: string): Initiator {
   const seal = !config.unsealed;
   if (kind === 'kernel') return new KernelInitiator(run, log, { initiatorIqn: iqn, replacementTimeoutS: config.replacementTimeoutS, deviceWaitMs: 15_000, seal });
-  const userspace = new UserspaceInitiator(run, log, config.stateDir, iqn, seal);
-  userspace.prepare(); // the first lease's LUKS header, made before any attach waits for it
-  return userspace;
+  return new UserspaceInitiator(run, log, config.stateDir, iqn, seal);
 }
 
 export async function startAttacher(raw: Record<string, unknown>) {

@@ -10,8 +10,8 @@
  *   aes-xts-plain64 key given to `dmsetup` on its standard input; the swap area is /dev/mapper/<name>.
  * - userspace (qemu-storage-daemon): qemu's `luks` driver between the LUN and the FUSE export.
  *   qemu has no header-less format, so the first LUKS_HEADER_BYTES of the lease hold a LUKS header
- *   whose one key slot is locked by a random passphrase; the header is made ahead of the attach
- *   (makeLuksHeader), written onto the LUN, and the passphrase handed over the daemon's QMP socket.
+ *   whose one key slot is locked by a random passphrase; rswap writes the header itself (luks.ts)
+ *   onto the LUN, and hands the passphrase over the daemon's QMP socket.
  *
  * What sealing does not give: integrity. A lender that alters ciphertext makes the borrower read
  * garbage for those blocks (XTS has no authentication), not chosen data, and one that writes back
@@ -19,23 +19,13 @@
  * docs/security.md states this.
  */
 import { randomBytes } from 'node:crypto';
-import { access, open, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, open } from 'node:fs/promises';
 import type { Runner } from '../../shared/runner.js';
-import { ErrorCodes, RswapError, errorMessage } from '../../shared/errors.js';
+import { ErrorCodes, RswapError } from '../../shared/errors.js';
 import type { Qmp } from './qmp.js';
+import { LUKS_HEADER_BYTES, luksHeader } from './luks.js';
 
-/** How often to try formatting past qemu 7.2's flaky PBKDF2 benchmark (see makeLuksHeader). */
-const PBKDF_BENCHMARK_ATTEMPTS = 10;
-
-/** The LUKS1 header qemu writes for aes-256-xts (8 key slots of 4000 stripes): 505 pages. */
-export const LUKS_HEADER_BYTES = 2_068_480;
-
-/**
- * qemu's luks options. iter-time is short because the passphrase is 64 random bytes: no key
- * stretching makes it harder to guess, and a slow unlock would only slow down every attach.
- */
-export const LUKS_OPTIONS = { 'cipher-alg': 'aes-256', 'cipher-mode': 'xts', 'ivgen-alg': 'plain64', 'hash-alg': 'sha256', 'iter-time': 10 } as const;
+export { LUKS_HEADER_BYTES };
 
 /** Hex digits of `bytes` in a new Buffer, never a JS string (which could not be zeroed). */
 export function hexBuffer(bytes: Uint8Array): Buffer {
@@ -48,49 +38,21 @@ export function hexBuffer(bytes: Uint8Array): Buffer {
   return out;
 }
 
-/** A LUKS header made ahead of an attach, and the passphrase (hex digits) that unlocks it. */
+/** A LUKS header for one lease, and the passphrase (hex digits) that unlocks it. */
 export interface LuksHeader {
   header: Buffer;
   passphrase: Buffer;
 }
 
-let headers = 0;
-
 /**
- * Makes a LUKS header (a fresh random master key, locked by a fresh random passphrase) with
- * `qemu-img create`, in `dir`, and reads it back; the file is removed. The passphrase reaches
- * qemu-img on its standard input. This is the slow part of sealing (about 2 s of CPU: qemu times
- * PBKDF2 before it writes a key slot, however short iter-time is), so the userspace initiator makes
- * the next lease's header while no attach waits for it.
+ * A LUKS header with a fresh random master key, locked by a fresh random passphrase (luks.ts, in
+ * milliseconds). The passphrase stays in this process until exportLun hands it to the daemon.
  */
-export async function makeLuksHeader(run: Runner, dir: string): Promise<LuksHeader> {
+export function makeLuksHeader(): LuksHeader {
   const key = randomBytes(64);
   const passphrase = hexBuffer(key); // a LUKS passphrase must be text: 128 hex digits, 512 bits
   key.fill(0);
-  const file = join(dir, `luks-header.${process.pid}.${(headers += 1)}`);
-  const options = Object.entries({ 'key-secret': 'seal', ...LUKS_OPTIONS }).map(([k, v]) => `${k}=${v}`).join(',');
-  try {
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        // Through `cat`, so qemu-img's stdin is a pipe it can open by name (Node gives a socket).
-        await run('sh', ['-c', 'cat | qemu-img "$@"', 'sh', 'create', '-q', '-f', 'luks', '--object', 'secret,id=seal,file=/dev/stdin', '-o', options, file, '0'], { input: passphrase, timeoutMs: 120_000 });
-        break;
-      } catch (error) {
-        // qemu 7.2 as Debian ships it times its PBKDF2 benchmark with getrusage and gives up when
-        // the first (7 ms) round reads 0 ms, now and then (fixed upstream in qemu 9.2/10.0: "crypto:
-        // fix bogus error benchmarking pbkdf on fast machines"). It fails before writing anything.
-        if (attempt >= PBKDF_BENCHMARK_ATTEMPTS || !/Unable to get accurate CPU usage/.test(errorMessage(error))) throw error;
-      }
-    }
-    const header = await readFile(file);
-    if (header.length !== LUKS_HEADER_BYTES) throw new RswapError(ErrorCodes.INTERNAL, `qemu-img made a ${header.length}-byte LUKS header, not ${LUKS_HEADER_BYTES}`);
-    return { header, passphrase };
-  } catch (error) {
-    passphrase.fill(0);
-    throw error;
-  } finally {
-    await rm(file, { force: true });
-  }
+  return { header: luksHeader(passphrase), passphrase };
 }
 
 /**

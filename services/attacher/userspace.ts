@@ -18,7 +18,7 @@ import type { Initiator } from './initiator.js';
 import { escapeToRootMemoryCgroup } from './cgroup.js';
 import { isAlive, stopGracefully } from '../../shared/process.js';
 import { Qmp } from './qmp.js';
-import { exportLun, makeLuksHeader, type LuksHeader } from './seal.js';
+import { exportLun, makeLuksHeader } from './seal.js';
 
 export class UserspaceInitiator implements Initiator {
   readonly kind = 'userspace' as const;
@@ -31,28 +31,6 @@ export class UserspaceInitiator implements Initiator {
     /** Encrypt what is swapped to the lease with a key that never leaves this host (seal.ts). */
     readonly sealed: boolean,
   ) {}
-
-  /** The next lease's LUKS header, made while no attach waits (undefined: none made or it failed). */
-  private spare: Promise<LuksHeader | undefined> | undefined;
-
-  /** Starts making a spare header, so the first attach does not wait about 2 s for one. */
-  prepare(): void {
-    if (this.sealed && !this.spare) this.spare = this.makeSpare();
-  }
-
-  private makeSpare(): Promise<LuksHeader | undefined> {
-    return makeLuksHeader(this.run, this.stateDir).catch((error: unknown) => {
-      this.log.warn({ err: errorMessage(error) }, 'could not make a spare LUKS header; the next attach makes its own');
-      return undefined;
-    });
-  }
-
-  /** A header for this attach (the spare, or one made now), and the next spare started. */
-  private async takeHeader(): Promise<LuksHeader> {
-    const ready = this.spare ? await this.spare : undefined;
-    this.spare = this.makeSpare();
-    return ready ?? (await makeLuksHeader(this.run, this.stateDir));
-  }
 
   private paths(leaseId: string) {
     const dir = join(this.stateDir, 'leases', leaseId);
@@ -104,7 +82,7 @@ export class UserspaceInitiator implements Initiator {
       }
       const pid = Number((await readFile(p.pidfile, 'utf8')).trim());
       await escapeToRootMemoryCgroup(pid, this.log);
-      const header = this.sealed ? await this.takeHeader() : undefined;
+      const header = this.sealed ? makeLuksHeader() : undefined;
       const qmp = await Qmp.connect(p.qmp).catch((error: unknown) => {
         header?.passphrase.fill(0);
         throw error;
