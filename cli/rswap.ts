@@ -225,10 +225,12 @@ auth
   .option('--host <ids...>', 'hosts to make identities for now (more later with add-host)', [])
   .option('--ca-cert <file>', "your own CA's certificate (PEM) to sign nats-server's certificate with (default: a new CA)")
   .option('--ca-key <file>', "your own CA's key (PEM), with --ca-cert")
-  .action(async (o: { dir: string; serverName: string[]; serverIp: string[]; host: string[]; caCert?: string; caKey?: string }) => {
+  .option('--route <urls...>', 'a cluster: every node\'s route URL, nats-route://ADDRESS:6222 (give each node\'s address to --server-ip too)', [])
+  .action(async (o: { dir: string; serverName: string[]; serverIp: string[]; host: string[]; caCert?: string; caKey?: string; route: string[] }) => {
     if (!o.caCert !== !o.caKey) throw new Error('--ca-cert and --ca-key go together');
-    await authInit(o.dir, { serverNames: o.serverName, serverIps: o.serverIp, hosts: o.host, ...(o.caCert && o.caKey ? { ca: { cert: o.caCert, key: o.caKey } } : {}) });
+    await authInit(o.dir, { serverNames: o.serverName, serverIps: o.serverIp, hosts: o.host, ...(o.caCert && o.caKey ? { ca: { cert: o.caCert, key: o.caKey } } : {}), ...(o.route.length > 0 ? { routes: o.route } : {}) });
     console.log(`auth folder ${o.dir}: run nats-server with -c ${o.dir}/nats.conf (plus -js, --store_dir, ...)`);
+    if (o.route.length > 0) console.log(`a cluster: start each node with its own --name and --cluster nats://ADDRESS:PORT (its route listener), and the broker with --kv-replicas 3`);
     console.log(`give each process its own file from ${o.dir}/creds/ (0600) with --creds or RSWAP_CREDS; keep ${o.dir}/ca-key.pem offline`);
   });
 for (const role of ['host', 'broker', 'operator', 'observer'] as const) {

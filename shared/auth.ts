@@ -6,7 +6,9 @@
  *   ca.pem, ca-key.pem          the CA (keep ca-key.pem offline once the server's cert is made)
  *   server.pem, server-key.pem  nats-server's certificate, for the names and addresses given
  *   identities.json             every identity: name, role, public NKey (no secrets)
- *   nats.conf                   tls {...} and authorization {...} for nats-server (`-c nats.conf`)
+ *   nats.conf                   tls {...} and authorization {...} for nats-server (`-c nats.conf`),
+ *                               and with cluster.json a cluster {...} whose routes use mutual TLS
+ *   cluster.json                (a cluster only) its name and every node's route URL
  *   creds/<name>.creds          one per identity, 0600: its NKey seed and the CA, all a process needs
  *
  * Permissions (nats-server enforces them; a message outside them never reaches anyone):
@@ -107,14 +109,40 @@ export function permissionsFor(identity: Pick<Identity, 'name' | 'role'>, everyo
   }
 }
 
-/** nats-server's `tls {...}` and `authorization {...}`, for `nats-server -c nats.conf`. */
-export function serverConfig(dir: string, identities: Identity[]): string {
+/** A NATS cluster: its name and every node's route URL (`nats-route://host:port`). */
+export const ClusterSettings = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+  routes: z.array(z.string().regex(/^nats-route:\/\/[^/\s]+:\d+$/, "a route is 'nats-route://host:port'")).min(2).max(15),
+});
+export type ClusterSettings = z.infer<typeof ClusterSettings>;
+
+async function readCluster(dir: string): Promise<ClusterSettings | undefined> {
+  const text = await readFile(join(dir, 'cluster.json'), 'utf8').catch(() => undefined);
+  return text === undefined ? undefined : ClusterSettings.parse(JSON.parse(text));
+}
+
+/**
+ * nats-server's `tls {...}` and `authorization {...}`, for `nats-server -c nats.conf`; for a
+ * cluster also `cluster {...}`: routes only between nodes that show a certificate of this CA (the
+ * one server certificate, valid for every node's address). Each node is started with its own
+ * `--name` and `--cluster nats://ADDRESS:PORT` (its route listener), as docs/operations.md shows.
+ */
+export function serverConfig(dir: string, identities: Identity[], cluster?: ClusterSettings): string {
   const users = identities.map((i) => `    # ${i.role} ${i.name}\n    { nkey: ${JSON.stringify(i.publicKey)}, permissions: ${JSON.stringify(permissionsFor(i, identities))} }`);
   const abs = resolve(dir);
   return [
     '# Written by `rswap auth`: do not edit, run `rswap auth add-host|add-operator|...` instead.',
     '# Every client must use TLS (plaintext is refused) and sign in with its NKey.',
     `tls { cert_file: ${JSON.stringify(join(abs, 'server.pem'))}, key_file: ${JSON.stringify(join(abs, 'server-key.pem'))}, timeout: 5 }`,
+    ...(cluster
+      ? [
+          'cluster {',
+          `  name: ${JSON.stringify(cluster.name)}`,
+          `  tls { cert_file: ${JSON.stringify(join(abs, 'server.pem'))}, key_file: ${JSON.stringify(join(abs, 'server-key.pem'))}, ca_file: ${JSON.stringify(join(abs, 'ca.pem'))}, verify: true, timeout: 5 }`,
+          `  routes = [${cluster.routes.map((r) => JSON.stringify(r)).join(', ')}]`,
+          '}',
+        ]
+      : []),
     'authorization {',
     '  users = [',
     users.join('\n'),
@@ -167,7 +195,7 @@ async function issueKey(dir: string, identities: Identity[], name: string, role:
   const ca = await readFile(join(dir, 'ca.pem'), 'utf8');
   const all = identities.some((i) => i.name === name) ? identities.map((i) => (i.name === name ? identity : i)) : [...identities, identity];
   // nats.conf first: until nats-server reloads it, the old key (if any) still signs in.
-  await writeSecret(join(dir, 'nats.conf'), serverConfig(dir, all));
+  await writeSecret(join(dir, 'nats.conf'), serverConfig(dir, all, await readCluster(dir)));
   await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: all }, null, 2)}\n`);
   await mkdir(join(dir, 'creds'), { recursive: true, mode: 0o700 });
   const file = join(dir, 'creds', `${name}.creds`);
@@ -183,6 +211,8 @@ export interface AuthInitOptions {
   hosts?: string[];
   /** An operator's own CA (certificate and key, PEM files) to sign nats-server's certificate; default: a new one. */
   ca?: { cert: string; key: string };
+  /** A cluster of nats-servers: every node's route URL (`nats-route://host:port`); one certificate serves them all. */
+  routes?: string[];
 }
 
 /** Makes an auth folder: a CA, nats-server's certificate, identities, creds files and nats.conf. */
@@ -196,7 +226,11 @@ export async function authInit(dir: string, options: AuthInitOptions): Promise<v
   }
   const san = [...options.serverNames.map((n) => `DNS:${n}`), ...options.serverIps.map((ip) => `IP:${ip}`)].join(',');
   if (!san) throw new RswapError(ErrorCodes.CONFIG, 'give the names or addresses clients use to reach nats-server (--server-name, --server-ip)');
+  const parsed = options.routes ? ClusterSettings.safeParse({ name: 'rswap', routes: options.routes }) : undefined;
+  if (parsed && !parsed.success) throw new RswapError(ErrorCodes.CONFIG, `--route: ${parsed.error.issues.map((i) => i.message).join('; ')} (two to fifteen nodes)`);
+  const cluster = parsed?.data;
   await makeCertificates(dir, san, options.ca);
+  if (cluster) await writeFile(join(dir, 'cluster.json'), `${JSON.stringify(cluster, null, 2)}\n`);
   await writeFile(join(dir, 'identities.json'), `${JSON.stringify({ identities: [] }, null, 2)}\n`);
   await addIdentity(dir, 'broker', 'broker');
   await addIdentity(dir, 'operator', 'operator');
@@ -222,7 +256,7 @@ async function makeCertificates(dir: string, san: string, ownCa?: { cert: string
     'default_md = sha256', 'policy = any', 'unique_subject = no', 'copy_extensions = none',
     '[any]', 'commonName = supplied',
     '[ca_ext]', 'basicConstraints = critical,CA:TRUE', 'keyUsage = critical,keyCertSign,cRLSign', 'subjectKeyIdentifier = hash',
-    '[server_ext]', 'basicConstraints = CA:FALSE', `subjectAltName = ${san}`, 'extendedKeyUsage = serverAuth', 'keyUsage = critical,digitalSignature', 'authorityKeyIdentifier = keyid',
+    '[server_ext]', 'basicConstraints = CA:FALSE', `subjectAltName = ${san}`, 'extendedKeyUsage = serverAuth,clientAuth', 'keyUsage = critical,digitalSignature', 'authorityKeyIdentifier = keyid',
     '',
   ].join('\n'));
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];

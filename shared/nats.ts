@@ -67,12 +67,14 @@ export interface Stores {
  * survives a nats-server restart; a little history for debugging); an agent, which may only read
  * them, waits until a broker has.
  */
-export async function openStores(nc: NatsConnection, options: { create: boolean; log?: Logger } = { create: true }): Promise<Stores> {
+export async function openStores(nc: NatsConnection, options: { create: boolean; log?: Logger; replicas?: number } = { create: true }): Promise<Stores> {
   const kvm = new Kvm(nc);
   if (options.create) {
+    // replicas: 3 on a three-node cluster, so the records outlive any one node (docs/operations.md).
+    const replicas = options.replicas ?? 1;
     const [leases, hosts] = await Promise.all([
-      kvm.create(buckets.leases, { history: 5, storage: 'file' }),
-      kvm.create(buckets.hosts, { history: 3, storage: 'file' }),
+      kvm.create(buckets.leases, { history: 5, storage: 'file', replicas }),
+      kvm.create(buckets.hosts, { history: 3, storage: 'file', replicas }),
     ]);
     return { leases, hosts };
   }
@@ -184,6 +186,81 @@ export async function startNatsServer(options: { auth?: { hosts: string[] } } = 
         child.kill('SIGKILL');
         await new Promise((r) => child.once('exit', r));
       }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface NatsCluster {
+  /** Every node's client URL, comma-separated, as agents and the CLI take them. */
+  url: string;
+  names: string[];
+  as(identity: string): NatsAccess;
+  authDir: string;
+  /** kill -9 of one node (by index); its store stays. */
+  kill(node: number): Promise<void>;
+  /** Starts a killed node again, on its old store and ports. */
+  start(node: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * `nodes` nats-servers with JetStream on loopback, clustered over mutual-TLS routes, with the
+ * identities and TLS `rswap auth init --route ...` makes, for a test or bench of the replicated
+ * control plane. Resolves once every node logged that it is ready.
+ */
+export async function startNatsCluster(options: { nodes?: number; hosts: string[] }): Promise<NatsCluster> {
+  const count = options.nodes ?? 3;
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-nats-cluster-'));
+  const authDir = join(dir, 'auth');
+  const ports = await Promise.all(Array.from({ length: count }, () => freePort()));
+  const routePorts = await Promise.all(Array.from({ length: count }, () => freePort()));
+  await authInit(authDir, { serverNames: ['localhost'], serverIps: ['127.0.0.1'], hosts: options.hosts, routes: routePorts.map((p) => `nats-route://127.0.0.1:${p}`) });
+  const names = ports.map((_, i) => `n${i + 1}`);
+  const children: Array<ChildProcess | undefined> = [];
+  const start = async (i: number) => {
+    const args = ['-c', join(authDir, 'nats.conf'), '--name', names[i]!, '-a', '127.0.0.1', '-p', String(ports[i]), '--cluster', `nats://127.0.0.1:${routePorts[i]}`, '-js', '-sd', join(dir, names[i]!)];
+    const child = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    children[i] = child;
+    let output = '';
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nats-server ${names[i]} not ready within 20 s: ${output}`)), 20_000);
+      child.stderr!.on('data', (chunk: Buffer) => {
+        output += chunk.toString();
+        if (output.includes('Server is ready')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`nats-server ${names[i]} exited (${code}): ${output}`)));
+    });
+  };
+  const kill = async (i: number) => {
+    const child = children[i];
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+    }
+    children[i] = undefined;
+  };
+  try {
+    await Promise.all(names.map((_, i) => start(i)));
+  } catch (error) {
+    for (let i = 0; i < count; i += 1) await kill(i);
+    await rm(dir, { recursive: true, force: true });
+    throw error;
+  }
+  return {
+    url: ports.map((p) => `nats://127.0.0.1:${p}`).join(','),
+    names,
+    as: (identity) => ({ url: ports.map((p) => `nats://127.0.0.1:${p}`).join(','), creds: join(authDir, 'creds', `${identity}.creds`) }),
+    authDir,
+    kill,
+    start,
+    stop: async () => {
+      for (let i = 0; i < count; i += 1) await kill(i);
       await rm(dir, { recursive: true, force: true });
     },
   };

@@ -37,6 +37,7 @@ export const BrokerConfig = z.strictObject({
   maxClockSkewMs: z.coerce.number().int().positive().default(60_000), // hosts' timestamps believed within this of the broker's clock
   unservedTtlMs: z.coerce.number().int().positive().default(10_000), // a pressure no lender could serve is retried this long
   solicitIntervalMs: z.coerce.number().int().positive().default(2_000), // ask monitors for fresh offers at most this often
+  kvReplicas: z.coerce.number().int().min(1).max(5).default(1), // copies of each KV bucket: 3 on a three-node NATS cluster
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
 });
 export type BrokerConfig = z.infer<typeof BrokerConfig>;
@@ -45,7 +46,7 @@ export async function startBroker(raw: Record<string, unknown>) {
   const config = parseConfig(BrokerConfig, raw);
   const log = createLogger('broker', config.host);
   const nc = await connectNats({ url: config.nats, creds: config.creds, insecure: config.insecure }, `rswap-broker-${config.host}`, log, { role: 'broker' });
-  const stores = await openStores(nc);
+  const stores = await openStores(nc, { create: true, log, replicas: config.kvReplicas });
   const hosts = new HostStore(stores.hosts);
   // Unique per process: two brokers named alike must still tell their marks apart.
   const brokerId = `${config.host}-${process.pid}-${randomBytes(2).toString('hex')}`;
