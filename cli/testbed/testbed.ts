@@ -30,7 +30,7 @@ import { GiB, MiB } from '../../shared/units.js';
 import { recordedLoops } from '../../services/attacher/userspace.js';
 import { authInit, readIdentities } from '../../shared/auth.js';
 import { accelerator, qemuCommand, vmImage, vmScript, writeVmScript } from './vm.js';
-import { connectAs, type NatsAccess } from '../../shared/nats.js';
+import { connectAs, freePort, type NatsAccess } from '../../shared/nats.js';
 
 export const BRIDGE = 'rswap-br0';
 export const BRIDGE_ADDRESS = '198.18.0.1';
@@ -79,6 +79,14 @@ export interface TestbedOptions {
   vmMemoryMiB?: number;
   /** Each VM host's initiator, in order (default kernel, the production path). */
   vmInitiators?: Array<'kernel' | 'userspace'>;
+  /**
+   * nats-server nodes (default 1). Three make a cluster over mutual-TLS routes on the bridge, with
+   * the KV buckets at three replicas; every process is given every node's URL. Processes 'nats',
+   * 'nats-2', 'nats-3'.
+   */
+  natsNodes?: number;
+  /** Brokers (default 1): 'broker', 'broker-2', ... all at once, as in a deployment that keeps one spare. */
+  brokers?: number;
 }
 
 export interface TestbedHost {
@@ -170,7 +178,11 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   const dir = options.dir;
   const hosts = hostsFor(options.hosts, await memoryCgroupRoot(), options.memoryBytes);
   const vmNames = Array.from({ length: options.vmHosts ?? 0 }, (_, i) => `host-${String.fromCharCode(97 + options.hosts + i)}`);
-  const natsUrl = `nats://${BRIDGE_ADDRESS}:${options.natsPort}`;
+  // Node 1 listens on natsPort; more nodes (a cluster) on free ports, and each on a route port.
+  const natsNodes = options.natsNodes ?? 1;
+  const clientPorts = [options.natsPort, ...(await Promise.all(Array.from({ length: natsNodes - 1 }, () => freePort())))];
+  const routePorts = natsNodes > 1 ? await Promise.all(clientPorts.map(() => freePort())) : [];
+  const natsUrl = clientPorts.map((p) => `nats://${BRIDGE_ADDRESS}:${p}`).join(',');
   // The VM image first (built once per kernel version, cached): nothing is set up yet if it fails.
   const image = vmNames.length > 0 ? await vmImage(log) : undefined;
   const links = await run('ip', ['-o', 'link', 'show']);
@@ -204,23 +216,36 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   let creds: Record<string, string> | undefined;
   const authDir = join(dir, 'auth');
   if (!options.insecure) {
-    await authInit(authDir, { serverNames: ['localhost'], serverIps: [BRIDGE_ADDRESS, '127.0.0.1'], hosts: [...hosts.map((h) => h.name), ...vmNames] });
+    const routes = routePorts.map((p) => `nats-route://${BRIDGE_ADDRESS}:${p}`);
+    await authInit(authDir, { serverNames: ['localhost'], serverIps: [BRIDGE_ADDRESS, '127.0.0.1'], hosts: [...hosts.map((h) => h.name), ...vmNames], ...(routes.length > 0 ? { routes } : {}) });
     creds = Object.fromEntries((await readIdentities(authDir)).map((i) => [i.name, join(authDir, 'creds', `${i.name}.creds`)]));
   }
   const credsOf = (name: string) => (creds ? ['--creds', creds[name]!] : ['--insecure']);
-  const natsDir = join(dir, 'nats');
-  await mkdir(natsDir, { recursive: true });
-  const natsPid = startDetached(['nats-server', ...(creds ? ['-c', join(authDir, 'nats.conf')] : []), '-a', BRIDGE_ADDRESS, '-p', String(options.natsPort), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, 'nats.log'), {}, 'nats');
-  await writeFile(join(dir, 'nats.pid'), `${natsPid}\n`);
-  await waitFor('testbed: nats-server', async () => (await readFile(join(dir, 'nats.log'), 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 10_000 });
+  if (natsNodes > 1 && !creds) throw new Error('a NATS cluster in the testbed runs with its identities and TLS (not insecure)');
+  for (const [i, port] of clientPorts.entries()) {
+    const name = i === 0 ? 'nats' : `nats-${i + 1}`;
+    const natsDir = join(dir, name);
+    await mkdir(natsDir, { recursive: true });
+    const cluster = natsNodes > 1 ? ['--name', name, '--cluster', `nats://${BRIDGE_ADDRESS}:${routePorts[i]}`] : [];
+    const natsPid = startDetached(['nats-server', ...(creds ? ['-c', join(authDir, 'nats.conf')] : []), ...cluster, '-a', BRIDGE_ADDRESS, '-p', String(port), '-js', '-sd', natsDir, '-P', join(natsDir, 'nats.pid')], join(dir, `${name}.log`), {}, name);
+    await writeFile(join(dir, `${name}.pid`), `${natsPid}\n`);
+  }
+  for (let i = 0; i < natsNodes; i += 1) {
+    const logFile = join(dir, `${i === 0 ? 'nats' : `nats-${i + 1}`}.log`);
+    await waitFor('testbed: nats-server', async () => (await readFile(logFile, 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 20_000 });
+  }
 
   const node = process.execPath;
   const startBroker = async () => {
     // With VM hosts (often under TCG, where every guest instruction is emulated), an attach inside a
     // VM under memory pressure can take minutes on a loaded machine: the broker waits that long.
     const slowAttach = (options.vmHosts ?? 0) > 0 && !(options.brokerArgs ?? []).includes('--attach-timeout-ms') ? ['--attach-timeout-ms', '300000'] : [];
-    const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...credsOf('broker'), ...slowAttach, ...(options.brokerArgs ?? [])], join(dir, 'broker.log'), options.env, 'broker');
-    await writeFile(join(dir, 'broker.pid'), `${brokerPid}\n`);
+    const replicas = natsNodes >= 3 ? ['--kv-replicas', '3'] : [];
+    for (let i = 0; i < (options.brokers ?? 1); i += 1) {
+      const name = i === 0 ? 'broker' : `broker-${i + 1}`;
+      const brokerPid = startDetached([node, CLI, 'broker', '--nats', natsUrl, ...credsOf('broker'), '--host', name, ...replicas, ...slowAttach, ...(options.brokerArgs ?? [])], join(dir, `${name}.log`), options.env, name);
+      await writeFile(join(dir, `${name}.pid`), `${brokerPid}\n`);
+    }
   };
   // With the broker last: listen for the monitors' first offers before they start.
   const offered = new Set<string>();
