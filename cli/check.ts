@@ -95,14 +95,45 @@ const commandOf = (s: ComposeService) => (Array.isArray(s.command) ? s.command :
 const publishes = (s: ComposeService, port: number) =>
   (s.ports ?? []).some((p) => (typeof p === 'string' ? p.split('/')[0]!.split(':').at(-1) === String(port) : p.target === port));
 
-/** Every problem found in a compose file's text; [] when it is fine. */
-export function checkCompose(text: string): string[] {
-  let doc: { services?: Record<string, ComposeService> } & Record<string, unknown>;
-  try {
-    doc = parse(text, { merge: true }) as typeof doc;
-  } catch (error) {
-    return [`not YAML: ${(error as Error).message}`];
+type ComposeDoc = { services?: Record<string, ComposeService> } & Record<string, unknown>;
+
+/**
+ * Compose files given in order (`docker compose -f a -f b`) as the one Compose runs, by its merge
+ * rules for what rswap's files use: mappings merge key by key, `command` and other scalars are
+ * replaced, `ports` and `volumes` add up, `environment` merges by variable.
+ */
+export function mergeCompose(docs: ComposeDoc[]): ComposeDoc {
+  const isMap = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+  const merge = (base: unknown, over: unknown, key: string): unknown => {
+    if (key === 'command' || key === 'entrypoint') return over;
+    if (key === 'environment' && (Array.isArray(base) || Array.isArray(over))) {
+      return { ...envOf({ environment: base as ComposeService['environment'] }), ...envOf({ environment: over as ComposeService['environment'] }) };
+    }
+    if (Array.isArray(base) && Array.isArray(over)) return [...base, ...over.filter((x) => !base.some((b) => JSON.stringify(b) === JSON.stringify(x)))];
+    if (isMap(base) && isMap(over)) {
+      const out: Record<string, unknown> = { ...base };
+      for (const [k, v] of Object.entries(over)) out[k] = k in base ? merge(base[k], v, k) : v;
+      return out;
+    }
+    return over;
+  };
+  return docs.reduce((a, b) => merge(a, b, '') as ComposeDoc, {} as ComposeDoc);
+}
+
+/**
+ * Every problem found in compose files' texts, merged in order as Compose does (compose.yaml alone,
+ * or with compose.cluster.yaml over it); [] when they are fine.
+ */
+export function checkCompose(...texts: string[]): string[] {
+  const docs: ComposeDoc[] = [];
+  for (const [i, text] of texts.entries()) {
+    try {
+      docs.push(parse(text, { merge: true }) as ComposeDoc);
+    } catch (error) {
+      return [`${texts.length > 1 ? `file ${i + 1}: ` : ''}not YAML: ${(error as Error).message}`];
+    }
   }
+  const doc = mergeCompose(docs);
   const problems: string[] = [];
   const validate = composeSchemaValidator();
   if (!validate(doc)) {
@@ -119,6 +150,7 @@ export function checkCompose(text: string): string[] {
     if (!nats.healthcheck?.test || nats.healthcheck.disable) problems.push('nats: no health check: the services cannot wait for it');
     if (!publishes(nats, 4222)) problems.push('nats: port 4222 is not published: host agents on the host network cannot reach it');
     if (!cmd.some((a) => a === '-c' || a === '--config')) problems.push('nats: no -c nats.conf from rswap auth: it would run without identities and TLS');
+    problems.push(...checkClusterNode(cmd, nats, services.broker));
   }
   const jaeger = services.jaeger;
   if (jaeger) {
@@ -137,7 +169,8 @@ export function checkCompose(text: string): string[] {
     const agent = AGENTS.includes(role);
     const natsUrl = interpolate(env.RSWAP_NATS_URL ?? '');
     const otlp = interpolate(env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '');
-    if (!/^nats:\/\/[^/]+:4222$/.test(natsUrl)) problems.push(`${role}: RSWAP_NATS_URL '${natsUrl}' does not reach NATS on port 4222`);
+    // A required variable (${RSWAP_NATS_URL:?...}) is the operator's to set: Compose refuses to start without it.
+    if (natsUrl !== 'SET-BY-OPERATOR' && !natsUrl.split(',').every((url) => /^nats:\/\/[^/,]+:4222$/.test(url))) problems.push(`${role}: RSWAP_NATS_URL '${natsUrl}' does not reach NATS on port 4222`);
     if (!/^http:\/\/[^/]+:4318\/?$/.test(otlp)) problems.push(`${role}: OTEL_EXPORTER_OTLP_ENDPOINT '${otlp}' is not Jaeger's OTLP/HTTP port 4318`);
     if (!env.RSWAP_CREDS) problems.push(`${role}: RSWAP_CREDS is not set: it needs its NATS credentials (rswap auth)`);
     if (env.RSWAP_INSECURE !== undefined || cmd.includes('--insecure')) problems.push(`${role}: runs without NATS identity and TLS (--insecure / RSWAP_INSECURE)`);
@@ -153,6 +186,33 @@ export function checkCompose(text: string): string[] {
       }
     } else if (/127\.0\.0\.1|localhost/.test(natsUrl)) {
       problems.push(`${role}: in its own network namespace, 127.0.0.1 is not NATS; use nats://nats:4222`);
+    }
+  }
+  return problems;
+}
+
+/**
+ * A nats service that is one node of a cluster (`--cluster`): its own name, its route port
+ * published, clients told only the URLs they were given (container addresses mean nothing to
+ * them), and a broker that keeps the lease buckets at three replicas and knows every node.
+ */
+function checkClusterNode(cmd: string[], nats: ComposeService, broker: ComposeService | undefined): string[] {
+  const at = cmd.indexOf('--cluster');
+  if (at < 0) return [];
+  const problems: string[] = [];
+  const port = Number(/:(\d+)$/.exec(interpolate(cmd[at + 1] ?? ''))?.[1]);
+  if (!port) problems.push(`nats: --cluster '${cmd[at + 1] ?? ''}' has no route port`);
+  else if (!publishes(nats, port)) problems.push(`nats: route port ${port} is not published: the other nodes cannot reach this one`);
+  if (!cmd.some((a) => a === '--name' || a === '-n' || a === '--server_name')) problems.push('nats: a cluster node needs its own --name (JetStream places replicas by server name)');
+  if (!cmd.includes('--cluster_advertise')) problems.push('nats: no --cluster_advertise: the other nodes would be told this container\'s address');
+  if (!cmd.includes('--no_advertise')) problems.push('nats: no --no_advertise: clients would be told container addresses they cannot reach');
+  if (broker) {
+    const env = envOf(broker);
+    const replicas = Number(interpolate(env.RSWAP_KV_REPLICAS ?? '1'));
+    if (!(replicas >= 3)) problems.push(`broker: RSWAP_KV_REPLICAS is ${replicas}: on a cluster the lease buckets need 3 replicas to survive a node`);
+    const urls = interpolate(env.RSWAP_NATS_URL ?? '');
+    if (urls !== 'SET-BY-OPERATOR' && urls.split(',').length < 2) {
+      problems.push('broker: RSWAP_NATS_URL names one node: the broker stops when that node does');
     }
   }
   return problems;

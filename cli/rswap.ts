@@ -291,12 +291,14 @@ testbed
 program
   .command('check')
   .description('check deployment files without running them: compose.yaml (Compose schema + rswap invariants) and systemd units')
-  .argument('<files...>', 'compose.yaml and/or deploy/systemd/*.service')
+  .argument('<files...>', 'compose files (several are merged in order, as docker compose -f a -f b does) and/or deploy/systemd/*.service')
   .action(async (files: string[]) => {
     const problems: string[] = [];
-    for (const file of files) {
-      const text = await readFile(file, 'utf8');
-      problems.push(...(file.endsWith('.service') ? checkUnit(file, text) : checkCompose(text).map((p) => `${file}: ${p}`)));
+    const composeFiles = files.filter((f) => !f.endsWith('.service'));
+    for (const file of files.filter((f) => f.endsWith('.service'))) problems.push(...checkUnit(file, await readFile(file, 'utf8')));
+    if (composeFiles.length > 0) {
+      const texts = await Promise.all(composeFiles.map((f) => readFile(f, 'utf8')));
+      problems.push(...checkCompose(...texts).map((p) => `${composeFiles.join(' + ')}: ${p}`));
     }
     if (problems.length > 0) throw new Error(`${problems.length} problem(s):\n  ${problems.join('\n  ')}`);
     console.log(`ok: ${files.join(', ')}`);

@@ -4,10 +4,11 @@ import { readFile, readdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, stringify } from 'yaml';
-import { checkCompose, checkUnit, interpolate } from '../../cli/check.js';
+import { checkCompose, checkUnit, interpolate, mergeCompose } from '../../cli/check.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
 const compose = () => readFile(resolve(ROOT, 'compose.yaml'), 'utf8');
+const clusterOverlay = () => readFile(resolve(ROOT, 'compose.cluster.yaml'), 'utf8');
 
 /** The repo's compose.yaml, changed by `edit` (anchors and merges already resolved). */
 async function broken(edit: (doc: Record<string, any>) => void): Promise<string[]> {
@@ -49,6 +50,41 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     assert.ok(problems.some((p) => expected.test(p)), `${what}: ${JSON.stringify(problems)}`);
   }
   assert.match(checkCompose('services: [unclosed')[0]!, /not YAML/);
+});
+
+test('check - compose files merge as Compose merges them: commands replaced, ports added, environment by variable', () => {
+  const merged = mergeCompose([
+    { services: { nats: { command: ['-c', 'a.conf'], ports: ['4222:4222'] }, broker: { environment: { A: '1', B: '2' }, image: 'x' } } },
+    { services: { nats: { command: ['-c', 'b.conf'], ports: ['4222:4222', '6222:6222'] }, broker: { environment: ['B=3', 'C=4'] } } },
+  ]);
+  assert.deepEqual(merged, {
+    services: { nats: { command: ['-c', 'b.conf'], ports: ['4222:4222', '6222:6222'] }, broker: { environment: { A: '1', B: '3', C: '4' }, image: 'x' } },
+  });
+});
+
+test('check - the three-node overlay passes over compose.yaml, and a node or broker set up wrong for a cluster fails', async () => {
+  const base = await compose();
+  const overlay = await clusterOverlay();
+  assert.deepEqual(checkCompose(base, overlay), []);
+  const nats = parse(overlay) as Record<string, any>;
+  const command = nats.services.nats.command as string[];
+  const without = (flag: string, values = 1) => command.filter((_, i) => i < command.indexOf(flag) || i > command.indexOf(flag) + values);
+  const cases: Array<[string, (d: Record<string, any>) => void, RegExp]> = [
+    ['route port not published', (d) => { delete d.services.nats.ports; }, /nats: route port 6222 is not published/],
+    ['no node name', (d) => { d.services.nats.command = without('--name'); }, /nats: a cluster node needs its own --name/],
+    ['container address advertised to nodes', (d) => { d.services.nats.command = without('--cluster_advertise'); }, /no --cluster_advertise/],
+    ['container addresses told to clients', (d) => { d.services.nats.command = without('--no_advertise', 0); }, /no --no_advertise/],
+    ['buckets at one replica', (d) => { delete d.services.broker.environment.RSWAP_KV_REPLICAS; }, /broker: RSWAP_KV_REPLICAS is 1/],
+    ['a broker that knows one node', (d) => { d.services.broker.environment.RSWAP_NATS_URL = 'nats://nats:4222'; }, /broker: RSWAP_NATS_URL names one node/],
+  ];
+  for (const [what, edit, expected] of cases) {
+    const doc = parse(overlay) as Record<string, any>;
+    edit(doc);
+    const problems = checkCompose(base, stringify(doc));
+    assert.ok(problems.some((p) => expected.test(p)), `${what}: ${JSON.stringify(problems)}`);
+  }
+  // compose.yaml alone is one node: none of this applies.
+  assert.deepEqual(checkCompose(base), []);
 });
 
 test('check - a unit that would kill the initiator with the agent, or has a wrong flag, fails', async () => {
