@@ -13,8 +13,13 @@
  *              active = the broker's reply, after export and attach
  *   memory     the broker's peak resident set (VmHWM) and its resident set at the end
  *
+ * --layouts 1x1,3x2 runs each fleet on one NATS node with one broker, then on three clustered
+ * nodes (JetStream KV at three replicas) with two brokers sharing the events (a queue group), the
+ * bench's connection and each broker given every node's URL. All layouts run without TLS and
+ * identities, as the first figures did, so they compare.
+ *
  * usage: node dist/bench/control.js [--hosts 1000,10000] [--seconds 20] [--pressure-rate 5]
- *                                   [--out bench/results/control.json] [--smoke]
+ *                                   [--layouts 1x1,3x2] [--out bench/results/control.json] [--smoke]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -23,7 +28,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { subjects } from '../shared/subjects.js';
-import { startNatsServer, type NatsServer } from '../shared/nats.js';
+import { startNatsCluster, startNatsServer } from '../shared/nats.js';
 import { TelemetryEvent } from '../shared/schemas.js';
 import { GiB, MiB } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
@@ -42,11 +47,24 @@ interface Latencies {
 
 export interface ControlResult {
   hosts: number;
+  /** NATS nodes (KV replicas) and brokers. */
+  natsNodes: number;
+  brokers: number;
   announce: Latencies;
   offers: Latencies;
   pressure: Latencies & { offeredPerSecond: number; matchP50Ms: number; matchP99Ms: number; leases: number; telemetrySent: number };
+  /** The largest of the brokers' peak and end resident sets. */
   brokerPeakRssBytes: number;
   brokerRssBytes: number;
+}
+
+/** A layout "NxM": N NATS nodes, M brokers. */
+export function parseLayout(text: string): { natsNodes: number; brokers: number } {
+  const m = /^(\d+)x(\d+)$/.exec(text);
+  const natsNodes = Number(m?.[1]);
+  const brokers = Number(m?.[2]);
+  if (!m || ![1, 3, 5].includes(natsNodes) || brokers < 1 || brokers > 4) throw new Error(`--layouts: '${text}' is not NODESxBROKERS with 1, 3 or 5 nodes and 1-4 brokers`);
+  return { natsNodes, brokers };
 }
 
 function summarize(latencies: number[], errors: number, seconds: number): Latencies {
@@ -106,19 +124,22 @@ async function rssOf(pid: number): Promise<{ rss: number; hwm: number }> {
   return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
 }
 
-async function benchFleet(hosts: number, seconds: number, pressureRate: number, log: (line: string) => void): Promise<ControlResult> {
-  let nats: NatsServer | undefined;
-  let broker: ChildProcess | undefined;
+async function benchFleet(hosts: number, layout: { natsNodes: number; brokers: number }, seconds: number, pressureRate: number, log: (line: string) => void): Promise<ControlResult> {
+  let nats: { url: string; stop(): Promise<void> } | undefined;
+  const brokers: ChildProcess[] = [];
   let nc: NatsConnection | undefined;
   try {
-    nats = await startNatsServer();
+    nats = layout.natsNodes === 1 ? await startNatsServer() : await startNatsCluster({ nodes: layout.natsNodes, hosts: [], insecure: true });
     const url = nats.url;
-    broker = spawn(process.execPath, [CLI, 'broker', '--nats', url, '--insecure'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
     let brokerOutput = '';
     const keep = (c: Buffer) => void (brokerOutput = (brokerOutput + c.toString()).slice(-20_000));
-    broker.stdout!.on('data', keep);
-    broker.stderr!.on('data', keep);
-    nc = await connect({ servers: url });
+    for (let b = 0; b < layout.brokers; b += 1) {
+      const broker = spawn(process.execPath, [CLI, 'broker', '--nats', url, '--insecure', '--kv-replicas', String(layout.natsNodes), '--host', `broker-${b + 1}`], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RSWAP_LOG_LEVEL: 'warn' } });
+      broker.stdout!.on('data', keep);
+      broker.stderr!.on('data', keep);
+      brokers.push(broker);
+    }
+    nc = await connect({ servers: url.split(',') });
     const conn = nc;
     scriptedFleet(conn);
     const ask = async (subject: string, body: unknown, timeout = 60_000) => (await conn.request(subject, JSON.stringify(body), { timeout })).json<{ ok: boolean }>();
@@ -186,25 +207,28 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
     const pressureSeconds = (performance.now() - pressureStarted) / 1000;
     stop = true;
     await background;
-    const leases = await listLeases(nats.access);
+    const leases = await listLeases({ url, insecure: true });
     const matches = leases.filter((l) => pressureAt.has(l.borrower)).map((l) => l.createdAt - pressureAt.get(l.borrower)!).sort((a, b) => a - b);
-    const memory = await rssOf(broker.pid!);
-    if (broker.exitCode !== null) throw new Error(`the broker exited: ${brokerOutput}`);
+    const memory = await Promise.all(brokers.map((b) => rssOf(b.pid!)));
+    if (brokers.some((b) => b.exitCode !== null)) throw new Error(`a broker exited: ${brokerOutput}`);
     const pressure = summarize(pressureLatencies, pressureErrors, pressureSeconds);
     return {
       hosts,
+      ...layout,
       announce: summarize(announce.latencies, announce.errors, announce.seconds),
       offers: summarize(offers.latencies, offers.errors, offers.seconds),
       pressure: { ...pressure, offeredPerSecond: pressureRate, telemetrySent, leases: leases.length, matchP50Ms: percentile(matches, 50), matchP99Ms: percentile(matches, 99) },
-      brokerPeakRssBytes: memory.hwm,
-      brokerRssBytes: memory.rss,
+      brokerPeakRssBytes: Math.max(...memory.map((m) => m.hwm)),
+      brokerRssBytes: Math.max(...memory.map((m) => m.rss)),
     };
   } finally {
     await nc?.close().catch(() => {});
-    if (broker && broker.exitCode === null && broker.signalCode === null) {
-      const exited = new Promise((r) => broker!.once('exit', r));
-      broker.kill('SIGKILL');
-      await exited;
+    for (const broker of brokers) {
+      if (broker.exitCode === null && broker.signalCode === null) {
+        const exited = new Promise((r) => broker.once('exit', r));
+        broker.kill('SIGKILL');
+        await exited;
+      }
     }
     await nats?.stop();
   }
@@ -213,12 +237,12 @@ async function benchFleet(hosts: number, seconds: number, pressureRate: number, 
 export function controlTable(results: ControlResult[]): string {
   const mb = (b: number) => `${Math.round(b / MiB)} MiB`;
   const lines = [
-    '| hosts | announce/s (p50, p99 ms) | offers/s saturated (p50, p99 ms) | pressure: leases, reply p50/p99 ms | match p50/p99 ms | errors | broker RSS peak / end |',
-    '|---|---|---|---|---|---|---|',
+    '| hosts | NATS nodes, brokers | announce/s (p50, p99 ms) | offers/s saturated (p50, p99 ms) | pressure: leases, reply p50/p99 ms | match p50/p99 ms | errors | broker RSS peak / end |',
+    '|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     lines.push(
-      `| ${r.hosts.toLocaleString('en')} | ${r.announce.perSecond} (${r.announce.p50Ms}, ${r.announce.p99Ms}) | ${r.offers.perSecond} (${r.offers.p50Ms}, ${r.offers.p99Ms}) | ${r.pressure.count} at ${r.pressure.offeredPerSecond}/s, ${r.pressure.p50Ms} / ${r.pressure.p99Ms} | ${r.pressure.matchP50Ms} / ${r.pressure.matchP99Ms} | ${r.announce.errors + r.offers.errors + r.pressure.errors} | ${mb(r.brokerPeakRssBytes)} / ${mb(r.brokerRssBytes)} |`,
+      `| ${r.hosts.toLocaleString('en')} | ${r.natsNodes}, ${r.brokers} | ${r.announce.perSecond} (${r.announce.p50Ms}, ${r.announce.p99Ms}) | ${r.offers.perSecond} (${r.offers.p50Ms}, ${r.offers.p99Ms}) | ${r.pressure.count} at ${r.pressure.offeredPerSecond}/s, ${r.pressure.p50Ms} / ${r.pressure.p99Ms} | ${r.pressure.matchP50Ms} / ${r.pressure.matchP99Ms} | ${r.announce.errors + r.offers.errors + r.pressure.errors} | ${mb(r.brokerPeakRssBytes)} / ${mb(r.brokerRssBytes)} |`,
     );
   }
   return lines.join('\n') + '\n';
@@ -234,17 +258,20 @@ async function main(): Promise<void> {
   const fleets = (value('hosts') ?? (smoke ? '40' : '1000,10000')).split(',').map(Number);
   const seconds = Number(value('seconds') ?? (smoke ? 2 : 20));
   const pressureRate = Number(value('pressure-rate') ?? 5);
+  const layouts = (value('layouts') ?? '1x1').split(',').map(parseLayout);
   const out = value('out') ?? 'bench/results/control.json';
   const results: ControlResult[] = [];
   for (const hosts of fleets) {
-    console.log(`${hosts} hosts:`);
-    results.push(await benchFleet(hosts, seconds, pressureRate, console.log));
+    for (const layout of layouts) {
+      console.log(`${hosts} hosts, ${layout.natsNodes} NATS node(s), ${layout.brokers} broker(s):`);
+      results.push(await benchFleet(hosts, layout, seconds, pressureRate, console.log));
+    }
   }
   const table = controlTable(results);
   console.log(`\n${table}`);
   await mkdir(dirname(out), { recursive: true });
   const machine = { cpus: cpus().length, cpu: cpus()[0]?.model, memoryBytes: totalmem() };
-  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), command: `node ${process.argv.slice(1).join(' ')}`, machine, seconds, pressureRate, results }, null, 2) + '\n');
+  await writeFile(out, JSON.stringify({ at: new Date().toISOString(), command: `node ${process.argv.slice(1).join(' ')}`, machine, seconds, pressureRate, layouts, results }, null, 2) + '\n');
   await writeFile(out.replace(/\.json$/, '.md'), table);
 }
 

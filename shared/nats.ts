@@ -209,17 +209,20 @@ export interface NatsCluster {
  * identities and TLS `rswap auth init --route ...` makes, for a test or bench of the replicated
  * control plane. Resolves once every node logged that it is ready.
  */
-export async function startNatsCluster(options: { nodes?: number; hosts: string[] }): Promise<NatsCluster> {
+export async function startNatsCluster(options: { nodes?: number; hosts: string[]; insecure?: boolean }): Promise<NatsCluster> {
   const count = options.nodes ?? 3;
   const dir = await mkdtemp(join(tmpdir(), 'rswap-nats-cluster-'));
   const authDir = join(dir, 'auth');
   const ports = await Promise.all(Array.from({ length: count }, () => freePort()));
   const routePorts = await Promise.all(Array.from({ length: count }, () => freePort()));
-  await authInit(authDir, { serverNames: ['localhost'], serverIps: ['127.0.0.1'], hosts: options.hosts, routes: routePorts.map((p) => `nats-route://127.0.0.1:${p}`) });
+  const routes = routePorts.map((p) => `nats-route://127.0.0.1:${p}`);
+  // Insecure only for a bench compared with the one-node figures, which ran insecure too.
+  if (!options.insecure) await authInit(authDir, { serverNames: ['localhost'], serverIps: ['127.0.0.1'], hosts: options.hosts, routes });
   const names = ports.map((_, i) => `n${i + 1}`);
   const children: Array<ChildProcess | undefined> = [];
   const start = async (i: number) => {
-    const args = ['-c', join(authDir, 'nats.conf'), '--name', names[i]!, '-a', '127.0.0.1', '-p', String(ports[i]), '--cluster', `nats://127.0.0.1:${routePorts[i]}`, '-js', '-sd', join(dir, names[i]!)];
+    const config = options.insecure ? ['--cluster_name', 'rswap', '--routes', routes.join(',')] : ['-c', join(authDir, 'nats.conf')];
+    const args = [...config, '--name', names[i]!, '-a', '127.0.0.1', '-p', String(ports[i]), '--cluster', `nats://127.0.0.1:${routePorts[i]}`, '-js', '-sd', join(dir, names[i]!)];
     const child = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
     children[i] = child;
     let output = '';
@@ -255,7 +258,10 @@ export async function startNatsCluster(options: { nodes?: number; hosts: string[
   return {
     url: ports.map((p) => `nats://127.0.0.1:${p}`).join(','),
     names,
-    as: (identity) => ({ url: ports.map((p) => `nats://127.0.0.1:${p}`).join(','), creds: join(authDir, 'creds', `${identity}.creds`) }),
+    as: (identity) => {
+      const url = ports.map((p) => `nats://127.0.0.1:${p}`).join(',');
+      return options.insecure ? { url, insecure: true } : { url, creds: join(authDir, 'creds', `${identity}.creds`) };
+    },
     authDir,
     kill,
     start,
