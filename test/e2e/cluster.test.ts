@@ -21,7 +21,7 @@ import { startWorkload } from '../../bench/run-workload.js';
 import { TestBus } from '../helpers/bus.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
-import type { LeaseRecord } from '../../shared/schemas.js';
+import { LeaseStateEvent, type LeaseRecord } from '../../shared/schemas.js';
 
 const MiB = 1024 ** 2;
 const DIR = '/run/rswap/test-cluster';
@@ -82,13 +82,27 @@ for (const fault of ['a NATS node that does not lead the lease bucket', 'a broke
     const workload = startWorkload(tb.hosts[1]!.cgroup, ['--bytes', '256MiB', '--until-file', stopFile], (p) => phases.push(p.phase));
     try {
       await waitFor('the workload reading back from the lease', async () => phases.includes('verify 1'), { timeoutMs: 300_000, intervalMs: 250 });
-      // Lease 2 (host-c) is asked for, and the fault strikes while it comes up.
+      // Lease 2 (host-c) is asked for, and the fault strikes while it comes up: once its lender
+      // is exporting it. A broker fault kills the broker driving that step.
       const stream = await leaseStream();
       const nodes = ['nats', 'nats-2', 'nats-3'];
-      const victim = fault === 'a broker' ? 'broker' : fault.startsWith('the NATS node that leads') ? stream!.leader! : nodes.find((n) => n !== stream!.leader)!;
-      assert.ok(fault === 'a broker' || nodes.includes(victim), `the lease bucket's leader is a testbed node: ${stream?.leader}`);
+      const node = fault.startsWith('the NATS node that leads') ? stream!.leader! : nodes.find((n) => n !== stream!.leader)!;
+      assert.ok(fault === 'a broker' || nodes.includes(node), `the lease bucket's leader is a testbed node: ${stream?.leader}`);
+      let victim: string | undefined;
+      let killed: Promise<number> | undefined;
+      const watch = nc.subscribe(subjects.allLeaseStates, {
+        callback: (_e, msg) => {
+          const { lease } = LeaseStateEvent.parse(msg.json());
+          if (killed || lease.borrower !== 'host-c' || lease.state !== 'exporting') return;
+          victim = fault === 'a broker' ? lease.driver! : node;
+          killed = killTestbedProcess(tb, victim);
+        },
+      });
       void pressure('host-c', 128 * MiB);
-      assert.equal(await killTestbedProcess(tb, victim), 1, `${victim} killed`);
+      await waitFor('the fault struck mid bring-up', async () => killed !== undefined, { timeoutMs: 120_000, intervalMs: 100 });
+      watch.unsubscribe();
+      assert.equal(await killed, 1, `${victim} killed`);
+      assert.ok(victim === 'broker' || victim === 'broker-2' || nodes.includes(victim!), `a testbed process: ${victim}`);
       const second = await activeLease('host-c');
       await writeFile(stopFile, '');
       const report = await workload.result;
@@ -98,8 +112,8 @@ for (const fault of ['a NATS node that does not lead the lease bucket', 'a broke
       assert.deepEqual((await leasesOf('host-b')).filter((l) => !['released', 'failed'].includes(l.state)).map((l) => l.id), [first.id]);
       assert.deepEqual((await leasesOf('host-c')).filter((l) => !['released', 'failed'].includes(l.state)).map((l) => l.id), [second.id]);
       // Back, and caught up.
-      startTestbedProcess(tb, victim);
-      if (victim !== 'broker') {
+      startTestbedProcess(tb, victim!);
+      if (fault !== 'a broker') {
         await waitFor(`${victim} back and current on the lease bucket`, async () => (await leaseStream())?.replicas?.some((r) => r.name === victim && r.current) || (await leaseStream())?.leader === victim, { timeoutMs: 120_000, intervalMs: 500 });
       }
       for (const lease of [first, second]) assert.equal((await releaseLease(testbedBus(tb), lease.id)).state, 'released');
