@@ -65,8 +65,21 @@ async function withBucket<T>(nc: NatsConnection, bucket: string, task: (kv: KV) 
   }
 }
 
+/** How often a read is asked again after a JetStream request timed out. */
+const READ_ATTEMPTS = 5;
+
+/**
+ * A bucket's records. A read that times out is asked again, up to READ_ATTEMPTS: a cluster that
+ * just lost a node answers no JetStream request until it has elected new leaders, seconds later.
+ */
 async function readBucket<T>(nc: NatsConnection, bucket: string, schema: Parameters<typeof listParsed<T>>[1]): Promise<T[]> {
-  return (await withBucket(nc, bucket, async (kv) => (await listParsed(kv, schema)).map((e) => e.value))) ?? [];
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return (await withBucket(nc, bucket, async (kv) => (await listParsed(kv, schema)).map((e) => e.value))) ?? [];
+    } catch (error) {
+      if (attempt >= READ_ATTEMPTS || !/timeout/i.test(`${(error as Error).name} ${(error as Error).message}`)) throw error;
+    }
+  }
 }
 
 export async function listLeases(bus: NatsAccess): Promise<LeaseRecord[]> {

@@ -65,6 +65,12 @@ export async function requestJson<T>(
   body: unknown,
   replySchema: z.ZodType<T>,
   timeoutMs: number,
+  /**
+   * For idempotent commands only: with no reply this long, the request is sent again (until
+   * timeoutMs). Core NATS does not keep a message: one that went through a nats-server killed at
+   * that moment, or to an agent between two connections, is lost, and only a resend finds the agent.
+   */
+  resendAfterMs?: number,
 ): Promise<Extract<T, { ok: true }>> {
   return tracer.startActiveSpan(
     `publish ${subject}`,
@@ -77,10 +83,16 @@ export async function requestJson<T>(
         const grace = Math.min(timeoutMs, NO_RESPONDERS_GRACE_MS);
         let msg;
         for (let attempt = 0; !msg; attempt += 1) {
+          const left = Math.max(1, timeoutMs - (Date.now() - started));
+          const resend = resendAfterMs !== undefined && resendAfterMs < left;
           try {
-            msg = await nc.request(subject, JSON.stringify(body), { timeout: Math.max(1, timeoutMs - (Date.now() - started)), headers: headersFor(context.active()) });
+            msg = await nc.request(subject, JSON.stringify(body), { timeout: resend ? resendAfterMs : left, headers: headersFor(context.active()) });
           } catch (error) {
             const text = errorMessage(error);
+            if (resend && /timeout/i.test(text)) {
+              span.addEvent('resent', { 'rswap.after_ms': resendAfterMs });
+              continue;
+            }
             if (/no responders/i.test(text)) {
               if (Date.now() - started + 200 < grace) {
                 await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 200 * 2 ** attempt)));

@@ -72,9 +72,13 @@ export async function openStores(nc: NatsConnection, options: { create: boolean;
   if (options.create) {
     // replicas: 3 on a three-node cluster, so the records outlive any one node (docs/operations.md).
     const replicas = options.replicas ?? 1;
+    // Replicated, gets go to the stream's leader: a "direct get" may be answered by a follower that
+    // has not applied the latest write yet, and the broker reads each lease back right after it
+    // writes it (a release read its own end request as not there, in the cluster test).
+    const consistent = replicas > 1 ? { allow_direct: false } : {};
     const [leases, hosts] = await Promise.all([
-      kvm.create(buckets.leases, { history: 5, storage: 'file', replicas }),
-      kvm.create(buckets.hosts, { history: 3, storage: 'file', replicas }),
+      kvm.create(buckets.leases, { history: 5, storage: 'file', replicas, ...consistent }),
+      kvm.create(buckets.hosts, { history: 3, storage: 'file', replicas, ...consistent }),
     ]);
     return { leases, hosts };
   }

@@ -41,6 +41,9 @@ const MAX_DRAIN_RETRY_MS = 600_000;
 
 type Moved = { released: LeaseRecord; replacement?: LeaseRecord };
 
+/** Tries to clear a borrower mark (500 ms, 1 s, ... apart: about 15 s in all). */
+const MARK_RELEASE_ATTEMPTS = 8;
+
 export class Lifecycle {
   readonly reconciler: Reconciler;
   /** Lending decisions for one borrower (and its cool-down) one at a time. */
@@ -132,7 +135,27 @@ export class Lifecycle {
       metrics.timeToMatch.observe(Math.max(0, lease.createdAt - at) / 1000);
       return done.lease;
     } finally {
-      await this.hosts.releaseBorrower(event.host, leaseId);
+      await this.releaseMark(event.host, leaseId);
+    }
+  }
+
+  /**
+   * Clears this broker's mark on a borrower. While it stays, no other broker lends to the borrower
+   * until it goes stale (minutes): on a cluster losing a node a KV write can fail for some seconds
+   * ("jetstream is not enabled", timeouts), so it is tried again, for about 15 s.
+   */
+  private async releaseMark(borrower: string, leaseId: string): Promise<void> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await this.hosts.releaseBorrower(borrower, leaseId);
+        return;
+      } catch (error) {
+        if (attempt >= MARK_RELEASE_ATTEMPTS) {
+          this.log.warn({ borrower, leaseId, err: errorMessage(error) }, 'could not clear the borrower mark: other brokers wait until it goes stale');
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+      }
     }
   }
 

@@ -43,6 +43,13 @@ export interface ReconcilerOptions extends PolicyOptions {
   borrowerTimeoutMs: number;
 }
 
+/**
+ * Agent commands are idempotent per lease (each agent runs a lease's commands one at a time, and a
+ * repeat finds the work done): one without a reply this long is sent again, so a command lost with
+ * a NATS node that died, or sent while the agent was reconnecting, still reaches it.
+ */
+export const COMMAND_RESEND_MS = 10_000;
+
 /** How long a lease may sit in a state before another broker takes it over (its driver died). */
 export function stuckAfterMs(state: LeaseState, o: ReconcilerOptions): number {
   const bounds = LEASE_STATES[state].boundBy;
@@ -178,6 +185,7 @@ export class Reconciler {
 
   private async run(leaseId: string): Promise<Outcome> {
     let outcome: Outcome = { lease: undefined };
+    let tookOver = false;
     // Each step moves the lease along the table; a lease cannot take more steps than this.
     for (let steps = 0; steps < 12; steps += 1) {
       const lease = await this.leases.get(leaseId);
@@ -185,7 +193,14 @@ export class Reconciler {
       const active = lease.state === 'active'; // (only then are the host records read)
       const [borrower, lender] = active ? await Promise.all([this.hosts.get(lease.borrower), this.hosts.get(lease.lender)]) : [undefined, undefined];
       const action = decide(lease, factsFor(lease, this.me, Date.now(), borrower, lender, this.options.announceTtlMs), this.options);
-      if (action.do === 'rest') return { ...outcome, lease };
+      if (action.do === 'rest') {
+        // A lease taken over from a broker that died while lending it: that broker's mark on the
+        // borrower (lendFor) would keep every other broker from serving the borrower until it went
+        // stale. The lend it guarded is done, so the mark goes (only if it still names this lease).
+        if (tookOver) await this.hosts.releaseBorrower(lease.borrower, lease.id).catch((error: unknown) => this.log.warn({ leaseId, err: errorMessage(error) }, 'could not clear the borrower mark of a lease taken over'));
+        return { ...outcome, lease };
+      }
+      if (action.do === 'claim') tookOver = true;
       const error = await this.inLeaseTrace(lease, `${action.do} ${lease.id}`, () => this.take(lease, action));
       if (error !== undefined) outcome = { lease, error, failedAt: action.do };
     }
@@ -260,7 +275,7 @@ export class Reconciler {
    */
   private async requestExport(lease: LeaseRecord): Promise<Exported> {
     const body = { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } };
-    const reply = await requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs);
+    const reply = await requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs, COMMAND_RESEND_MS);
     const announced = (await this.hosts.get(lease.lender))?.exporter?.portal;
     if (reply.target.portal !== announced) {
       throw new RswapError(ErrorCodes.WRONG_HOST, `the lender answered with portal ${reply.target.portal}, not its announced ${announced ?? '(none)'}`);
@@ -274,7 +289,7 @@ export class Reconciler {
       // The CHAP secret is never in KV: a lease taken over asks the lender again (idempotent there).
       const exported = this.exported.get(lease.id) ?? (await this.requestExport(lease));
       const body = { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap };
-      const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs);
+      const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs, COMMAND_RESEND_MS);
       const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator, ...(attached.sealed !== undefined ? { sealed: attached.sealed } : {}) });
       metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
       return undefined;
@@ -294,7 +309,7 @@ export class Reconciler {
    */
   private async release(lease: LeaseRecord): Promise<unknown> {
     try {
-      await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+      await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, COMMAND_RESEND_MS);
     } catch (error) {
       if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error; // the borrower saw the lease move on
       if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
@@ -341,7 +356,7 @@ export class Reconciler {
       // only, and its pages still needed: the lender removes the target by itself once no session
       // has been seen for its grace period (sessionGraceMs), which is how a dead borrower's goes.
       try {
-        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, COMMAND_RESEND_MS);
         targetGone = await this.unexport(lease);
       } catch (error) {
         this.log.warn({ leaseId, err: errorMessage(error) }, 'cleanup: detach failed; the lender removes the target after its session grace');
@@ -358,7 +373,7 @@ export class Reconciler {
    */
   private async unexport(lease: LeaseRecord): Promise<boolean> {
     try {
-      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
+      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs, COMMAND_RESEND_MS);
       return true;
     } catch (error) {
       this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'unexport refused or failed; the lender removes the target once no session is left');

@@ -19,7 +19,7 @@ import { reservedBytes } from '../../services/broker/policy.js';
 
 const MiB = 1024 ** 2;
 const ask = (subject: string, body: string) => askOn(nc, subject, body);
-const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p', 'lender-s', 'borrow-s'];
+const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p', 'lender-s', 'borrow-s', 'borrow-m'];
 let server: NatsServer;
 let brokers: Array<Awaited<ReturnType<typeof startBroker>>>;
 let nc: NatsConnection;
@@ -168,6 +168,21 @@ test('faults - leases a dead broker left mid-step are taken over by exactly one 
       assert.deepEqual(sent, [`detach borrow-b ${lease.id}`, `unexport lender-c ${lease.id}`], 'the release finishes: swap-off first');
     }
   }
+  await assertCapacityConsistent();
+});
+
+test('faults - a borrower a dead broker was lending to is served at once after the takeover, not only once its mark goes stale', async () => {
+  await offer('lender-a', 1024 * MiB);
+  const lease = await orphan('exporting', 'borrow-m', 'lender-a');
+  // The dead broker's mark on the borrower, as lendFor leaves it: fresh (stale only after the
+  // attach timeout and more), naming the lease it was lending.
+  await casUpdate((await openStores(nc)).hosts, 'borrow-m', HostRecord, (host) => ({ ...host!, lending: { leaseId: lease.id, by: 'broker-dead', at: Date.now() } }));
+  await waitFor('the orphan taken over and active', async () => (await leases('borrow-m')).some((l) => l.id === lease.id && l.state === 'active'), { timeoutMs: 15_000, intervalMs: 100 });
+  assert.equal((await hostRecords()).find((h) => h.host === 'borrow-m')!.lending, undefined, 'the mark went with the takeover');
+  // More than the lease covers: a second lease, now.
+  const reply = await nc.request(subjects.pressure('borrow-m'), JSON.stringify({ host: 'borrow-m', neededBytes: 128 * MiB, at: Date.now(), source: 'inject' }), { timeout: 10_000 });
+  assert.ok(reply.json<{ leaseId?: string }>().leaseId, `served: ${reply.string()}`);
+  assert.equal((await leases('borrow-m')).filter((l) => l.state === 'active').length, 2);
   await assertCapacityConsistent();
 });
 

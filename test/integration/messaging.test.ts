@@ -41,3 +41,22 @@ test('requestJson - a responder that appears within the grace gets the request o
   const waited = Date.now() - t;
   assert.ok(waited >= 1_000 && waited < 3_000, `gave up within the request's own timeout (${waited} ms)`);
 });
+
+test('requestJson - an idempotent command whose request was lost is sent again after resendAfterMs, and answered; without it, it times out', async () => {
+  // The first request is dropped (as one through a nats-server that died, or to an agent between
+  // two connections, is); the second is answered.
+  let seen = 0;
+  const sub = agent.subscribe('test.lossy', {
+    callback: (_e, msg) => {
+      seen += 1;
+      if (seen > 1) msg.respond(JSON.stringify({ ok: true }));
+    },
+  });
+  await agent.flush();
+  assert.deepEqual(await requestJson(nc, 'test.lossy', {}, OkReply, 5_000, 300), { ok: true });
+  assert.equal(seen, 2, 'sent twice: the lost one and the resend');
+  seen = 0;
+  await assert.rejects(requestJson(nc, 'test.lossy', {}, OkReply, 700), /no reply within 700ms: 'test\.lossy'/);
+  assert.equal(seen, 1, 'without a resend, once');
+  sub.unsubscribe();
+});
