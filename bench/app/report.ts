@@ -66,7 +66,8 @@ export function spread(values: (number | undefined)[]): { median: number; min: n
 }
 
 const fmt = (x: number) => (x >= 100 ? Math.round(x).toLocaleString('en-US') : x >= 10 ? x.toFixed(1) : x.toFixed(2));
-const cell = (s: ReturnType<typeof spread>, digits?: (x: number) => string) => {
+/** A table cell: the median, and (min-max) when there is more than one value; '-' for none. */
+export const cell = (s: ReturnType<typeof spread>, digits?: (x: number) => string) => {
   if (!s) return '-';
   const f = digits ?? fmt;
   return s.n > 1 ? `${f(s.median)} (${f(s.min)}-${f(s.max)})` : f(s.median);

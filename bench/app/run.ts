@@ -128,13 +128,13 @@ async function cgroupFor(limitBytes: number, noSwap: boolean): Promise<MemoryCgr
 }
 
 /** Bytes of the file's pages in the page cache (fincore). */
-async function cachedBytes(run: Runner, file: string): Promise<number> {
+export async function cachedBytes(run: Runner, file: string): Promise<number> {
   const { stdout } = await run('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]);
   return Number(stdout.trim()) || 0;
 }
 
 /** The file behind a loop device (the remote lease's FUSE export), if it is one. */
-async function backingFile(run: Runner, device: string): Promise<string | undefined> {
+export async function backingFile(run: Runner, device: string): Promise<string | undefined> {
   const { stdout } = await run('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
   return stdout.split('\n').map((l) => l.trim().split(/\s+/)).find(([name]) => name === device)?.[1];
 }

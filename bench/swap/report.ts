@@ -1,15 +1,20 @@
 /**
- * The swap bench's outputs, from its rows: CSV, ratios to local-disk swap, a Markdown table with
- * the paper's figures beside ours, and SVG plots shaped like the paper's fig. 1 (ratio against
- * data size) and fig. 2 (ratio against block size). Pure functions: unit-tested without a device.
+ * The swap bench's outputs, from its rows (one per run, point, phase and device): CSV, a Markdown
+ * table per sweep and mode whose cells are the median (min-max) of the runs, remote's ratios of
+ * medians to local-disk swap with the paper's figures beside ours, and SVG plots of the medians
+ * shaped like the paper's fig. 1 (ratio against data size) and fig. 2 (ratio against block size).
+ * Pure functions: unit-tested without a device.
  */
 import { formatBytes } from '../../shared/units.js';
+import { cell, spread } from '../app/report.js';
 import type { Mode } from './workload.js';
 
 export type Sweep = 'data' | 'block';
 export type RowMode = Mode | 'fill';
 
 export interface Row {
+  /** The round (1-based) the measurement belongs to. */
+  run: number;
   device: string;
   sweep: Sweep;
   /** Data size as a multiple of the cgroup's memory limit (the paper's x axis in fig. 1). */
@@ -24,21 +29,29 @@ export interface Row {
   pswpin: number;
   pswpout: number;
   timeCapped: boolean;
+  /**
+   * Remote devices only: bytes of the lease's FUSE export file in the page cache, read when the
+   * phase's process has ended (its fill row carries the same value).
+   */
+  pageCacheBytes?: number;
 }
 
-const COLUMNS: Array<keyof Row> = ['device', 'sweep', 'dataRatio', 'dataBytes', 'blockBytes', 'limitBytes', 'mode', 'mbps', 'ms', 'ops', 'pswpin', 'pswpout', 'timeCapped'];
+const COLUMNS: Array<keyof Row> = ['run', 'device', 'sweep', 'dataRatio', 'dataBytes', 'blockBytes', 'limitBytes', 'mode', 'mbps', 'ms', 'ops', 'pswpin', 'pswpout', 'timeCapped', 'pageCacheBytes'];
 
 export function toCsv(rows: Row[]): string {
-  return [COLUMNS.join(','), ...rows.map((r) => COLUMNS.map((c) => String(r[c])).join(','))].join('\n') + '\n';
+  const text = (v: unknown) => (v === undefined ? '' : String(v));
+  return [COLUMNS.join(','), ...rows.map((r) => COLUMNS.map((c) => text(r[c])).join(','))].join('\n') + '\n';
 }
 
+/** Rows from swap.csv; a CSV written before runs and the page cache check reads as run 1, no page cache. */
 export function fromCsv(text: string): Row[] {
   const [header, ...lines] = text.trim().split('\n');
   const names = header!.split(',');
   return lines.map((line) => {
     const cells = line.split(',');
-    const get = (c: keyof Row) => cells[names.indexOf(c)]!;
+    const get = (c: keyof Row) => (names.includes(c) ? cells[names.indexOf(c)]! : '');
     return {
+      run: get('run') === '' ? 1 : Number(get('run')),
       device: get('device'),
       sweep: get('sweep') as Sweep,
       dataRatio: Number(get('dataRatio')),
@@ -52,18 +65,48 @@ export function fromCsv(text: string): Row[] {
       pswpin: Number(get('pswpin')),
       pswpout: Number(get('pswpout')),
       timeCapped: get('timeCapped') === 'true',
+      ...(get('pageCacheBytes') === '' ? {} : { pageCacheBytes: Number(get('pageCacheBytes')) }),
     };
   });
 }
 
-const key = (r: Pick<Row, 'sweep' | 'dataBytes' | 'blockBytes' | 'mode'>) => `${r.sweep}/${r.dataBytes}/${r.blockBytes}/${r.mode}`;
+type At = Pick<Row, 'sweep' | 'dataBytes' | 'blockBytes' | 'mode'>;
+const key = (r: At) => `${r.sweep}/${r.dataBytes}/${r.blockBytes}/${r.mode}`;
 
-/** Throughput of `device` over `baseline` at each point both measured (undefined where either is missing or 0). */
-export function ratio(rows: Row[], device: string, baseline: string, point: Pick<Row, 'sweep' | 'dataBytes' | 'blockBytes' | 'mode'>): number | undefined {
-  const k = key(point);
-  const a = rows.find((r) => r.device === device && key(r) === k);
-  const b = rows.find((r) => r.device === baseline && key(r) === k);
-  return a && b && b.mbps > 0 ? a.mbps / b.mbps : undefined;
+/**
+ * The MB/s of `device` at a point over the runs: median, min, max and how many values (a point
+ * has a fill row per mode in each run), in how many runs, and whether any of them hit the time cap.
+ */
+export function summary(rows: Row[], device: string, at: At) {
+  const mine = rows.filter((r) => r.device === device && key(r) === key(at));
+  const s = spread(mine.map((r) => r.mbps));
+  return s && { ...s, runs: new Set(mine.map((r) => r.run)).size, timeCapped: mine.some((r) => r.timeCapped) };
+}
+
+/** The median throughput of `device` over that of `baseline` at a point (undefined where either is missing or 0). */
+export function ratio(rows: Row[], device: string, baseline: string, at: At): number | undefined {
+  const a = summary(rows, device, at);
+  const b = summary(rows, baseline, at);
+  return a && b && b.median > 0 ? a.median / b.median : undefined;
+}
+
+/** The block size of the data-size sweep (the run's smallest), e.g. "4KiB". */
+export function dataSweepBlock(rows: Row[]): string {
+  return formatBytes(Math.min(...rows.filter((r) => r.sweep === 'data').map((r) => r.blockBytes)));
+}
+
+/** Phases (not fills) that reached their time cap, of all phases measured; a point both sweeps share counts once. */
+export function timeCapCount(rows: Row[]): { capped: number; phases: number } {
+  const phases = new Map<string, boolean>();
+  for (const r of rows) if (r.mode !== 'fill') phases.set(`${r.run}/${r.device}/${r.dataBytes}/${r.blockBytes}/${r.mode}`, r.timeCapped);
+  return { capped: [...phases.values()].filter(Boolean).length, phases: phases.size };
+}
+
+/** The most page cache the FUSE export file held after any phase, per device that was checked. */
+export function pageCacheMax(rows: Row[]): Record<string, number> {
+  const max: Record<string, number> = {};
+  for (const r of rows) if (r.pageCacheBytes !== undefined) max[r.device] = Math.max(max[r.device] ?? 0, r.pageCacheBytes);
+  return max;
 }
 
 /** The paper's remote/local ratios (fig. 1 at 1 KB blocks over 512 MB-4 GB; fig. 2 at 1 GB, blocks >= 64 KB). */
@@ -83,24 +126,28 @@ function pointsOf(rows: Row[], sweep: Sweep): Array<{ dataBytes: number; blockBy
 }
 
 /**
- * One Markdown table per sweep and mode: MB/s of every device at every point, then remote's
- * ratio to local disk (the paper's measure), to the HDD model (the paper's disk), and to the ceiling.
+ * One Markdown table per sweep and mode: MB/s of every device at every point, median (min-max) of
+ * the runs, then remote's ratio of medians to local disk (the paper's measure), to the HDD model
+ * (the paper's disk), and to the ceiling; under the tables, how many phases hit the time cap and
+ * how much page cache the remote devices' FUSE files held.
  */
 export function markdownTables(rows: Row[], devices: string[], modes: RowMode[]): string {
   const out: string[] = [];
+  const runs = new Set(rows.map((r) => r.run)).size;
   for (const sweep of ['data', 'block'] as const) {
     const points = pointsOf(rows, sweep);
     if (points.length === 0) continue;
     for (const mode of modes) {
       const paper = PAPER[sweep][mode];
-      out.push(`\n**${sweep === 'data' ? 'Data size sweep (1 KiB blocks)' : 'Block size sweep (data = 1x limit)'}, ${mode}** — MB/s, and remote's ratios\n`);
+      const title = sweep === 'data' ? `Data size sweep (${dataSweepBlock(rows)} blocks)` : 'Block size sweep (data = 1x limit)';
+      out.push(`\n**${title}, ${mode}** — MB/s, median (min-max) of ${runs} run${runs === 1 ? '' : 's'}, and remote's ratios of medians\n`);
       const head = [sweep === 'data' ? 'data (x limit)' : 'block', ...devices, 'remote/local', 'remote/hdd-model', 'remote/ceiling', 'paper remote/local'];
       out.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
       for (const p of points) {
         const at = { sweep, dataBytes: p.dataBytes, blockBytes: p.blockBytes, mode };
         const cells = devices.map((d) => {
-          const r = rows.find((row) => row.device === d && key(row) === key(at));
-          return r ? `${fmt(r.mbps)}${r.timeCapped ? '*' : ''}` : '–';
+          const s = summary(rows, d, at);
+          return s ? `${cell(s, fmt)}${s.timeCapped ? '*' : ''}${s.runs < runs ? ` n=${s.runs}` : ''}` : '–';
         });
         const paperCell = paper && (sweep === 'data' || p.blockBytes >= PAPER.blockFrom) ? `${paper[0]}-${paper[1]}x` : '';
         out.push(
@@ -109,13 +156,26 @@ export function markdownTables(rows: Row[], devices: string[], modes: RowMode[])
       }
     }
   }
-  out.push('\n`*` the phase reached its time cap before covering the data once: MB/s over the part it did.');
-  return out.join('\n') + '\n';
+  return out.join('\n') + '\n' + notes(rows, runs);
+}
+
+/** The lines under the tables: the time cap, missing runs, the FUSE files' page cache. */
+function notes(rows: Row[], runs: number): string {
+  const { capped, phases } = timeCapCount(rows);
+  const lines = [
+    `\`*\` at least one run of the phase reached its time cap (--phase-cap-seconds) before doing its --phase-bytes: MB/s over the part it did. ${capped} of ${phases} phases reached the cap.`,
+  ];
+  if (runs > 1) lines.push(`\`n=k\`: only k of the ${runs} runs measured that point (the others were OOM-killed on every attempt, or not reached).`);
+  for (const [device, max] of Object.entries(pageCacheMax(rows))) {
+    const held = `${device}: the FUSE file held at most ${formatBytes(max)} of page cache during the ${device} runs`;
+    lines.push(max === 0 ? `${held}: the reads went to the lender.` : `${held}: up to that much of what was swapped in may have come from this machine's page cache, not from the lender.`);
+  }
+  return '\n' + lines.join('\n\n') + '\n';
 }
 
 // ---- SVG ----
 
-const COLORS: Record<string, string> = { remote: '#d62728', local: '#1f77b4', 'hdd-model': '#7f7f7f', zram: '#2ca02c', 'ramfs-loop': '#9467bd' };
+const COLORS: Record<string, string> = { remote: '#d62728', 'remote-unsealed': '#ff7f0e', local: '#1f77b4', 'hdd-model': '#7f7f7f', zram: '#2ca02c', 'ramfs-loop': '#9467bd' };
 
 function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -123,7 +183,7 @@ function escapeXml(text: string): string {
 
 /**
  * One figure per sweep: a panel per mode, x = the sweep's points (evenly spaced, labelled), y = the
- * throughput ratio to local-disk swap on a log scale, a line per device; the paper's remote/local
+ * ratio of the device's median throughput to local-disk swap's on a log scale, a line per device; the paper's remote/local
  * ratios are a shaded band where it reported them.
  */
 export function svgFigure(rows: Row[], sweep: Sweep, devices: string[], modes: Mode[], title: string): string {
@@ -171,7 +231,7 @@ export function svgFigure(rows: Row[], sweep: Sweep, devices: string[], modes: M
       const label = sweep === 'data' ? `${p.dataRatio}x` : formatBytes(p.blockBytes).replace('.0', '');
       svg.push(`<text x="${xOf(panel, i)}" y="${top + panelH + 15}" text-anchor="middle">${escapeXml(label)}</text>`);
     });
-    svg.push(`<text x="${x0 + panelW / 2}" y="${top + panelH + 32}" text-anchor="middle">${sweep === 'data' ? 'data size / memory limit (1 KiB blocks)' : 'block size (data = 1x limit)'}</text>`);
+    svg.push(`<text x="${x0 + panelW / 2}" y="${top + panelH + 32}" text-anchor="middle">${sweep === 'data' ? `data size / memory limit (${dataSweepBlock(rows)} blocks)` : 'block size (data = 1x limit)'}</text>`);
     for (const d of devices) {
       const pts = points
         .map((p, i) => [i, ratio(rows, d, 'local', { sweep, dataBytes: p.dataBytes, blockBytes: p.blockBytes, mode })] as const)

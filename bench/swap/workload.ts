@@ -1,18 +1,21 @@
 /**
  * The swap bench's workload, after the paper's: fill `--data` bytes of incompressible memory, then
  * access it in blocks of `--block` bytes, one timed phase per mode, and print one JSON report.
- * Run it in a memory cgroup smaller than the data, so the accesses go through swap.
+ * Run it in a memory cgroup smaller than the data, so the accesses go through swap. The swap
+ * bench runs it with one mode at a time, so every phase starts right after a fill.
  *
- *   seq-read      copy block after block out of the data, from the start
+ *   seq-read      copy block after block out of the data, from the start (wrapping around)
  *   random-read   copy blocks at random offsets (a seeded xorshift), block-aligned
  *   random-write  overwrite blocks at random offsets with random bytes
  *
- * Each phase does data/block accesses (the data once over, on average) or stops after
- * `--phase-seconds`, whichever comes first; throughput is bytes accessed / time, in MB/s (10^6
- * bytes, as in the paper). A slow device is thus measured on a sample, not on the whole data.
+ * Each phase does a fixed amount of work: floor(`--phase-bytes` / block) accesses (by default
+ * data/block: the data once over, on average), the same on every device. `--phase-cap-seconds` is
+ * only a safety: a phase that reaches it stops there and says so (timeCapped), and its MB/s is
+ * over the part it did. Throughput is bytes accessed / time, in MB/s (10^6 bytes, as in the paper).
  *
  * usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write]
- *                    [--phase-seconds 10] [--seed 1]
+ *                    [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1]
+ * (--phase-seconds is the old name of --phase-cap-seconds, still taken.)
  */
 import { randomFillSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -30,7 +33,7 @@ export interface PhaseResult {
   /** Pages swapped in and out during the phase (whole machine, /proc/vmstat). */
   pswpin: number;
   pswpout: number;
-  /** The phase stopped on --phase-seconds before covering the data once. */
+  /** The phase stopped on --phase-cap-seconds before doing its --phase-bytes. */
   timeCapped: boolean;
 }
 
@@ -85,11 +88,26 @@ function timed(ops: number, blockBytes: number, seconds: number, step: (i: numbe
   };
 }
 
-export function runSwapWorkload(dataBytes: number, blockBytes: number, modes: readonly Mode[], phaseSeconds: number, seed: number): SwapWorkloadReport {
+export interface WorkloadOptions {
+  dataBytes: number;
+  blockBytes: number;
+  modes: readonly Mode[];
+  /** Bytes each phase accesses (default: dataBytes, the data once over). */
+  phaseBytes?: number;
+  /** The safety cap on one phase. */
+  capSeconds: number;
+  seed: number;
+}
+
+export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
+  const { dataBytes, blockBytes, modes, capSeconds, seed } = options;
+  const phaseBytes = options.phaseBytes ?? dataBytes;
   if (blockBytes <= 0 || dataBytes < blockBytes || dataBytes % blockBytes !== 0) {
     throw new Error(`--data (${dataBytes}) must be a positive multiple of --block (${blockBytes})`);
   }
+  if (phaseBytes < blockBytes) throw new Error(`--phase-bytes (${phaseBytes}) must be at least one --block (${blockBytes})`);
   const blocks = dataBytes / blockBytes;
+  const ops = Math.floor(phaseBytes / blockBytes);
   const data = Buffer.allocUnsafeSlow(dataBytes);
   const FILL_STEP = 1024 * 1024;
   const fill = timed(Math.ceil(dataBytes / FILL_STEP), FILL_STEP, Number.POSITIVE_INFINITY, (i) => {
@@ -103,14 +121,17 @@ export function runSwapWorkload(dataBytes: number, blockBytes: number, modes: re
   const phases: SwapWorkloadReport['phases'] = {};
   for (const mode of modes) {
     if (mode === 'seq-read') {
-      phases[mode] = timed(blocks, blockBytes, phaseSeconds, (i) => data.copy(scratch, 0, i * blockBytes, (i + 1) * blockBytes));
+      phases[mode] = timed(ops, blockBytes, capSeconds, (i) => {
+        const at = (i % blocks) * blockBytes;
+        data.copy(scratch, 0, at, at + blockBytes);
+      });
     } else if (mode === 'random-read') {
-      phases[mode] = timed(blocks, blockBytes, phaseSeconds, () => {
+      phases[mode] = timed(ops, blockBytes, capSeconds, () => {
         const at = (random() % blocks) * blockBytes;
         data.copy(scratch, 0, at, at + blockBytes);
       });
     } else {
-      phases[mode] = timed(blocks, blockBytes, phaseSeconds, (i) => {
+      phases[mode] = timed(ops, blockBytes, capSeconds, (i) => {
         const at = (random() % blocks) * blockBytes;
         const from = (i * 4099) % (pool.length - blockBytes);
         pool.copy(data, at, from, from + blockBytes);
@@ -129,7 +150,7 @@ function main(): void {
   const data = value('data');
   const block = value('block');
   if (!data || !block) {
-    console.error('usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write] [--phase-seconds 10] [--seed 1]');
+    console.error('usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write] [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1]');
     process.exit(2);
   }
   const modes = (value('modes') ?? MODES.join(',')).split(',');
@@ -138,7 +159,15 @@ function main(): void {
     console.error(`unknown mode ${unknown.join(', ')}; modes are ${MODES.join(', ')}`);
     process.exit(2);
   }
-  const report = runSwapWorkload(parseBytes(data), parseBytes(block), modes as Mode[], Number(value('phase-seconds') ?? 10), Number(value('seed') ?? 1));
+  const phaseBytes = value('phase-bytes');
+  const report = runSwapWorkload({
+    dataBytes: parseBytes(data),
+    blockBytes: parseBytes(block),
+    modes: modes as Mode[],
+    ...(phaseBytes !== undefined ? { phaseBytes: parseBytes(phaseBytes) } : {}),
+    capSeconds: Number(value('phase-cap-seconds') ?? value('phase-seconds') ?? 900),
+    seed: Number(value('seed') ?? 1),
+  });
   console.log(JSON.stringify(report));
 }
 

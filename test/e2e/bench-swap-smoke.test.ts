@@ -1,6 +1,7 @@
 /**
  * The swap bench in smoke mode, so it cannot rot: every device is set up, measured in every mode
- * and torn down, the outputs are written, and the machine is left as it was found.
+ * (one workload process per mode and point), torn down, the outputs are written, the remote
+ * device's FUSE file is checked for page cache, and the machine is left as it was found.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,9 +31,16 @@ test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, n
   const swapsBefore = (await readSwaps()).map((a) => a.path);
   const zramBefore = await zramDevices();
   try {
-    const result = await execa(process.execPath, [SWAP_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 600_000 });
+    // A process per mode and point: three times the workload processes of one with all modes in one.
+    const result = await execa(process.execPath, [SWAP_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 900_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/swap.csv`, 'utf8'));
+    assert.ok(rows.every((r) => r.run === 1), 'smoke mode is one run');
+    assert.ok(rows.filter((r) => r.device === 'remote').every((r) => r.pageCacheBytes !== undefined && r.pageCacheBytes >= 0), 'the remote rows carry the FUSE file\'s page cache');
+    assert.ok(rows.filter((r) => r.device !== 'remote').every((r) => r.pageCacheBytes === undefined), 'no page cache check elsewhere');
+    const meta = JSON.parse(await readFile(`${out}/meta.json`, 'utf8')) as { timeCapped: { capped: number; phases: number }; pageCacheMaxBytes: Record<string, number> };
+    assert.ok(meta.timeCapped.phases > 0 && meta.timeCapped.capped <= meta.timeCapped.phases, JSON.stringify(meta.timeCapped));
+    assert.equal(typeof meta.pageCacheMaxBytes.remote, 'number');
     for (const device of DEFAULT_DEVICES) {
       for (const mode of ['fill', ...MODES]) {
         const row = rows.find((r) => r.device === device && r.mode === mode);
@@ -45,6 +53,8 @@ test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, n
     }
     const markdown = await readFile(`${out}/swap.md`, 'utf8');
     assert.match(markdown, /remote\/local/);
+    assert.match(markdown, /Data size sweep \(4KiB blocks\)/, 'the block the smoke run used');
+    assert.match(markdown, /remote: the FUSE file held at most /);
     for (const figure of ['data-size.svg', 'block-size.svg']) {
       const svg = await readFile(`${out}/${figure}`, 'utf8');
       assert.match(svg, /^<svg /);
