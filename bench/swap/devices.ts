@@ -10,8 +10,8 @@
  *   hdd-model   a MODEL of the paper's hard disk: a file on the local disk behind
  *               qemu-storage-daemon's throttle (150 IOPS, 120 MB/s), FUSE and loop
  *   zram        a compressed RAM block device (the data is random, so it compresses to nothing)
- *   ramfs-loop  a loop device on a ramfs file: swap to RAM through a block device with no network,
- *               the ceiling for the remote path on this machine
+ *   ramfs-loop  a loop device on a ramfs file: swap to RAM through a block device with no network
+ * The ceiling for remote swap is the faster of zram and ramfs-loop at each point (report.ts).
  */
 import { access, chmod, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -36,7 +36,7 @@ export const DEVICE_LABELS: Record<DeviceName, string> = {
   local: 'local disk swap file (virtio)',
   'hdd-model': 'HDD model (150 IOPS, 120 MB/s throttle)',
   zram: 'zram',
-  'ramfs-loop': 'ramfs loop (ceiling)',
+  'ramfs-loop': 'ramfs loop (RAM through a loop device)',
 };
 
 export const WORK = '/var/tmp/rswap-bench-swap';

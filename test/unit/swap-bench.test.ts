@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseSwapArgs, planRuns, pointsFor, rowsOf, turnsOf, workloadArgs, type Step } from '../../bench/swap/run.js';
 import { runSwapWorkload, xorshift32, type PhaseResult } from '../../bench/swap/workload.js';
-import { fromCsv, markdownTables, pageCacheMax, ratio, summary, svgFigure, timeCapCount, toCsv, type Row } from '../../bench/swap/report.js';
+import { ceiling, fromCsv, markdownTables, pageCacheMax, ratio, summary, svgFigure, timeCapCount, toCsv, type Row } from '../../bench/swap/report.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -96,11 +96,20 @@ test('swap bench - one run: ratios, CSV round trip, tables with the paper beside
   assert.equal(ratio(rows, 'zram', 'local', at), undefined, 'not measured');
   assert.deepEqual(fromCsv(toCsv(rows)), rows);
   const md = markdownTables(rows, ['remote', 'local', 'hdd-model', 'ramfs-loop'], ['random-read']);
-  assert.match(md, /\| 2x \(256MiB\) \| 20\.00 \| 40\.00 \| 0\.50\* \| 80\.00 \| 0\.50 \| 40\.00 \| 0\.25 \| 22-27x \|/);
+  assert.match(md, /\| 2x \(256MiB\) \| 20\.00 \| 40\.00 \| 0\.50\* \| 80\.00 \| 0\.50 \| 40\.00 \| 0\.25 \(ramfs-loop\) \| 22-27x \|/);
   assert.match(md, /\| 64KiB \| 30\.00 \| 25\.00 \| – \| – \| 1\.20 \| – \| – \| 1\.1-1\.2x \|/);
   assert.match(md, /median \(min-max\) of 1 run,/);
   assert.match(md, /1 of 6 phases reached the cap/);
   assert.doesNotMatch(md, /n=k/, 'no missing-run legend for a single run');
+});
+
+test('swap bench - the ceiling is the fastest local RAM-backed swap at each point, zram or ramfs-loop, named', () => {
+  const at = { sweep: 'data' as const, dataBytes: 256 * MiB, blockBytes: KiB, mode: 'random-read' as const };
+  const rows = [row('remote', 'random-read', 20), row('ramfs-loop', 'random-read', 80), row('zram', 'random-read', 400)];
+  assert.deepEqual(ceiling(rows, at), { device: 'zram', ratio: 0.05 });
+  assert.deepEqual(ceiling(rows.filter((r) => r.device !== 'zram'), at), { device: 'ramfs-loop', ratio: 0.25 });
+  assert.equal(ceiling([row('remote', 'random-read', 20)], at), undefined, 'no RAM device measured');
+  assert.match(markdownTables(rows, ['remote', 'zram', 'ramfs-loop'], ['random-read']), /\| 0\.05 \(zram\) \|/);
 });
 
 test('swap bench - the figure draws a line per device, the paper band, on a log scale', () => {
