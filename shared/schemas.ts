@@ -14,8 +14,11 @@ export const HostId = z
 export const LeaseId = z.string().regex(/^l-[0-9a-f]{12}$/, "lease id must look like 'l-0123456789ab'");
 /** Milliseconds since the epoch. */
 export const Timestamp = z.number().int().positive();
-/** Any byte count a host may report; anything past 1 TiB on one host is treated as absurd. */
-export const Bytes = z.number().int().nonnegative().max(TiB, 'more than 1TiB is not a plausible size');
+/**
+ * Any byte count a host may report. The largest servers hold tens of TiB of RAM; past 256 TiB on
+ * one host a number is treated as absurd (a unit mistake, a corrupt message).
+ */
+export const Bytes = z.number().int().nonnegative().max(256 * TiB, 'more than 256TiB is not a plausible size for one host');
 export const LeaseBytes = z
   .number()
   .int()
@@ -23,8 +26,19 @@ export const LeaseBytes = z
   .max(TiB, 'a lease is at most 1TiB')
   .refine((n) => n % MiB === 0, 'a lease size is a whole number of MiB');
 export const Iqn = z.string().regex(/^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[A-Za-z0-9.:_-]+)?$/, 'not an iSCSI qualified name');
-export const Ipv4 = z.ipv4();
-export const Portal = z.string().regex(/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/, "portal must be 'ADDR:PORT'");
+const isIpv4 = (text: string) => z.ipv4().safeParse(text).success;
+/** rswap's addresses are IPv4: an IPv6 one is refused saying so, not as a malformed string. */
+const ipv6Refusal = (text: string) => `'${text}' is IPv6: rswap takes IPv4 portals and addresses only, for now`;
+export const Ipv4 = z.string().superRefine((text, ctx) => {
+  if (!isIpv4(text)) ctx.addIssue({ code: 'custom', message: text.includes(':') ? ipv6Refusal(text) : `'${text}' is not an IPv4 address` });
+});
+/** An iSCSI portal: IPV4:PORT, the port 1-65535. */
+export const Portal = z.string().superRefine((text, ctx) => {
+  const m = /^(.*):(\d{1,5})$/.exec(text);
+  const port = Number(m?.[2]);
+  if (text.startsWith('[') || (m?.[1] ?? '').includes(':')) ctx.addIssue({ code: 'custom', message: ipv6Refusal(text) });
+  else if (!m || !isIpv4(m[1]!) || port < 1 || port > 65535) ctx.addIssue({ code: 'custom', message: `portal must be 'IPV4:PORT' with a port of 1-65535, not '${text}'` });
+});
 export const InitiatorKind = z.enum(['kernel', 'userspace']);
 
 export const LeaseState = z.enum(['requested', 'exporting', 'exported', 'attaching', 'active', 'draining', 'released', 'failed']);

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AnnounceEvent, ExportRequest, HostId, PressureEvent, SurplusEvent } from '../../shared/schemas.js';
+import * as schemas from '../../shared/schemas.js';
 import { hostOfSubject, subjects } from '../../shared/subjects.js';
 
 test('schemas - host ids are safe subject tokens', () => {
@@ -12,10 +13,28 @@ test('schemas - host ids are safe subject tokens', () => {
 
 test('schemas - pressure rejects negative, zero, absurd and mistyped sizes and unknown fields', () => {
   assert.ok(PressureEvent.safeParse({ host: 'b', neededBytes: 268435456 }).success);
-  for (const neededBytes of [-1, 0, 2 ** 41, 1.5, '256MiB', null]) {
+  for (const neededBytes of [-1, 0, 2 ** 49, 1.5, '256MiB', null]) {
     assert.equal(PressureEvent.safeParse({ host: 'b', neededBytes }).success, false, String(neededBytes));
   }
   assert.equal(PressureEvent.safeParse({ host: 'b', neededBytes: 1, extra: true }).success, false);
+});
+
+test('schemas - a host with more than 1 TiB reports and lends; past 256 TiB a size is refused', () => {
+  assert.ok(SurplusEvent.safeParse({ host: 'a', lendableBytes: 6 * 2 ** 40 }).success, '6 TiB to lend');
+  assert.ok(PressureEvent.safeParse({ host: 'b', neededBytes: 3 * 2 ** 40 }).success);
+  assert.match(JSON.stringify(SurplusEvent.safeParse({ host: 'a', lendableBytes: 2 ** 49 }).error?.issues), /more than 256TiB/);
+});
+
+test('schemas - portals and addresses are IPv4, checked as addresses; IPv6 is refused saying so', () => {
+  const { Portal, Ipv4 } = schemas;
+  for (const ok of ['198.18.0.11:3260', '10.0.0.1:1', '10.0.0.1:65535']) assert.ok(Portal.safeParse(ok).success, ok);
+  for (const bad of ['999.1.1.1:3260', '10.0.0.1:0', '10.0.0.1:70000', '10.0.0.1', 'nowhere:3260', '10.0.0.1:32a0']) {
+    assert.match(Portal.safeParse(bad).error!.issues[0]!.message, /portal must be 'IPV4:PORT' with a port of 1-65535/, bad);
+  }
+  for (const v6 of ['[fd00::1]:3260', 'fd00::1:3260']) assert.match(Portal.safeParse(v6).error!.issues[0]!.message, /is IPv6: rswap takes IPv4/, v6);
+  assert.ok(Ipv4.safeParse('198.18.0.12').success);
+  assert.match(Ipv4.safeParse('fd00::12').error!.issues[0]!.message, /'fd00::12' is IPv6/);
+  assert.match(Ipv4.safeParse('198.18.0.256').error!.issues[0]!.message, /is not an IPv4 address/);
 });
 
 test('schemas - surplus defaults lentBytes and source', () => {
