@@ -18,9 +18,14 @@ import { runDemo } from './demo.js';
 import { startTracing } from '../shared/tracing.js';
 import { checkCompose, checkUnit } from './check.js';
 import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+
+/** The version in package.json, read at start (the CLI ships with it). */
+const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command('rswap')
   .description('Lend idle RAM across Linux hosts as swap, automatically.')
+  .version(version, '-V, --version', 'print the version')
   .showHelpAfterError('(run with --help for usage)');
 
 const natsOption = () => new Option('--nats <url>', 'NATS server URL (env RSWAP_NATS_URL, default nats://127.0.0.1:4222)');
