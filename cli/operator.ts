@@ -13,6 +13,9 @@ import { reservedBytes } from '../services/broker/policy.js';
 import { RswapError, ErrorCodes } from '../shared/errors.js';
 import { traceIdOf } from '../shared/tracing.js';
 
+/** A request to the broker: with none running, say so within seconds (a broker restarting under systemd is back in about 2 s). */
+const TO_BROKER = { noRespondersGraceMs: 3_000 };
+
 export async function withNats<T>(bus: NatsAccess, task: (nc: NatsConnection) => Promise<T>): Promise<T> {
   let nc: NatsConnection;
   try {
@@ -93,12 +96,12 @@ export async function listHosts(bus: NatsAccess): Promise<HostRecord[]> {
 }
 
 export async function releaseLease(bus: NatsAccess, leaseId: string, timeoutMs = 330_000): Promise<LeaseRecord> {
-  const reply = await withNats(bus, (nc) => requestJson(nc, subjects.release, { leaseId }, replySchema({ lease: LeaseRecord }), timeoutMs));
+  const reply = await withNats(bus, (nc) => requestJson(nc, subjects.release, { leaseId }, replySchema({ lease: LeaseRecord }), timeoutMs, TO_BROKER));
   return reply.lease;
 }
 
 export async function revokeLease(bus: NatsAccess, leaseId: string, timeoutMs = 420_000): Promise<{ released: LeaseRecord; replacement?: LeaseRecord }> {
-  return withNats(bus, (nc) => requestJson(nc, subjects.revoke, { leaseId }, replySchema({ released: LeaseRecord, replacement: LeaseRecord.optional() }), timeoutMs));
+  return withNats(bus, (nc) => requestJson(nc, subjects.revoke, { leaseId }, replySchema({ released: LeaseRecord, replacement: LeaseRecord.optional() }), timeoutMs, TO_BROKER));
 }
 
 /** Cordons (no new leases), uncordons, or drains (cordon, then move every lease off, make-before-break) a lender. */
@@ -113,7 +116,7 @@ async function aboutHost(bus: NatsAccess, host: string, operatorSubject: string,
 
 export async function cordonHost(bus: NatsAccess, host: string, cordoned: boolean): Promise<HostRecord> {
   const subject = cordoned ? await aboutHost(bus, host, subjects.cordon, subjects.selfCordon) : await aboutHost(bus, host, subjects.uncordon, subjects.selfUncordon);
-  const reply = await withNats(bus, (nc) => requestJson(nc, subject, { host }, replySchema({ host: HostRecord }), 30_000));
+  const reply = await withNats(bus, (nc) => requestJson(nc, subject, { host }, replySchema({ host: HostRecord }), 30_000, TO_BROKER));
   return reply.host;
 }
 
@@ -121,7 +124,7 @@ export async function drainHost(bus: NatsAccess, host: string, timeoutMs = 3_600
   const Moved = z.array(z.object({ from: z.string(), to: z.string().optional() }));
   const Stayed = z.array(z.object({ leaseId: z.string(), reason: z.string() }));
   const subject = await aboutHost(bus, host, subjects.drain, subjects.selfDrain);
-  return withNats(bus, (nc) => requestJson(nc, subject, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs));
+  return withNats(bus, (nc) => requestJson(nc, subject, { host }, replySchema({ moved: Moved, stayed: Stayed }), timeoutMs, TO_BROKER));
 }
 
 export function table(rows: string[][]): string {

@@ -9,7 +9,7 @@ import { context, propagation, SpanKind, SpanStatusCode, trace, type Context } f
 import type { z } from 'zod';
 import type { Logger } from './log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage, type ErrorCode } from './errors.js';
-import { hostOfSubject } from './subjects.js';
+import { PREFIX, hostOfSubject } from './subjects.js';
 import { inboxPrefix } from './auth.js';
 import { metrics } from './metrics.js';
 
@@ -55,6 +55,17 @@ export function publishJson(nc: NatsConnection, subject: string, body: unknown, 
 /** How long a request waits for a responder to appear (an agent restarting) before it fails. */
 export const NO_RESPONDERS_GRACE_MS = 10_000;
 
+export interface RequestOptions {
+  /**
+   * For idempotent commands only: with no reply this long, the request is sent again (until
+   * timeoutMs). Core NATS does not keep a message: one that went through a nats-server killed at
+   * that moment, or to an agent between two connections, is lost, and only a resend finds the agent.
+   */
+  resendAfterMs?: number;
+  /** How long "no responders" is retried (an agent restarting); an operator asking a broker wants it short. */
+  noRespondersGraceMs?: number;
+}
+
 /**
  * Sends a request and parses the reply; a `{ ok: false }` reply becomes an RswapError carrying the
  * remote code and message, so a failure reads the same wherever it happened.
@@ -65,13 +76,9 @@ export async function requestJson<T>(
   body: unknown,
   replySchema: z.ZodType<T>,
   timeoutMs: number,
-  /**
-   * For idempotent commands only: with no reply this long, the request is sent again (until
-   * timeoutMs). Core NATS does not keep a message: one that went through a nats-server killed at
-   * that moment, or to an agent between two connections, is lost, and only a resend finds the agent.
-   */
-  resendAfterMs?: number,
+  options: RequestOptions = {},
 ): Promise<Extract<T, { ok: true }>> {
+  const { resendAfterMs, noRespondersGraceMs = NO_RESPONDERS_GRACE_MS } = options;
   return tracer.startActiveSpan(
     `publish ${subject}`,
     { kind: SpanKind.PRODUCER, attributes: messagingAttributes(subject, 'request') },
@@ -80,7 +87,7 @@ export async function requestJson<T>(
         // "No responders" means nobody listens right now, so nothing was delivered: an agent that is
         // restarting (systemd brings it back in seconds) gets the same request again, for a while.
         const started = Date.now();
-        const grace = Math.min(timeoutMs, NO_RESPONDERS_GRACE_MS);
+        const grace = Math.min(timeoutMs, noRespondersGraceMs);
         let msg;
         for (let attempt = 0; !msg; attempt += 1) {
           const left = Math.max(1, timeoutMs - (Date.now() - started));
@@ -98,7 +105,8 @@ export async function requestJson<T>(
                 await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 200 * 2 ** attempt)));
                 continue;
               }
-              throw new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (is that host's agent running?)`, { cause: error });
+              const who = subject.startsWith(`${PREFIX}.broker.`) ? 'no broker answered' : "is that host's agent running?";
+              throw new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (${who})`, { cause: error });
             }
             if (/timeout/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no reply within ${timeoutMs}ms: '${subject}'`, { cause: error });
             throw error;

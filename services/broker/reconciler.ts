@@ -275,7 +275,7 @@ export class Reconciler {
    */
   private async requestExport(lease: LeaseRecord): Promise<Exported> {
     const body = { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } };
-    const reply = await requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs, COMMAND_RESEND_MS);
+    const reply = await requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
     const announced = (await this.hosts.get(lease.lender))?.exporter?.portal;
     if (reply.target.portal !== announced) {
       throw new RswapError(ErrorCodes.WRONG_HOST, `the lender answered with portal ${reply.target.portal}, not its announced ${announced ?? '(none)'}`);
@@ -289,7 +289,7 @@ export class Reconciler {
       // The CHAP secret is never in KV: a lease taken over asks the lender again (idempotent there).
       const exported = this.exported.get(lease.id) ?? (await this.requestExport(lease));
       const body = { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap };
-      const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs, COMMAND_RESEND_MS);
+      const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
       const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator, ...(attached.sealed !== undefined ? { sealed: attached.sealed } : {}) });
       metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
       return undefined;
@@ -309,7 +309,7 @@ export class Reconciler {
    */
   private async release(lease: LeaseRecord): Promise<unknown> {
     try {
-      await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, COMMAND_RESEND_MS);
+      await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
     } catch (error) {
       if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error; // the borrower saw the lease move on
       if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
@@ -356,7 +356,7 @@ export class Reconciler {
       // only, and its pages still needed: the lender removes the target by itself once no session
       // has been seen for its grace period (sessionGraceMs), which is how a dead borrower's goes.
       try {
-        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, COMMAND_RESEND_MS);
+        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
         targetGone = await this.unexport(lease);
       } catch (error) {
         this.log.warn({ leaseId, err: errorMessage(error) }, 'cleanup: detach failed; the lender removes the target after its session grace');
@@ -373,7 +373,7 @@ export class Reconciler {
    */
   private async unexport(lease: LeaseRecord): Promise<boolean> {
     try {
-      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs, COMMAND_RESEND_MS);
+      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
       return true;
     } catch (error) {
       this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'unexport refused or failed; the lender removes the target once no session is left');

@@ -53,10 +53,17 @@ test('requestJson - an idempotent command whose request was lost is sent again a
     },
   });
   await agent.flush();
-  assert.deepEqual(await requestJson(nc, 'test.lossy', {}, OkReply, 5_000, 300), { ok: true });
+  assert.deepEqual(await requestJson(nc, 'test.lossy', {}, OkReply, 5_000, { resendAfterMs: 300 }), { ok: true });
   assert.equal(seen, 2, 'sent twice: the lost one and the resend');
   seen = 0;
   await assert.rejects(requestJson(nc, 'test.lossy', {}, OkReply, 700), /no reply within 700ms: 'test\.lossy'/);
   assert.equal(seen, 1, 'without a resend, once');
   sub.unsubscribe();
+});
+
+test('requestJson - a request to the broker with no broker running fails within the short grace, saying no broker answered', async () => {
+  const t = Date.now();
+  await assert.rejects(requestJson(nc, 'rswap.v1.broker.release', { leaseId: 'l-0123456789ab' }, OkReply, 330_000, { noRespondersGraceMs: 1_000 }), /no responders: 'rswap\.v1\.broker\.release' \(no broker answered\)/);
+  const waited = Date.now() - t;
+  assert.ok(waited < 60_000, `after the grace, not the request's 330 s timeout (${waited} ms)`);
 });
