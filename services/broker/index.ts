@@ -6,7 +6,7 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, HostRequest, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, HostId, HostRequest, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
@@ -18,7 +18,7 @@ import { BROKER_QUEUE } from '../../shared/auth.js';
 
 export const BrokerConfig = z.strictObject({
   ...natsSettings,
-  host: z.string().default('broker'),
+  host: HostId.default('broker'), // this broker's name in lease records and logs, checked like every host id
   offerTtlMs: z.coerce.number().int().positive().default(30_000), // 30 s: monitors republish every 5 s
   announceTtlMs: z.coerce.number().int().positive().default(60_000), // 60 s: agents announce every 10 s
   minLeaseBytes: SizeSetting.default(64 * 1024 * 1024), // 64 MiB

@@ -16,3 +16,9 @@ test('cli - --version and -V print the version in package.json and exit 0', asyn
     assert.equal(r.stdout.trim(), version);
   }
 });
+
+test('cli - the broker\'s --host is checked like every host id, with the reason', async () => {
+  const r = await execa(process.execPath, [CLI, 'broker', '--host', 'Broker.1', '--nats', 'nats://127.0.0.1:1', '--insecure'], { reject: false, timeout: 30_000 });
+  assert.notEqual(r.exitCode, 0);
+  assert.match(r.stderr, /host id must be 1-63 of \[a-z0-9-\]/);
+});
