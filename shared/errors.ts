@@ -23,16 +23,23 @@ export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
 export class RswapError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** The error came back in another service's reply (it answered), not from asking. */
+  readonly remote: boolean;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; remote?: boolean }) {
     super(message, options);
     this.name = 'RswapError';
     this.code = code;
+    this.remote = options?.remote ?? false;
   }
 }
 
 /** The code of any error: ours, or INTERNAL for anything unexpected. */
 export function errorCode(error: unknown): ErrorCode {
-  return error instanceof RswapError ? error.code : ErrorCodes.INTERNAL;
+  if (error instanceof RswapError) return error.code;
+  // A NATS request or JetStream call that got no answer in time (a loaded host, a server failing
+  // over): transient, and told apart from a real failure by whoever asked.
+  if (error instanceof Error && error.name === 'TimeoutError') return ErrorCodes.TIMEOUT;
+  return ErrorCodes.INTERNAL;
 }
 
 export function errorMessage(error: unknown): string {

@@ -115,7 +115,7 @@ export async function requestJson<T>(
         const parsed = replySchema.safeParse(msg.json());
         if (!parsed.success) throw new RswapError(ErrorCodes.BAD_MESSAGE, `malformed reply on '${subject}': ${parsed.error.message}`);
         const reply = parsed.data as { ok: boolean; error?: { code: string; message: string } };
-        if (!reply.ok) throw new RswapError((reply.error?.code as ErrorCode) ?? ErrorCodes.INTERNAL, reply.error?.message ?? 'unknown error');
+        if (!reply.ok) throw new RswapError((reply.error?.code as ErrorCode) ?? ErrorCodes.INTERNAL, reply.error?.message ?? 'unknown error', { remote: true });
         return parsed.data as Extract<T, { ok: true }>;
       } catch (error) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) });

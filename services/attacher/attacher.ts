@@ -11,7 +11,7 @@ import { readMeminfo, readSwaps } from '../../shared/procfs.js';
 import type { AttachRequest, LeaseRecord } from '../../shared/schemas.js';
 import { heldLeases, leaseDevices, leaseDir, readAttachRecord, writeAttachRecord, type AttachRecord } from '../../shared/attach-record.js';
 import type { Initiator } from './initiator.js';
-import { KeyedQueue } from '../../shared/serial.js';
+import { KeyedQueue, SingleFlight } from '../../shared/serial.js';
 import { chooseSwapPriority, selfTest, swapoffSafety } from './swap.js';
 import { judge, startProbe, type HealthVerdict, type Probe } from './health.js';
 
@@ -27,6 +27,8 @@ export interface AttacherOptions {
 
 export class Attacher {
   private readonly queue = new KeyedQueue();
+  /** A resent attach or detach joins the one in flight for its lease (see SingleFlight). */
+  private readonly flights = new SingleFlight();
 
   constructor(
     private readonly run: Runner,
@@ -53,7 +55,7 @@ export class Attacher {
   }
 
   async attach(request: AttachRequest): Promise<{ device: string; priority: number; initiator: 'kernel' | 'userspace'; sealed: boolean }> {
-    return this.serial(async () => {
+    return this.flights.run(`attach ${request.leaseId}`, () => this.serial(async () => {
       const kind = this.initiator.kind;
       const sealed = this.initiator.sealed;
       const done = await this.record(request.leaseId);
@@ -82,11 +84,11 @@ export class Attacher {
         await rm(this.dir(request.leaseId), { recursive: true, force: true });
         throw error;
       }
-    });
+    }));
   }
 
   async detach(leaseId: string): Promise<void> {
-    return this.serial(async () => {
+    return this.flights.run(`detach ${leaseId}`, () => this.serial(async () => {
       const rec = await this.record(leaseId);
       const swaps = await readSwaps();
       const area = rec ? swaps.find((a) => a.path === rec.device) : undefined;
@@ -100,7 +102,7 @@ export class Attacher {
       await this.initiator.logout(leaseId, rec?.target);
       await rm(this.dir(leaseId), { recursive: true, force: true });
       this.log.info({ leaseId }, 'detached');
-    });
+    }));
   }
 
   private readonly probes = new Map<string, Probe>();
@@ -121,6 +123,14 @@ export class Attacher {
       }
       const probe = this.probes.get(leaseId);
       const verdict = probe && judge(probe, now, replacementTimeoutMs);
+      const owner = verdict && !probe.done ? await this.initiator.stallOwner?.(rec.target).catch(() => undefined) : undefined;
+      if (owner) {
+        // Overdue, but the initiator fails stalled I/O itself (the kernel, after replacement_timeout):
+        // the read waits behind the lease's own swap traffic, and comes back or fails in time.
+        if (!probe!.slowLogged) this.log.warn({ leaseId, waitedS: Math.round((now - probe!.startedAt) / 1000) }, `health read slow; ${owner}: not lost`);
+        probe!.slowLogged = true;
+        continue;
+      }
       if (verdict) {
         this.probes.delete(leaseId);
         await this.initiator.failIo(leaseId).catch((e: unknown) => this.log.error({ leaseId, err: errorMessage(e) }, 'could not fail the initiator'));

@@ -6,7 +6,9 @@
  * - The read fails (I/O error): the lease is lost now.
  * - The read has not come back after the replacement timeout: the lease is lost; the initiator
  *   is told to fail its I/O (the userspace one would otherwise wait for the lender forever; the
- *   kernel's does this by itself after replacement_timeout).
+ *   kernel's does this by itself after replacement_timeout). So with the kernel initiator, while
+ *   it holds a session, an overdue read is only slow (it waits behind the lease's own swap
+ *   traffic on a thrashing host or a slow VM): the kernel fails it if the lender is gone.
  * A read in flight is never started twice: with a dead lender it blocks (D state) until then.
  */
 import { spawn } from 'node:child_process';
@@ -16,6 +18,8 @@ export interface Probe {
   startedAt: number;
   done: boolean;
   error?: string;
+  /** An overdue read over a session still up was logged once. */
+  slowLogged?: boolean;
 }
 
 export interface HealthVerdict {

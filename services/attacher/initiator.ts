@@ -16,6 +16,12 @@ export interface Initiator {
   dropCaches(leaseId: string, device: string): Promise<void>;
   /** The path a health probe reads to reach the target without caches on the way. */
   probePath(leaseId: string, device: string): string;
+  /**
+   * Whether the initiator itself times out this lease's stalled I/O (the kernel does, after its
+   * replacement_timeout, while it holds a session): says why, or undefined. Then a probe read that
+   * outlasts the replacement timeout is slow, not lost; only a failed read is.
+   */
+  stallOwner?(target: Target): Promise<string | undefined>;
   /** Makes the lease's I/O fail now instead of waiting for a lender that is gone. */
   failIo(leaseId: string): Promise<void>;
 }

@@ -39,13 +39,8 @@ export interface KernelOptions {
  * `device/target*\/H:C:T:LUN/block/<disk>`. Undefined while there is none.
  */
 export async function sessionDevice(target: Target, sysfs = '/sys'): Promise<string | undefined> {
-  const read = (path: string) => readFile(path, 'utf8').then((t) => t.trim(), () => '');
   const list = (path: string) => readdir(path).catch(() => [] as string[]);
-  for (const session of await list(`${sysfs}/class/iscsi_session`)) {
-    const base = `${sysfs}/class/iscsi_session/${session}`;
-    if ((await read(`${base}/targetname`)) !== target.iqn) continue;
-    const connection = `${sysfs}/class/iscsi_connection/connection${session.replace(/^session/, '')}:0`;
-    if (`${await read(`${connection}/persistent_address`)}:${await read(`${connection}/persistent_port`)}` !== target.portal) continue;
+  for (const base of await sessionsOf(target, sysfs)) {
     for (const scsiTarget of (await list(`${base}/device`)).filter((d) => d.startsWith('target'))) {
       for (const lun of (await list(`${base}/device/${scsiTarget}`)).filter((d) => d.endsWith(`:${target.lun}`))) {
         const [disk] = await list(`${base}/device/${scsiTarget}/${lun}/block`);
@@ -54,6 +49,30 @@ export async function sessionDevice(target: Target, sysfs = '/sys'): Promise<str
     }
   }
   return undefined;
+}
+
+const readTrimmed = (path: string) => readFile(path, 'utf8').then((t) => t.trim(), () => '');
+
+/** The sysfs folders of the kernel's sessions whose target name and connection address match. */
+async function sessionsOf(target: Target, sysfs: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const session of await readdir(`${sysfs}/class/iscsi_session`).catch(() => [] as string[])) {
+    const base = `${sysfs}/class/iscsi_session/${session}`;
+    if ((await readTrimmed(`${base}/targetname`)) !== target.iqn) continue;
+    const connection = `${sysfs}/class/iscsi_connection/connection${session.replace(/^session/, '')}:0`;
+    if (`${await readTrimmed(`${connection}/persistent_address`)}:${await readTrimmed(`${connection}/persistent_port`)}` !== target.portal) continue;
+    found.push(base);
+  }
+  return found;
+}
+
+/**
+ * Whether the kernel holds a logged-in session to the target: `LOGGED_IN` in the session's sysfs
+ * `state` (FAILED while it tries to reconnect). Undefined when no session names the target.
+ */
+export async function sessionState(target: Target, sysfs = '/sys'): Promise<string | undefined> {
+  const [base] = await sessionsOf(target, sysfs);
+  return base === undefined ? undefined : (await readTrimmed(`${base}/state`)) || undefined;
 }
 
 export function byPathLink(target: Target): string {
@@ -134,6 +153,16 @@ export class KernelInitiator implements Initiator {
 
   probePath(_leaseId: string, device: string): string {
     return device;
+  }
+
+  /**
+   * The kernel's session state while it has one (LOGGED_IN, or FAILED while it reconnects): the
+   * kernel then fails the lease's I/O by itself once replacement_timeout runs out, so a read that
+   * is merely slow (a borrower thrashing on the lease, a slow VM) is never taken for a lost lender.
+   */
+  async stallOwner(target: Target): Promise<string | undefined> {
+    const state = await sessionState(target, this.options.sysfs);
+    return state === undefined ? undefined : `the kernel's session is ${state}`;
   }
 
   /** The SCSI layer fails the I/O itself once replacement_timeout runs out: nothing to do. */

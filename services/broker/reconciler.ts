@@ -50,6 +50,9 @@ export interface ReconcilerOptions extends PolicyOptions {
  */
 export const COMMAND_RESEND_MS = 10_000;
 
+/** The pause before a detach the borrower answered with a timeout of its own is asked again. */
+const DETACH_RETRY_MS = 1_000;
+
 /** How long a lease may sit in a state before another broker takes it over (its driver died). */
 export function stuckAfterMs(state: LeaseState, o: ReconcilerOptions): number {
   const bounds = LEASE_STATES[state].boundBy;
@@ -309,7 +312,7 @@ export class Reconciler {
    */
   private async release(lease: LeaseRecord): Promise<unknown> {
     try {
-      await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
+      await this.detach(lease);
     } catch (error) {
       if (errorCode(error) === ErrorCodes.ILLEGAL_STATE) throw error; // the borrower saw the lease move on
       if (errorCode(error) === ErrorCodes.SWAPOFF_UNSAFE) {
@@ -325,6 +328,27 @@ export class Reconciler {
     const released = await this.leases.move(lease.id, 'released');
     await this.giveBack(released, targetGone);
     return undefined;
+  }
+
+  /**
+   * Asks the borrower to swap off and log out, within detachTimeoutMs in all. A borrower that
+   * answered with a timeout of its own (a KV read that missed its deadline on a host under
+   * pressure) is asked again while time is left: that is no reason to fail its lease.
+   */
+  private async detach(lease: LeaseRecord): Promise<void> {
+    const started = Date.now();
+    for (;;) {
+      const left = this.options.detachTimeoutMs - (Date.now() - started);
+      try {
+        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, Math.max(1_000, left), { resendAfterMs: COMMAND_RESEND_MS });
+        return;
+      } catch (error) {
+        const transient = error instanceof RswapError && error.remote && error.code === ErrorCodes.TIMEOUT;
+        if (!transient || left < 2 * DETACH_RETRY_MS) throw error;
+        this.log.warn({ leaseId: lease.id, borrower: lease.borrower, err: errorMessage(error) }, 'the borrower timed out on its side; asking again');
+        await new Promise((resolve) => setTimeout(resolve, DETACH_RETRY_MS));
+      }
+    }
   }
 
   /**
@@ -356,7 +380,7 @@ export class Reconciler {
       // only, and its pages still needed: the lender removes the target by itself once no session
       // has been seen for its grace period (sessionGraceMs), which is how a dead borrower's goes.
       try {
-        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
+        await this.detach(lease);
         targetGone = await this.unexport(lease);
       } catch (error) {
         this.log.warn({ leaseId, err: errorMessage(error) }, 'cleanup: detach failed; the lender removes the target after its session grace');

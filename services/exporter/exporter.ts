@@ -14,7 +14,7 @@ import type { Source } from '../monitor/sources.js';
 import { Chap, LeaseId, type ExportRequest, type LeaseRecord, type Target } from '../../shared/schemas.js';
 import { formatBytes } from '../../shared/units.js';
 import type { TargetInfo, Tgt } from './tgt.js';
-import { KeyedQueue } from '../../shared/serial.js';
+import { KeyedQueue, SingleFlight } from '../../shared/serial.js';
 
 
 /** The tgt account the target answers mutual CHAP with. */
@@ -40,6 +40,8 @@ export function randomSecret(length = 24): string {
 export class Exporter {
   /** Every change to tgtd and the mounts, one at a time: tids are allocated by reading the listing. */
   private readonly queue = new KeyedQueue();
+  /** A resent export or unexport joins the one in flight for its lease (see SingleFlight). */
+  private readonly flights = new SingleFlight();
 
   constructor(
     private readonly run: Runner,
@@ -66,7 +68,7 @@ export class Exporter {
     if (request.lender !== this.options.host) {
       throw new RswapError(ErrorCodes.WRONG_HOST, `lease ${request.leaseId} is for lender '${request.lender}', this is '${this.options.host}'`);
     }
-    return this.queue.run('tgt', async () => {
+    return this.flights.run(`export ${request.leaseId}`, () => this.queue.run('tgt', async () => {
       const iqn = this.iqnFor(request.leaseId);
       const dir = this.leaseDir(request.leaseId);
       // One listing serves the idempotency check, the capacity check and the tid allocation.
@@ -93,7 +95,7 @@ export class Exporter {
         await this.unmountRamfs(request.leaseId).catch(() => undefined);
         throw error;
       }
-    });
+    }));
   }
 
   /**
@@ -102,6 +104,10 @@ export class Exporter {
    * one listing under the tgt queue, so no login slips in between.
    */
   async unexport(leaseId: string, { waitMs = 5_000 }: { waitMs?: number } = {}): Promise<void> {
+    return this.flights.run(`unexport ${leaseId}`, () => this.unexportWaiting(leaseId, waitMs));
+  }
+
+  private async unexportWaiting(leaseId: string, waitMs: number): Promise<void> {
     // A borrower that has just logged out may stay listed for a moment: wait for its session to
     // end (up to `waitMs`), then refuse.
     const deadline = Date.now() + waitMs;

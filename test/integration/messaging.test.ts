@@ -67,3 +67,24 @@ test('requestJson - a request to the broker with no broker running fails within 
   const waited = Date.now() - t;
   assert.ok(waited < 60_000, `after the grace, not the request's 330 s timeout (${waited} ms)`);
 });
+
+test('handle - a NATS call of the agent that timed out comes back as RSWAP_E_TIMEOUT, marked as the agent\'s own answer; asking that timed out is not', async () => {
+  const { handle, RejectCounter } = await import('../../shared/messaging.js');
+  const { ErrorCodes, RswapError } = await import('../../shared/errors.js');
+  const { z } = await import('zod');
+  const pino = (await import('pino')).default;
+  // The agent's handler asks something nobody answers in time (as a KV read on a thrashing host does).
+  handle(agent, 'test.agent-timeout', { schema: z.object({}), log: pino({ level: 'silent' }), rejects: new RejectCounter() }, async () => {
+    agent.subscribe('test.silent', { callback: () => {} });
+    await agent.request('test.silent', '', { timeout: 200 });
+  });
+  const error = await requestJson(nc, 'test.agent-timeout', {}, OkReply, 5_000).then(() => undefined, (e: unknown) => e);
+  assert.ok(error instanceof RswapError, String(error));
+  assert.equal(error.code, ErrorCodes.TIMEOUT);
+  assert.equal(error.remote, true, 'the agent answered: it timed out on its side');
+  assert.equal(error.message, 'timeout');
+  // No answer at all is a timeout of the asker's own.
+  agent.subscribe('test.never', { callback: () => {} });
+  const own = await requestJson(nc, 'test.never', {}, OkReply, 300).then(() => undefined, (e: unknown) => e);
+  assert.ok(own instanceof RswapError && own.code === ErrorCodes.TIMEOUT && !own.remote, String(own));
+});

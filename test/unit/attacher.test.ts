@@ -89,11 +89,11 @@ test('kernel initiator - mutual CHAP: the target must prove its own secret (user
   assert.ok(lines.findIndex((l) => l.endsWith('--login')) > Math.max(userIn, passwordIn), 'login comes after');
 });
 
-test('kernel initiator - without udev, the LUN\'s disk is found through sysfs from the session with the same target and portal', async () => {
+test('kernel initiator - without udev, the LUN\'s disk and the session\'s state are found through sysfs from the session with the same target and portal', async () => {
   const { mkdtemp, mkdir, writeFile, rm } = await import('node:fs/promises');
   const { join } = await import('node:path');
   const { tmpdir } = await import('node:os');
-  const { sessionDevice } = await import('../../services/attacher/kernel.js');
+  const { sessionDevice, sessionState } = await import('../../services/attacher/kernel.js');
   const sysfs = await mkdtemp(join(tmpdir(), 'rswap-sysfs-'));
   try {
     const session = async (n: number, iqn: string, address: string, lun: number, disk: string) => {
@@ -111,6 +111,15 @@ test('kernel initiator - without udev, the LUN\'s disk is found through sysfs fr
     await session(3, target.iqn, target.portal, 1, 'sdc');
     assert.equal(await sessionDevice(target, sysfs), '/dev/sdc');
     assert.equal(await sessionDevice({ ...target, lun: 2 }, sysfs), undefined, 'another LUN');
+    // The health check's question: is that session logged in (a slow read is then no lost lender)?
+    assert.equal(await sessionState(target, sysfs), undefined, 'a state file is read only when there is one');
+    await writeFile(join(sysfs, 'class/iscsi_session/session2/state'), 'LOGGED_IN\n');
+    assert.equal(await sessionState(target, sysfs), undefined, 'the session at another portal is not this one');
+    await writeFile(join(sysfs, 'class/iscsi_session/session3/state'), 'FAILED\n');
+    assert.equal(await sessionState(target, sysfs), 'FAILED');
+    await writeFile(join(sysfs, 'class/iscsi_session/session3/state'), 'LOGGED_IN\n');
+    assert.equal(await sessionState(target, sysfs), 'LOGGED_IN');
+    assert.equal(await sessionState({ ...target, iqn: 'iqn.2026-11.io.rswap:host-a.l-000000000000' }, sysfs), undefined, 'no session at all');
   } finally {
     await rm(sysfs, { recursive: true, force: true });
   }
