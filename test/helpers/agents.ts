@@ -26,6 +26,8 @@ export interface ScriptedAgents {
   commands: string[];
   /** Lease ids whose swap-off the attacher refuses (its pages "would not fit"). */
   refuseDetach: Set<string>;
+  /** Per lease, how many detaches the attacher answers with a timeout of its own first (a KV read on a thrashing host). */
+  detachTimeouts: Map<string, number>;
   /** Per host, how far its clock is off (ms, negative: behind); its announces carry that time. */
   clockOffsetMs: Map<string, number>;
   /** Hosts that no longer announce (the host is gone). */
@@ -58,6 +60,7 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
   const agents: ScriptedAgents = {
     commands: [],
     refuseDetach: new Set(),
+    detachTimeouts: new Map(),
     clockOffsetMs: new Map(),
     silenced: new Set(),
     serving: new Map(),
@@ -90,6 +93,9 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
           msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
         } else if (verb === 'unexport' && agents.refuseUnexport.has(body.leaseId)) {
           msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_IN_USE', message: 'a session is still logged in' } }));
+        } else if (verb === 'detach' && (agents.detachTimeouts.get(body.leaseId) ?? 0) > 0) {
+          agents.detachTimeouts.set(body.leaseId, agents.detachTimeouts.get(body.leaseId)! - 1);
+          msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_TIMEOUT', message: 'timeout' } }));
         } else if (verb === 'detach' && agents.refuseDetach.has(body.leaseId)) {
           msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_SWAPOFF_UNSAFE', message: 'swap-off would not fit' } }));
         } else {

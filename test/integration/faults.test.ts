@@ -19,7 +19,7 @@ import { reservedBytes } from '../../services/broker/policy.js';
 
 const MiB = 1024 ** 2;
 const ask = (subject: string, body: string) => askOn(nc, subject, body);
-const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p', 'lender-s', 'borrow-s', 'borrow-m'];
+const HOSTS = ['lender-a', 'lender-c', 'lender-o', 'borrow-b', 'borrow-x', 'borrow-r', 'borrow-g', 'borrow-k', 'lender-p', 'borrow-p', 'lender-s', 'borrow-s', 'borrow-m', 'borrow-t'];
 let server: NatsServer;
 let brokers: Array<Awaited<ReturnType<typeof startBroker>>>;
 let nc: NatsConnection;
@@ -203,6 +203,21 @@ test('faults - a borrower that disappears: its leases end and the lender gets it
   const sweepsAfter = Math.max(...brokers.map((b) => b.sweeps())) + 1;
   await waitFor('sweeps after the lease failed', async () => brokers.every((b) => b.sweeps() > sweepsAfter), { timeoutMs: 30_000 });
   assert.deepEqual(agents.commands, []);
+  await assertCapacityConsistent();
+});
+
+test('faults - a borrower that answers a detach with a timeout of its own is asked again: the lease is released, not failed', async () => {
+  await offer('lender-a', 1024 * MiB);
+  await nc.request(subjects.pressure('borrow-t'), JSON.stringify({ host: 'borrow-t', neededBytes: 64 * MiB, at: Date.now(), source: 'inject' }), { timeout: 10_000 });
+  const [lease] = await leases('borrow-t');
+  assert.equal(lease!.state, 'active');
+  agents.commands.length = 0;
+  agents.detachTimeouts.set(lease!.id, 2);
+  const reply = (await nc.request(subjects.release, JSON.stringify({ leaseId: lease!.id }), { timeout: 60_000 })).json<{ ok: boolean; lease?: LeaseRecord }>();
+  assert.equal(reply.lease?.state, 'released', JSON.stringify(reply));
+  assert.equal(agents.detachTimeouts.get(lease!.id), 0, 'both timeouts were answered');
+  // Three detaches (two answered with the borrower's timeout), and the target only after the third.
+  assert.deepEqual(agents.commands.filter((c) => c.endsWith(lease!.id)), [`detach borrow-t ${lease!.id}`, `detach borrow-t ${lease!.id}`, `detach borrow-t ${lease!.id}`, `unexport lender-a ${lease!.id}`]);
   await assertCapacityConsistent();
 });
 
