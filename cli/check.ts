@@ -52,6 +52,14 @@ export function interpolate(value: string): string {
   return value.replace(/\$\{([A-Z0-9_]+)(?::?-([^}]*)|:?\?[^}]*)?\}/g, (_, _name: string, fallback: string | undefined) => fallback ?? 'SET-BY-OPERATOR');
 }
 
+/** The document with every `${VAR...}` in its strings replaced as `interpolate` does. */
+function interpolateAll(value: unknown): unknown {
+  if (typeof value === 'string') return interpolate(value);
+  if (Array.isArray(value)) return value.map(interpolateAll);
+  if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, interpolateAll(v)]));
+  return value;
+}
+
 let schemaValidator: ((data: unknown) => boolean) & { errors?: Array<{ instancePath: string; message?: string; params?: Record<string, unknown> }> | null };
 
 /** The Compose Specification schema, with its draft-04 style `id` annotations dropped for Ajv. */
@@ -78,7 +86,8 @@ interface ComposeService {
   image?: string;
   command?: string[] | string;
   environment?: Record<string, string | number | boolean | null> | string[];
-  ports?: Array<string | { published?: string | number; target?: number }>;
+  ports?: Array<string | { published?: string | number; target?: number; host_ip?: string }>;
+  user?: string | number;
   depends_on?: Record<string, { condition?: string }> | string[];
   healthcheck?: { test?: string[] | string; disable?: boolean };
   privileged?: boolean;
@@ -136,11 +145,26 @@ export function checkCompose(...texts: string[]): string[] {
   const doc = mergeCompose(docs);
   const problems: string[] = [];
   const validate = composeSchemaValidator();
-  if (!validate(doc)) {
+  // Variables are the operator's (Compose fills them in before it reads the file): the schema
+  // sees the values they fall back to, as "${ADDR:-127.0.0.1}:4222:4222" is a port mapping.
+  if (!validate(interpolateAll(doc))) {
     for (const e of validate.errors ?? []) problems.push(`schema: ${e.instancePath || '/'} ${e.message}${e.params?.additionalProperty ? ` '${String(e.params.additionalProperty)}'` : ''}`);
   }
   const services = doc.services ?? {};
   for (const name of ['nats', 'jaeger', ...ROLES]) if (!services[name]) problems.push(`service '${name}' is missing`);
+  for (const [name, service] of Object.entries(services)) {
+    for (const port of service.ports ?? []) {
+      const hostIp = typeof port === 'string' ? /^(.+):[^:]+:[^:]+$/.exec(interpolate(port))?.[1] : port.host_ip;
+      if (!hostIp || hostIp === '0.0.0.0' || hostIp === '::') {
+        problems.push(`${name}: port ${typeof port === 'string' ? port : port.published ?? port.target} is published on every address; bind it to 127.0.0.1, or to an address the operator sets (\${RSWAP_PUBLISH_ADDRESS:-127.0.0.1}:...)`);
+      }
+    }
+  }
+  // The image runs as an unprivileged user: the broker stays so, the host agents are root.
+  if (services.broker && /^(root|0)(:|$)/.test(String(services.broker.user ?? ''))) problems.push('broker: runs as root; it needs no privileges (leave out user:)');
+  for (const role of AGENTS) {
+    if (services[role] && !/^(root|0)(:|$)/.test(String(services[role].user ?? ''))) problems.push(`${role}: needs user: root (the image runs as an unprivileged user; a host agent drives swap, mounts and iSCSI)`);
+  }
 
   const nats = services.nats;
   if (nats) {
@@ -229,6 +253,9 @@ function checkUnitAuth(where: string, text: string): string[] {
   return problems;
 }
 
+/** Unit options that give a service a mount namespace of its own. */
+const NAMESPACING = ['ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateDevices', 'PrivateMounts', 'ReadOnlyPaths', 'InaccessiblePaths', 'TemporaryFileSystem', 'ProtectKernelTunables', 'ProtectKernelLogs', 'ProtectControlGroups', 'ProtectProc', 'BindPaths', 'BindReadOnlyPaths', 'RootDirectory', 'RootImage'];
+
 /** Problems in a systemd unit for `rswap <role>`: its ExecStart flags and Environment variables. */
 export function checkUnit(where: string, text: string): string[] {
   // The drain unit: uncordon at boot, drain at shutdown, with the time a swap-off needs.
@@ -252,5 +279,20 @@ export function checkUnit(where: string, text: string): string[] {
   if ((role === 'exporter' || role === 'attacher') && !/^KillMode=process$/m.test(text)) {
     problems.push(`${where}: KillMode=process is needed: tgtd and qemu-storage-daemon carry swap and must outlive a restart of the agent`);
   }
+  if (role === 'exporter' || role === 'attacher') {
+    // A mount namespace of the unit's own would hide its ramfs and FUSE mounts from the host, and
+    // from the agent's next start, which must find them (and the daemons that use them).
+    for (const option of NAMESPACING.filter((o) => new RegExp(`^${o}=(?!no$|false$)`, 'm').test(text))) {
+      problems.push(`${where}: ${option}= gives the agent a mount namespace of its own: its mounts and daemons would be invisible to its next start`);
+    }
+  }
+  if (!/^Type=exec$/m.test(text)) problems.push(`${where}: Type=exec is needed: with simple, a binary that cannot start still counts as started`);
+  if (/^After=.*\bnetwork-online\.target/m.test(text) && !/^Wants=.*\bnetwork-online\.target/m.test(text)) {
+    problems.push(`${where}: After=network-online.target needs Wants=network-online.target, or nothing pulls it in`);
+  }
+  if (role === 'exporter' && !/^Conflicts=.*\btgt\.service\b/m.test(text)) {
+    problems.push(`${where}: Conflicts=tgt.service is needed: Debian's tgt.service takes port 3260 on every address`);
+  }
+  if (role === 'broker' && !/^DynamicUser=yes$/m.test(text)) problems.push(`${where}: DynamicUser=yes is needed: the broker needs no privileges`);
   return problems;
 }

@@ -44,6 +44,10 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     ['a service without credentials', (d) => { delete d.services.broker.environment.RSWAP_CREDS; }, /broker: RSWAP_CREDS is not set/],
     ['a service run insecure', (d) => { d.services.exporter.command = ['exporter', '--insecure']; }, /exporter: runs without NATS identity and TLS/],
     ['an attacher swapping unsealed', (d) => { d.services.attacher.environment.RSWAP_UNSEALED = '1'; }, /attacher: swaps to leases unencrypted/],
+    ['NATS published on every address', (d) => { d.services.nats.ports[0] = '4222:4222'; }, /nats: port 4222:4222 is published on every address/],
+    ['the UI on 0.0.0.0, long form', (d) => { d.services.jaeger.ports.push({ target: 16687, published: 16687, host_ip: '0.0.0.0' }); }, /jaeger: port 16687 is published on every address/],
+    ['a broker run as root', (d) => { d.services.broker.user = 'root'; }, /broker: runs as root; it needs no privileges/],
+    ['an agent not root', (d) => { delete d.services.exporter.user; }, /exporter: needs user: root/],
   ];
   for (const [what, edit, expected] of cases) {
     const problems = await broken(edit);
@@ -97,6 +101,22 @@ test('check - a unit that would kill the initiator with the agent, or has a wron
   assert.match(checkUnit('x', '[Service]\nExecStart=/bin/true\n')[0]!, /no ExecStart running rswap/);
 });
 
+test('check - units start as exec, pull in what they order after, keep the agents in the host\'s mount namespace, stop Debian\'s tgt.service, and run the broker unprivileged', async () => {
+  const unit = async (name: string) => readFile(resolve(ROOT, 'deploy/systemd', name), 'utf8');
+  const [exporter, attacher, broker] = await Promise.all([unit('rswap-exporter.service'), unit('rswap-attacher.service'), unit('rswap-broker.service')]);
+  assert.match(checkUnit('x', exporter.replace('Type=exec', 'Type=simple')).join('; '), /Type=exec is needed/);
+  assert.match(checkUnit('x', exporter.replace(/^Wants=.*\n/m, '')).join('; '), /After=network-online.target needs Wants=network-online.target/);
+  assert.match(checkUnit('x', exporter.replace(/^Conflicts=tgt\.service\n/m, '')).join('; '), /Conflicts=tgt.service is needed/);
+  for (const [name, text] of [['exporter', exporter], ['attacher', attacher]] as const) {
+    for (const option of ['ProtectSystem=strict', 'PrivateTmp=yes', 'ProtectHome=read-only']) {
+      assert.match(checkUnit(name, text.replace('[Install]', `${option}\n\n[Install]`)).join('; '), new RegExp(`${option.split('=')[0]}= gives the agent a mount namespace of its own`), `${name} with ${option}`);
+    }
+    assert.deepEqual(checkUnit(name, text.replace('[Install]', 'PrivateTmp=no\n\n[Install]')), [], 'an option turned off is fine');
+  }
+  assert.match(checkUnit('x', broker.replace('DynamicUser=yes\n', '')).join('; '), /DynamicUser=yes is needed/);
+  assert.deepEqual(checkUnit('x', broker.replace('ProtectSystem=strict\n', 'ProtectSystem=strict\nPrivateTmp=yes\n')), [], 'the broker may have a namespace of its own');
+});
+
 test('check - compose variables resolve to their defaults', () => {
   assert.equal(interpolate('${RSWAP_NATS_URL:-nats://127.0.0.1:4222}'), 'nats://127.0.0.1:4222');
   assert.equal(interpolate('${RSWAP_HOST:?set it}'), 'SET-BY-OPERATOR');
@@ -108,4 +128,17 @@ test('check - the drain unit must drain at shutdown, before the exporter stops, 
   assert.match(checkUnit('x', drain.replace('RemainAfterExit=yes\n', ''))[0]!, /RemainAfterExit=yes is needed/);
   assert.match(checkUnit('x', drain.replace(/^ExecStop=.*\n/m, ''))[0]!, /ExecStop must run 'rswap drain/);
   assert.match(checkUnit('x', drain.replace(' rswap-exporter.service', ''))[0]!, /After=rswap-exporter.service is needed/);
+});
+
+test('check - the image: built in one stage, run from another with no tests, unprivileged by default; the build context leaves out what it does not need', async () => {
+  const dockerfile = await readFile(resolve(ROOT, 'Dockerfile'), 'utf8');
+  const stages = dockerfile.split(/^FROM /m).slice(1);
+  assert.equal(stages.length, 2, 'a build stage and a run stage');
+  const run = stages[1]!;
+  assert.match(stages[0]!, /rm -rf dist\/test/, 'the compiled tests are dropped in the build stage');
+  assert.doesNotMatch(run, /^COPY (?!--from=build)/m, 'the run stage takes only what the build stage made');
+  assert.doesNotMatch(run, /npm ci|tsc|COPY .*test/, 'no dev dependencies, no compiler, no tests in the image');
+  assert.match(run, /^USER node$/m, 'unprivileged unless compose says root');
+  const ignored = (await readFile(resolve(ROOT, '.dockerignore'), 'utf8')).split('\n').map((l) => l.trim());
+  for (const entry of ['node_modules', 'dist', '.git', 'bench/results']) assert.ok(ignored.includes(entry), `.dockerignore leaves out ${entry}`);
 });
