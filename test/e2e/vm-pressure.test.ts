@@ -139,8 +139,11 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   await waitFor('the leases given back after the cool-down', async () => {
     const now = (await listLeases(testbedBus(tb))).filter((l) => leases.some((x) => x.id === l.id));
     states = now.map((l) => `${l.id} ${l.state}${l.reason ? ` (${l.reason})` : ''}`).join(', ');
+    if (now.some((l) => l.state === 'failed')) throw new Error('a lease failed instead of being given back');
     return now.every((l) => l.state === 'released');
-  }, { timeoutMs: 180_000, intervalMs: 500 }).catch(async (error: Error) => {
+    // Bounded by the broker's own budget for a swap-off (its 300 s detach timeout) and a margin:
+    // the VM's swap-offs run one at a time, each reading its pages back under TCG.
+  }, { timeoutMs: 420_000, intervalMs: 500 }).catch(async (error: Error) => {
     const console_ = await readFile(join(vm.dir, 'console.log'), 'utf8').catch(() => '');
     assert.fail(`${error.message}: ${states}\n${console_.slice(-2000)}`);
   });
