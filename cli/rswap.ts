@@ -16,12 +16,9 @@ import { cordonHost, drainHost, getLease, revokeLease, hostsTable, leaseTimeline
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 import { startTracing } from '../shared/tracing.js';
+import { version } from '../shared/version.js';
 import { checkCompose, checkUnit } from './check.js';
 import { readFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
-
-/** The version in package.json, read at start (the CLI ships with it). */
-const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command('rswap')
   .description('Lend idle RAM across Linux hosts as swap, automatically.')

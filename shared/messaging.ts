@@ -1,7 +1,10 @@
 /**
- * Traced, schema-checked publish / request / subscribe over NATS. Producer spans are named
- * `publish <subject>`, consumer spans `process <subject>`; the W3C trace context travels in NATS
- * headers. Every message is parsed at the boundary: a bad one is answered with a clear error (when
+ * Traced, schema-checked publish / request / subscribe over NATS. Spans follow the OpenTelemetry
+ * messaging conventions: producer spans are named `publish <template>`, consumer spans
+ * `process <template>`, where the template is the subject with its host or lease id as `{host}` or
+ * `{lease}` (subjectTemplate): the span names are a fixed set, not one per host and lease. The
+ * concrete subject is the attribute `messaging.destination.name`. The W3C trace context travels in
+ * NATS headers. Every message is parsed at the boundary: a bad one is answered with a clear error (when
  * it has a reply subject), logged, counted, and changes nothing.
  */
 import { headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
@@ -9,7 +12,7 @@ import { context, propagation, SpanKind, SpanStatusCode, trace, type Context } f
 import type { z } from 'zod';
 import type { Logger } from './log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage, type ErrorCode } from './errors.js';
-import { PREFIX, hostOfSubject } from './subjects.js';
+import { PREFIX, hostOfSubject, subjectTemplate } from './subjects.js';
 import { inboxPrefix } from './auth.js';
 import { metrics } from './metrics.js';
 
@@ -21,8 +24,22 @@ const getter = {
   keys: (carrier: MsgHdrs | undefined) => (carrier ? [...carrier.keys()] : []),
 };
 
-function messagingAttributes(subject: string, operation: string) {
-  return { 'messaging.system': 'nats', 'messaging.destination.name': subject, 'messaging.operation.type': operation };
+/**
+ * A messaging span's name and attributes: `publish` (a request too: it publishes with a reply
+ * subject) is of type `send`, `process` of type `process`.
+ */
+function messagingSpan(operation: 'publish' | 'process', subject: string) {
+  const template = subjectTemplate(subject);
+  return {
+    name: `${operation} ${template}`,
+    attributes: {
+      'messaging.system': 'nats',
+      'messaging.operation.name': operation,
+      'messaging.operation.type': operation === 'publish' ? 'send' : 'process',
+      'messaging.destination.name': subject,
+      'messaging.destination.template': template,
+    },
+  };
 }
 
 function headersFor(ctx: Context): MsgHdrs {
@@ -44,7 +61,8 @@ export class RejectCounter {
 }
 
 export function publishJson(nc: NatsConnection, subject: string, body: unknown, parent: Context = context.active()): void {
-  const span = tracer.startSpan(`publish ${subject}`, { kind: SpanKind.PRODUCER, attributes: messagingAttributes(subject, 'publish') }, parent);
+  const { name, attributes } = messagingSpan('publish', subject);
+  const span = tracer.startSpan(name, { kind: SpanKind.PRODUCER, attributes }, parent);
   try {
     nc.publish(subject, JSON.stringify(body), { headers: headersFor(trace.setSpan(parent, span)) });
   } finally {
@@ -79,9 +97,10 @@ export async function requestJson<T>(
   options: RequestOptions = {},
 ): Promise<Extract<T, { ok: true }>> {
   const { resendAfterMs, noRespondersGraceMs = NO_RESPONDERS_GRACE_MS } = options;
+  const { name, attributes } = messagingSpan('publish', subject);
   return tracer.startActiveSpan(
-    `publish ${subject}`,
-    { kind: SpanKind.PRODUCER, attributes: messagingAttributes(subject, 'request') },
+    name,
+    { kind: SpanKind.PRODUCER, attributes },
     async (span) => {
       try {
         // "No responders" means nobody listens right now, so nothing was delivered: an agent that is
@@ -143,7 +162,7 @@ function parseFailure(error: z.ZodError): string {
 }
 
 /**
- * Subscribes and runs `handler` for each valid message, inside a `process <subject>` span joined to
+ * Subscribes and runs `handler` for each valid message, inside a `process <template>` span joined to
  * the sender's trace. The handler's return value is the reply (when the message asked for one).
  */
 export function handle<T>(
@@ -161,11 +180,8 @@ export function handle<T>(
         return;
       }
       const parent = propagation.extract(context.active(), msg.headers, getter);
-      const span = tracer.startSpan(
-        `process ${msg.subject}`,
-        { kind: SpanKind.CONSUMER, attributes: messagingAttributes(msg.subject, 'process') },
-        parent,
-      );
+      const { name, attributes } = messagingSpan('process', msg.subject);
+      const span = tracer.startSpan(name, { kind: SpanKind.CONSUMER, attributes }, parent);
       void context.with(trace.setSpan(parent, span), async () => {
         const reject = (code: ErrorCode, message: string) => {
           rejects.add(code);

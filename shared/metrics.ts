@@ -1,6 +1,9 @@
 /**
  * Prometheus metrics of one rswap process, served as text on `--metrics-port` (off when unset).
- * Every series is prefixed `rswap_`; each process labels its series with its service and host.
+ * Every series is prefixed `rswap_` once (Node.js's own are `rswap_process_*` and `rswap_nodejs_*`);
+ * each process labels its series with its service and its host (`host` is always the emitting host:
+ * a series about other hosts names them `lender` or `borrower`). Rates are counters: Prometheus
+ * takes the rate.
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -38,7 +41,7 @@ export function scrapeGauge(name: string, help: string, labelNames: string[], re
 export async function serveMetrics(port: number | undefined, labels: Record<string, string>, log: Logger): Promise<Server | undefined> {
   if (port === undefined) return undefined;
   registry.setDefaultLabels(labels);
-  collectDefaultMetrics({ register: registry, prefix: 'rswap_process_' });
+  collectDefaultMetrics({ register: registry, prefix: 'rswap_' }); // its names start process_ or nodejs_
   const server = createServer((req, res) => {
     if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
       res.writeHead(404).end('try /metrics\n');

@@ -62,6 +62,20 @@ export function hostOfSubject(subject: string): string | undefined {
   return parts[3];
 }
 
+/** The variable token's name, by the kind of subject (the third token). */
+const VARIABLE_TOKEN = new Map([['host', '{host}'], ['cmd', '{host}'], ['lease', '{lease}']]);
+
+/**
+ * The subject's template, for span names: the variable token (a host id, a lease id) becomes
+ * `{host}` or `{lease}`, e.g. `rswap.v1.host.{host}.pressure`. Other subjects are their own template.
+ */
+export function subjectTemplate(subject: string): string {
+  const parts = subject.split('.');
+  const token = VARIABLE_TOKEN.get(parts[2] ?? '');
+  if (parts.length !== 5 || `${parts[0]}.${parts[1]}` !== PREFIX || !token) return subject;
+  return [...parts.slice(0, 3), token, parts[4]].join('.');
+}
+
 /** JetStream KV buckets. */
 export const buckets = {
   leases: 'rswap_leases',

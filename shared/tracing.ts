@@ -12,10 +12,12 @@
  */
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { BatchSpanProcessor, NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
-import { resourceFromAttributes } from '@opentelemetry/resources';
-import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
+import { defaultResource, detectResources, envDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
+import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
 import { ROOT_CONTEXT, defaultTextMapGetter, type Context } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { hostname } from 'node:os';
+import { version } from './version.js';
 
 let shutdown: (() => Promise<void>) | undefined;
 
@@ -23,10 +25,27 @@ export function otlpEndpoint(): string | undefined {
   return process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || process.env.OTEL_EXPORTER_OTLP_ENDPOINT || undefined;
 }
 
-/** Starts tracing for this process, once; `service` becomes service.name `rswap-<service>`. */
+/**
+ * What this process's spans say about it: service.name `rswap-<service>`, service.version (of
+ * package.json), service.instance.id `<host>-<pid>` (the host and pid of its log lines), and
+ * rswap.host. These are defaults an operator may replace: OTEL_RESOURCE_ATTRIBUTES overrides any of
+ * them, and OTEL_SERVICE_NAME wins over a service.name there (the SDK spec's rule, applied by
+ * @opentelemetry/resources' env detector, which also percent-decodes the values).
+ */
+export function serviceResource(service: string, host?: string): Resource {
+  const ours = resourceFromAttributes({
+    [ATTR_SERVICE_NAME]: `rswap-${service}`,
+    [ATTR_SERVICE_VERSION]: version,
+    'service.instance.id': `${host ?? hostname()}-${process.pid}`,
+    ...(host ? { 'rswap.host': host } : {}),
+  });
+  return defaultResource().merge(ours).merge(detectResources({ detectors: [envDetector] }));
+}
+
+/** Starts tracing for this process, once (see serviceResource for what its spans carry). */
 export function startTracing(service: string, host?: string): { exporting: boolean } {
   if (shutdown) return { exporting: otlpEndpoint() !== undefined };
-  const resource = resourceFromAttributes({ [ATTR_SERVICE_NAME]: `rswap-${service}`, ...(host ? { 'rswap.host': host } : {}) });
+  const resource = serviceResource(service, host);
   const exporting = otlpEndpoint() !== undefined;
   // Spans leave every half second, so a lease's trace is complete in Jaeger soon after it is.
   const spanProcessors = exporting ? [new BatchSpanProcessor(new OTLPTraceExporter(), { scheduledDelayMillis: 500 })] : [];

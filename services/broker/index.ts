@@ -6,13 +6,14 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, HostId, HostRequest, type LeaseRecord, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, HostId, HostRequest, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
 import { UnservedDemand } from './demand.js';
 import { isTerminal } from './states.js';
-import { scrapeGauge, serveMetrics } from '../../shared/metrics.js';
+import { serveMetrics } from '../../shared/metrics.js';
+import { leaseGauges } from './gauges.js';
 import { measuredAt, noteSkew } from '../../shared/clock.js';
 import { BROKER_QUEUE } from '../../shared/auth.js';
 
@@ -193,27 +194,7 @@ export async function startBroker(raw: Record<string, unknown>) {
   // At start: take over what a broker that died left mid-step (after a moment for agents to announce).
   setTimeout(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), 1_000).unref();
 
-  // Gauges read from KV at scrape time, so every broker reports the same truth.
-  // The three gauges of one scrape share one read of the leases bucket.
-  let snapshot: { at: number; leases: Promise<LeaseRecord[]> } | undefined;
-  const scrapeLeases = () => {
-    if (!snapshot || Date.now() - snapshot.at > 1_000) snapshot = { at: Date.now(), leases: leases.list() };
-    return snapshot.leases;
-  };
-  scrapeGauge('rswap_leases', 'Leases by state', ['state'], async () => {
-    const counts = new Map<string, number>();
-    for (const lease of await scrapeLeases()) counts.set(lease.state, (counts.get(lease.state) ?? 0) + 1);
-    return [...counts].map(([state, value]) => ({ labels: { state }, value }));
-  });
-  const liveBytes = async (role: 'lender' | 'borrower') => {
-    const bytes = new Map<string, number>();
-    for (const lease of await scrapeLeases()) {
-      if (!isTerminal(lease.state)) bytes.set(lease[role], (bytes.get(lease[role]) ?? 0) + lease.sizeBytes);
-    }
-    return [...bytes].map(([host, value]) => ({ labels: { host }, value }));
-  };
-  scrapeGauge('rswap_lent_bytes', 'Bytes of live leases per lender', ['host'], () => liveBytes('lender'));
-  scrapeGauge('rswap_borrowed_bytes', 'Bytes of live leases per borrower', ['host'], () => liveBytes('borrower'));
+  leaseGauges(() => leases.list());
   const metricsServer = await serveMetrics(config.metricsPort, { service: 'broker', host: config.host }, log);
 
   // Hello: every agent re-announces and every monitor resends its offer (and its pressure), so a

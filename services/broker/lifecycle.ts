@@ -9,6 +9,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { context, propagation } from '@opentelemetry/api';
 import { Gauge } from 'prom-client';
 import { metrics, registry } from '../../shared/metrics.js';
+import { FLEET_NOTE } from './gauges.js';
 import type { Logger } from '../../shared/log.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../../shared/errors.js';
 import type { HostRecord, LeaseRecord, LostEvent, PressureEvent } from '../../shared/schemas.js';
@@ -34,7 +35,8 @@ export interface LifecycleOptions extends ReconcilerOptions {
   maxInFlight: number;
 }
 
-const silentKeptGauge = new Gauge({ name: 'rswap_broker_silent_borrower_leases', help: 'Active leases whose borrower is silent past the timeout but still logged in at its lender: kept', registers: [registry] });
+/** Every broker sweeps every lease: like the gauges of gauges.ts, this is the fleet's. */
+const silentKeptGauge = new Gauge({ name: 'rswap_broker_silent_borrower_leases', help: `Active leases whose borrower is silent past the timeout but still logged in at its lender: kept (${FLEET_NOTE})`, registers: [registry] });
 
 /** The longest wait before a refused cool-down release is tried again. */
 const MAX_DRAIN_RETRY_MS = 600_000;
@@ -319,7 +321,7 @@ export class Lifecycle {
     if (lease.borrower !== event.host) throw new RswapError(ErrorCodes.WRONG_HOST, `lease ${lease.id} is not borrowed by '${event.host}'`);
     if (isTerminal(lease.state)) return lease;
     return this.reconciler.exclusive(lease.id, () =>
-      this.reconciler.inLeaseTrace(lease, `lost ${lease.id}`, async () => {
+      this.reconciler.inLeaseTrace(lease, 'lost', async () => {
         await this.hosts.forgetExporter(lease.lender, Date.now());
         return this.reconciler.fail(lease.id, `lender ${lease.lender} lost: ${event.reason}`, true);
       }),
@@ -333,7 +335,7 @@ export class Lifecycle {
    * attacher refuses, this throws RSWAP_E_SWAPOFF_UNSAFE and the old lease stays active.
    */
   private async replaceThenRelease(old: LeaseRecord, why: string): Promise<Moved> {
-    return this.reconciler.inLeaseTrace(old, `move ${old.id}: ${why}`, async () => {
+    return this.reconciler.inLeaseTrace(old, 'replace', async () => {
       const borrower = await this.hosts.get(old.borrower);
       const lease = borrower?.attacher && (await this.lend(borrower, old.sizeBytes, new Set([old.lender]), old.id));
       const replacement = lease ? (await this.reconciler.reconcile(lease.id)).lease : undefined;
@@ -341,7 +343,7 @@ export class Lifecycle {
       if (!replaced) this.log.warn({ leaseId: old.id }, 'no replacement lease; swapping off only if the pages fit');
       const released = await this.release(old.id, `${why}${replaced ? `, replaced by ${replacement.id}` : ''}`);
       return { released, ...(replaced ? { replacement } : {}) };
-    });
+    }, { 'rswap.lease.reason': why });
   }
 
   /** An active lease, read again inside the borrower's queue, moved make-before-break; undefined if it ended meanwhile. */

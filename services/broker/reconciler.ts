@@ -204,7 +204,7 @@ export class Reconciler {
         return { ...outcome, lease };
       }
       if (action.do === 'claim') tookOver = true;
-      const error = await this.inLeaseTrace(lease, `${action.do} ${lease.id}`, () => this.take(lease, action));
+      const error = await this.inLeaseTrace(lease, action.do, () => this.take(lease, action));
       if (error !== undefined) outcome = { lease, error, failedAt: action.do };
     }
     return { ...outcome, lease: await this.leases.get(leaseId) };
@@ -411,11 +411,12 @@ export class Reconciler {
   }
 
   /**
-   * Runs `task` in a span of the lease's own trace (from its traceparent), so a step that starts
-   * from a sweep, an operator or another host's event still shows in the lease's trace.
+   * Runs `task` in a span `lease <step>` of the lease's own trace (from its traceparent), so a step
+   * that starts from a sweep, an operator or another host's event still shows in the lease's trace.
+   * The lease id is an attribute, not part of the name: span names stay few.
    */
-  inLeaseTrace<T>(lease: LeaseRecord, name: string, task: () => Promise<T>): Promise<T> {
-    return tracer.startActiveSpan(name, { attributes: { 'rswap.lease.id': lease.id } }, contextOf(lease.traceparent), async (span) => {
+  inLeaseTrace<T>(lease: LeaseRecord, step: string, task: () => Promise<T>, attributes: Record<string, string> = {}): Promise<T> {
+    return tracer.startActiveSpan(`lease ${step}`, { attributes: { 'rswap.lease.id': lease.id, ...attributes } }, contextOf(lease.traceparent), async (span) => {
       try {
         return await task();
       } catch (error) {

@@ -59,22 +59,33 @@ export function swapGrowthBytesPerS(previous: Reading, current: Reading): number
  */
 export const FILL_WINDOW_MS = 1_000;
 
+/** How much a counter grew between two readings (one that went backwards, a cgroup recreated, grew 0). */
+const growth = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? 0 : Math.max(0, b - a));
+
+/**
+ * The swap traffic between two readings, in pages: major faults plus swap-outs (where the scope
+ * does not count swap-outs, cgroup v1, the growth of its swap usage stands in), and refaults.
+ */
+export function swapPagesBetween(previous: Reading, current: Reading): { swapPages: number; refaults: number } {
+  const swapOuts =
+    current.swapOuts !== undefined && previous.swapOuts !== undefined
+      ? growth(previous.swapOuts, current.swapOuts)
+      : growth(previous.swapUsedBytes, current.swapUsedBytes) / PAGE;
+  return { swapPages: growth(previous.majorFaults, current.majorFaults) + swapOuts, refaults: growth(previous.refaults, current.refaults) };
+}
+
 /**
  * Rates between two readings of the same scope (counters that went backwards count as 0). The fill
  * rate is taken from `fillBase` (the newest reading at least FILL_WINDOW_MS old) when given.
  */
 export function signalsBetween(previous: Reading, current: Reading, fillBase: Reading = previous): Signals {
   const seconds = Math.max(0.001, (current.at - previous.at) / 1000);
-  const rateOver = (secs: number) => (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? 0 : Math.max(0, b - a) / secs);
+  const rateOver = (secs: number) => (a: number | undefined, b: number | undefined) => growth(a, b) / secs;
   const rate = rateOver(seconds);
-  // Where the scope does not count swap-outs (cgroup v1), the growth of its swap usage stands in.
-  const swapOutsPerS =
-    current.swapOuts !== undefined && previous.swapOuts !== undefined
-      ? rate(previous.swapOuts, current.swapOuts)
-      : swapGrowthBytesPerS(previous, current) / PAGE;
+  const traffic = swapPagesBetween(previous, current);
   const signals: Signals = {
-    swapPagesPerS: round(rate(previous.majorFaults, current.majorFaults) + swapOutsPerS),
-    refaultsPerS: round(rate(previous.refaults, current.refaults)),
+    swapPagesPerS: round(traffic.swapPages / seconds),
+    refaultsPerS: round(traffic.refaults / seconds),
     availableBytes: current.availableBytes,
     swapUsedBytes: current.swapUsedBytes,
   };

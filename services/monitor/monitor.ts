@@ -25,10 +25,10 @@ import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
 import { leaseDevices } from '../../shared/attach-record.js';
 import type { PressureEvent, ReliefEvent, Signals, SurplusEvent, TelemetryEvent } from '../../shared/schemas.js';
-import { Detector, FILL_WINDOW_MS, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, type DetectorOptions } from './detector.js';
+import { Detector, FILL_WINDOW_MS, neededBytes, signalsBetween, surplus, swapGrowthBytesPerS, swapPagesBetween, type DetectorOptions } from './detector.js';
 import type { Reading, Source } from './sources.js';
 import type { Waker } from './notify.js';
-import { Gauge } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import { registry } from '../../shared/metrics.js';
 
 export interface MonitorOptions extends DetectorOptions {
@@ -94,9 +94,10 @@ const MIN_SPACING_MS = 100;
 const gauges = {
   pressure: new Gauge({ name: 'rswap_monitor_pressure', help: '1 while the scope is under pressure', registers: [registry] }),
   available: new Gauge({ name: 'rswap_monitor_available_bytes', help: 'Memory the scope can still use without swapping', registers: [registry] }),
-  swapPages: new Gauge({ name: 'rswap_monitor_swap_pages_per_second', help: 'Major faults + swap-outs + refaults per second', registers: [registry] }),
   lendable: new Gauge({ name: 'rswap_monitor_lendable_bytes', help: 'What the host offers', registers: [registry] }),
 };
+/** A counter: the rate is Prometheus's to take, over whatever window the reader wants. */
+const swapPages = new Counter({ name: 'rswap_monitor_swap_pages_total', help: 'Pages of swap traffic of the scope: major faults + swap-outs + refaults', registers: [registry] });
 
 export class Monitor {
   readonly detector: Detector;
@@ -207,7 +208,8 @@ export class Monitor {
     this.log.debug({ at: reading.at, state: this.detector.state, signals }, 'sample');
     gauges.pressure.set(this.detector.state === 'pressure' ? 1 : 0);
     gauges.available.set(reading.availableBytes);
-    gauges.swapPages.set(signals.swapPagesPerS + signals.refaultsPerS);
+    const traffic = swapPagesBetween(previous, reading);
+    swapPages.inc(traffic.swapPages + traffic.refaults);
     const me = this.options.host;
 
     if (change?.kind === 'enter' || (this.detector.state === 'pressure' && reading.at - this.lastPressureAt >= this.options.pressureRepeatMs)) {

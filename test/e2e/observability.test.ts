@@ -17,6 +17,7 @@ import { freePort } from '../helpers/nats.js';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../helpers/otlp.js';
 import { waitFor } from '../../shared/wait.js';
 import { traceIdOf } from '../../shared/tracing.js';
+import { version } from '../../shared/version.js';
 import { thrashUntil } from '../helpers/thrash.js';
 import { subjects } from '../../shared/subjects.js';
 import type { LeaseRecord } from '../../shared/schemas.js';
@@ -94,15 +95,22 @@ test('tracing - a lease is one trace from the pressure event to swapon, across m
   const swapon = spans.find((s) => s.name === 'exec swapon')!;
   const chain = ancestry(spans, swapon);
   const root = chain.at(-1)!;
-  assert.equal(root.name, 'publish rswap.v1.host.host-b.pressure', `the chain ends at the pressure event: ${chain.map((s) => `${s.service}:${s.name}`).join(' <- ')}`);
+  // Span names are subject templates; the concrete subject is an attribute.
+  const destination = (s: ReceivedSpan) => s.attributes['messaging.destination.name'];
+  assert.equal(root.name, 'publish rswap.v1.host.{host}.pressure', `the chain ends at the pressure event: ${chain.map((s) => `${s.service}:${s.name}`).join(' <- ')}`);
+  assert.equal(destination(root), 'rswap.v1.host.host-b.pressure');
+  assert.equal(root.attributes['messaging.operation.type'], 'send');
   assert.equal(root.service, 'rswap-monitor');
+  assert.equal(root.resource['service.version'], version);
+  assert.match(String(root.resource['service.instance.id']), /^host-b-\d+$/);
   assert.equal(root.parentSpanId, undefined, 'and that is the root');
   assert.deepEqual([...new Set(chain.map((s) => s.service))], ['rswap-attacher', 'rswap-broker', 'rswap-monitor']);
-  assert.ok(chain.some((s) => s.name === 'process rswap.v1.cmd.host-b.attach' && s.kind === 5), 'consumer span of the attach command');
-  assert.ok(chain.some((s) => s.name === 'publish rswap.v1.cmd.host-b.attach' && s.kind === 4), 'producer span of the attach command');
-  const process = chain.find((s) => s.name === 'process rswap.v1.host.host-b.pressure')!;
+  assert.ok(chain.some((s) => s.name === 'process rswap.v1.cmd.{host}.attach' && destination(s) === 'rswap.v1.cmd.host-b.attach' && s.kind === 5), 'consumer span of the attach command');
+  assert.ok(chain.some((s) => s.name === 'publish rswap.v1.cmd.{host}.attach' && destination(s) === 'rswap.v1.cmd.host-b.attach' && s.kind === 4), 'producer span of the attach command');
+  const process = chain.find((s) => s.name === 'process rswap.v1.host.{host}.pressure')!;
   assert.equal(process.attributes['messaging.system'], 'nats');
-  assert.equal(process.attributes['messaging.destination.name'], 'rswap.v1.host.host-b.pressure');
+  assert.equal(destination(process), 'rswap.v1.host.host-b.pressure');
+  assert.equal(process.attributes['messaging.destination.template'], 'rswap.v1.host.{host}.pressure');
   assert.equal(process.attributes['messaging.operation.type'], 'process');
 
   // A span for every system command of the bring-up, each with its outcome.
@@ -145,7 +153,7 @@ test('tracing - a lease made to fail marks its spans as errors with the reason',
   const failed = await waitFor('a failed lease for host-c', async () => (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-c' && l.state === 'failed'), { timeoutMs: 30_000, intervalMs: 250 });
   assert.match(failed.reason!, /attach failed: no responders/);
   const traceId = traceIdOf(failed.traceparent)!;
-  await waitFor('error spans', async () => spansOf(traceId).some((s) => s.status.code === 2 && s.name === 'publish rswap.v1.cmd.host-c.attach'), { timeoutMs: 10_000, intervalMs: 250 });
+  await waitFor('error spans', async () => spansOf(traceId).some((s) => s.status.code === 2 && s.name === 'publish rswap.v1.cmd.{host}.attach' && s.attributes['messaging.destination.name'] === 'rswap.v1.cmd.host-c.attach'), { timeoutMs: 10_000, intervalMs: 250 });
   const errors = spansOf(traceId).filter((s) => s.status.code === 2);
   assert.ok(errors.some((s) => s.service === 'rswap-broker' && /no responders/.test(s.status.message ?? '')), JSON.stringify(errors.map((s) => [s.name, s.status])));
   // The span that failed the lease ends once the cleanup is done: its detach, too, waits up to 10 s
@@ -167,6 +175,10 @@ test('metrics - every service answers /metrics in Prometheus text format with it
   assert.match(broker, /^rswap_leases\{state="failed",[^}]*\} 1$/m);
   assert.match(broker, /^# TYPE rswap_lent_bytes gauge$/m);
   assert.match(broker, /^# TYPE rswap_borrowed_bytes gauge$/m);
+  // The lender or borrower is a label of its own: host stays the broker's.
+  for (const line of broker.split('\n').filter((l) => /^rswap_(lent|borrowed)_bytes\{/.test(l))) assert.match(line, /^rswap_(lent_bytes\{lender|borrowed_bytes\{borrower)="[^"]+",service="broker",host="broker"\} \d+$/);
+  assert.match(broker, /^rswap_process_cpu_seconds_total\{service="broker",host="broker"\} /m, 'one rswap_ prefix on Node.js metrics');
+  assert.doesNotMatch(broker, /rswap_process_process_|rswap_process_nodejs_/);
   assert.match(broker, /^rswap_time_to_match_seconds_count\{[^}]*\} [1-9]/m);
   assert.match(broker, /^rswap_time_to_attach_seconds_bucket\{le="\+Inf",[^}]*\} [1-9]/m);
   assert.match(broker, /^# TYPE rswap_rejected_messages_total counter$/m);
@@ -180,4 +192,5 @@ test('metrics - every service answers /metrics in Prometheus text format with it
   const monitor = await scrape(`http://198.18.0.12:${PORTS.monitor}/metrics`);
   assert.match(monitor, /^rswap_monitor_pressure\{service="monitor",host="host-b"\} [01]$/m);
   assert.match(monitor, /^rswap_monitor_available_bytes\{[^}]*\} \d+/m);
+  assert.match(monitor, /^# TYPE rswap_monitor_swap_pages_total counter$/m);
 });

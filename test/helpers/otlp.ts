@@ -6,6 +6,8 @@ import { createServer, type Server } from 'node:http';
 
 export interface ReceivedSpan {
   service: string;
+  /** The attributes of the process that sent it (service.name, service.instance.id, ...). */
+  resource: Record<string, unknown>;
   traceId: string;
   spanId: string;
   parentSpanId?: string;
@@ -43,11 +45,13 @@ export async function startOtlpReceiver(host: string, port: number, publicHost =
         resourceSpans: Array<{ resource: { attributes: KeyValue[] }; scopeSpans: Array<{ spans: Array<Record<string, unknown>> }> }>;
       };
       for (const rs of payload.resourceSpans ?? []) {
-        const service = String(plain(rs.resource.attributes)['service.name']);
+        const resource = plain(rs.resource.attributes);
+        const service = String(resource['service.name']);
         for (const ss of rs.scopeSpans ?? []) {
           for (const span of ss.spans ?? []) {
             receiver.spans.push({
               service,
+              resource,
               traceId: String(span.traceId),
               spanId: String(span.spanId),
               ...(span.parentSpanId ? { parentSpanId: String(span.parentSpanId) } : {}),
