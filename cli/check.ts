@@ -160,6 +160,7 @@ export function checkCompose(...texts: string[]): string[] {
       }
     }
   }
+  problems.push(...checkDashboards(services.prometheus, services.grafana));
   // The image runs as an unprivileged user: the broker stays so, the host agents are root.
   if (services.broker && /^(root|0)(:|$)/.test(String(services.broker.user ?? ''))) problems.push('broker: runs as root; it needs no privileges (leave out user:)');
   for (const role of AGENTS) {
@@ -211,6 +212,35 @@ export function checkCompose(...texts: string[]): string[] {
     } else if (/127\.0\.0\.1|localhost/.test(natsUrl)) {
       problems.push(`${role}: in its own network namespace, 127.0.0.1 is not NATS; use nats://nats:4222`);
     }
+  }
+  return problems;
+}
+
+/**
+ * Prometheus with rswap's scrape config, Grafana with the fleet dashboard provisioned: both on this
+ * host only, Grafana with the admin password from `rswap auth init` and no anonymous access.
+ */
+function checkDashboards(prometheus: ComposeService | undefined, grafana: ComposeService | undefined): string[] {
+  const problems: string[] = [];
+  const mounts = (s: ComposeService) => new Map((s.volumes ?? []).filter((v): v is string => typeof v === 'string').map((v) => [v.split(':')[1]!, v.split(':')[0]!]));
+  const localOnly = (s: ComposeService, listen: string | undefined) => (s.network_mode === 'host' ? /^(127\.0\.0\.1|localhost)$/.test(listen ?? '') : (s.ports ?? []).length === 0);
+  if (!prometheus) problems.push("service 'prometheus' is missing: nothing scrapes rswap's metrics");
+  else {
+    const cmd = commandOf(prometheus);
+    const config = /^--config\.file=(.+)$/.exec(cmd.find((a) => a.startsWith('--config.file=')) ?? '')?.[1] ?? '/etc/prometheus/prometheus.yml';
+    if (mounts(prometheus).get(config) !== './deploy/prometheus/prometheus.yml') problems.push(`prometheus: ./deploy/prometheus/prometheus.yml is not mounted at its --config.file (${config})`);
+    const listen = /^--web\.listen-address=(.*):\d+$/.exec(cmd.find((a) => a.startsWith('--web.listen-address=')) ?? '')?.[1];
+    if (!localOnly(prometheus, listen)) problems.push('prometheus: listens beyond this host; use --web.listen-address=127.0.0.1:9090');
+  }
+  if (!grafana) problems.push("service 'grafana' is missing: the fleet dashboard is not provisioned");
+  else {
+    const env = envOf(grafana);
+    const m = mounts(grafana);
+    if (m.get('/etc/grafana/provisioning') !== './deploy/grafana/provisioning') problems.push('grafana: ./deploy/grafana/provisioning is not mounted at /etc/grafana/provisioning');
+    if (m.get('/var/lib/grafana/dashboards/rswap') !== './deploy/grafana/dashboards') problems.push('grafana: ./deploy/grafana/dashboards is not mounted where the provisioning looks (/var/lib/grafana/dashboards/rswap)');
+    if (!env.GF_SECURITY_ADMIN_PASSWORD__FILE || env.GF_SECURITY_ADMIN_PASSWORD !== undefined) problems.push('grafana: the admin password must come from a file (GF_SECURITY_ADMIN_PASSWORD__FILE, made by rswap auth init), never the default or a literal');
+    if (/^(true|1)$/i.test(String(env.GF_AUTH_ANONYMOUS_ENABLED ?? ''))) problems.push('grafana: anonymous access is on');
+    if (!localOnly(grafana, env.GF_SERVER_HTTP_ADDR)) problems.push('grafana: listens beyond this host; set GF_SERVER_HTTP_ADDR=127.0.0.1');
   }
   return problems;
 }

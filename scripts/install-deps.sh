@@ -3,7 +3,7 @@
 # then builds. Safe to run again: apt-get and npm ci skip what is already there.
 set -eu
 cd "$(dirname "$0")/.."
-PACKAGES="nats-server tgt redis-server libiscsi-bin qemu-system-common qemu-system-x86 qemu-utils qemu-block-extra fuse3 open-iscsi iproute2 util-linux kmod faketime openssl"
+PACKAGES="nats-server tgt redis-server prometheus libiscsi-bin qemu-system-common qemu-system-x86 qemu-utils qemu-block-extra fuse3 open-iscsi iproute2 util-linux kmod faketime openssl"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

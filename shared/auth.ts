@@ -236,7 +236,13 @@ export async function authInit(dir: string, options: AuthInitOptions): Promise<v
   await addIdentity(dir, 'operator', 'operator');
   await addIdentity(dir, 'observer', 'observer');
   for (const host of options.hosts ?? []) await addIdentity(dir, host, 'host');
+  // Grafana's admin password (compose.yaml hands it to Grafana as a file): random, never a default.
+  // Readable inside the 0700 auth folder only; Grafana runs as its own user, hence 0644.
+  await writeFile(join(dir, GRAFANA_PASSWORD_FILE), `${randomBytes(18).toString('base64url')}\n`, { mode: 0o644 });
 }
+
+/** In the auth folder: Grafana's admin password, made by `rswap auth init`. */
+export const GRAFANA_PASSWORD_FILE = 'grafana-admin-password';
 
 /**
  * The CA (10 years) and nats-server's certificate (825 days) for `san`, with openssl. Both are

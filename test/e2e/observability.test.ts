@@ -193,4 +193,12 @@ test('metrics - every service answers /metrics in Prometheus text format with it
   assert.match(monitor, /^rswap_monitor_pressure\{service="monitor",host="host-b"\} [01]$/m);
   assert.match(monitor, /^rswap_monitor_available_bytes\{[^}]*\} \d+/m);
   assert.match(monitor, /^# TYPE rswap_monitor_swap_pages_total counter$/m);
+  // What the dashboards may query (shared/series.ts, checked by rswap check) is what runs: every
+  // series a live service serves is on the list.
+  const { exportedSeries } = await import('../../cli/dashboard.js');
+  const known = await exportedSeries();
+  for (const [service, text] of [['broker', broker], ['exporter', exporter], ['attacher', attacher], ['monitor', monitor]] as const) {
+    const served = [...new Set([...text.matchAll(/^(rswap_[a-z0-9_]+)[{ ]/gm)].map((m) => m[1]!))];
+    assert.deepEqual(served.filter((name) => !known.has(name)), [], `${service} serves only listed series`);
+  }
 });

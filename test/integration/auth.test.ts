@@ -254,6 +254,9 @@ test("auth - an operator's own CA signs nats-server's certificate instead of a n
     const verified = await execa('openssl', ['verify', '-CAfile', join(dir, 'cert.pem'), join(dir, 'auth', 'server.pem')]);
     assert.match(verified.stdout, /server\.pem: OK/);
     assert.equal((await readCreds(join(dir, 'auth', 'creds', 'operator.creds'))).ca, await readFile(join(dir, 'cert.pem'), 'utf8'), 'clients trust their CA');
+    // Grafana's admin password for compose.yaml: random, never Grafana's default.
+    const password = (await readFile(join(dir, 'auth', 'grafana-admin-password'), 'utf8')).trim();
+    assert.match(password, /^[A-Za-z0-9_-]{24}$/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

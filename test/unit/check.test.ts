@@ -4,7 +4,10 @@ import { readFile, readdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, stringify } from 'yaml';
+import { execa } from 'execa';
 import { checkCompose, checkUnit, interpolate, mergeCompose } from '../../cli/check.js';
+import { checkDashboard, exportedSeries } from '../../cli/dashboard.js';
+import { SERIES } from '../../shared/series.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
 const compose = () => readFile(resolve(ROOT, 'compose.yaml'), 'utf8');
@@ -48,6 +51,14 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     ['the UI on 0.0.0.0, long form', (d) => { d.services.jaeger.ports.push({ target: 16687, published: 16687, host_ip: '0.0.0.0' }); }, /jaeger: port 16687 is published on every address/],
     ['a broker run as root', (d) => { d.services.broker.user = 'root'; }, /broker: runs as root; it needs no privileges/],
     ['an agent not root', (d) => { delete d.services.exporter.user; }, /exporter: needs user: root/],
+    ['no Prometheus', (d) => { delete d.services.prometheus; }, /service 'prometheus' is missing/],
+    ['Prometheus on every address', (d) => { d.services.prometheus.command[2] = '--web.listen-address=0.0.0.0:9090'; }, /prometheus: listens beyond this host/],
+    ['Prometheus with another config', (d) => { d.services.prometheus.volumes[0] = './other.yml:/etc/prometheus/prometheus.yml:ro'; }, /prometheus: \.\/deploy\/prometheus\/prometheus\.yml is not mounted/],
+    ['Grafana with the default password', (d) => { delete d.services.grafana.environment.GF_SECURITY_ADMIN_PASSWORD__FILE; }, /grafana: the admin password must come from a file/],
+    ['Grafana with a literal password', (d) => { d.services.grafana.environment.GF_SECURITY_ADMIN_PASSWORD = 'hunter2'; }, /grafana: the admin password must come from a file/],
+    ['Grafana open to anyone', (d) => { d.services.grafana.environment.GF_AUTH_ANONYMOUS_ENABLED = 'true'; }, /grafana: anonymous access is on/],
+    ['Grafana on every address', (d) => { delete d.services.grafana.environment.GF_SERVER_HTTP_ADDR; }, /grafana: listens beyond this host/],
+    ['the dashboards not provisioned', (d) => { d.services.grafana.volumes.splice(2, 1); }, /grafana: \.\/deploy\/grafana\/dashboards is not mounted/],
   ];
   for (const [what, edit, expected] of cases) {
     const problems = await broken(edit);
@@ -141,4 +152,44 @@ test('check - the image: built in one stage, run from another with no tests, unp
   assert.match(run, /^USER node$/m, 'unprivileged unless compose says root');
   const ignored = (await readFile(resolve(ROOT, '.dockerignore'), 'utf8')).split('\n').map((l) => l.trim());
   for (const entry of ['node_modules', 'dist', '.git', 'bench/results']) assert.ok(ignored.includes(entry), `.dockerignore leaves out ${entry}`);
+});
+
+test('check - Prometheus\'s config passes promtool; the fleet dashboard queries only series rswap exports, and a renamed one is caught', async () => {
+  const promtool = await execa('promtool', ['check', 'config', resolve(ROOT, 'deploy/prometheus/prometheus.yml')], { reject: false });
+  assert.equal(promtool.exitCode, 0, `${promtool.stdout}\n${promtool.stderr}`);
+  assert.match(promtool.stdout, /SUCCESS/);
+  const broken = await execa('promtool', ['check', 'config', '/dev/stdin'], { input: 'scrape_configs:\n  - job_name: x\n    static_configs: [{targets: ["no port"]}]\n', reject: false });
+  assert.notEqual(broken.exitCode, 0, 'promtool does refuse a bad config');
+
+  const series = await exportedSeries();
+  assert.ok(series.has('rswap_process_cpu_seconds_total') && series.has('rswap_time_to_attach_seconds_bucket') && !series.has('rswap_time_to_attach_seconds'));
+  const text = await readFile(resolve(ROOT, 'deploy/grafana/dashboards/rswap-fleet.json'), 'utf8');
+  assert.deepEqual(checkDashboard('rswap-fleet.json', text, series), []);
+  const dashboard = JSON.parse(text) as { panels: Array<{ title: string; targets: Array<{ expr: string }> }> };
+  const queried = dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)).join(' ');
+  for (const name of ['rswap_lent_bytes', 'rswap_borrowed_bytes', 'rswap_leases', 'rswap_time_to_attach_seconds_bucket', 'rswap_rejected_messages_total', 'rswap_command_failures_total']) {
+    assert.ok(queried.includes(name), `the dashboard shows ${name}`);
+  }
+  const renamed = text.replace('rswap_lent_bytes', 'rswap_lent_bytes_total');
+  assert.match(checkDashboard('d', renamed, series).join('; '), /panel 'Lent, per lender' queries rswap_lent_bytes_total, which rswap does not export/);
+  assert.match(checkDashboard('d', text.replace('rate(rswap_rejected_messages_total', 'rate(node_cpu_seconds_total'), series).join('; '), /queries node_cpu_seconds_total/);
+  assert.match(checkDashboard('d', '{"panels": []}', series)[0]!, /no panel queries anything/);
+  assert.match(checkDashboard('d', 'nope', series)[0]!, /not JSON/);
+});
+
+test('check - the list of exported series is what the services register: nothing missing, nothing extra', async () => {
+  // Every metric the services define at load time, plus those they make when they start.
+  const { registry } = await import('../../shared/metrics.js');
+  await import('../../services/monitor/monitor.js');
+  await import('../../services/broker/lifecycle.js');
+  await import('../../shared/clock.js');
+  const { leaseGauges } = await import('../../services/broker/gauges.js');
+  leaseGauges(async () => []);
+  const registered = new Set((await registry.getMetricsAsJSON()).map((m) => `${m.name}:${m.type}`));
+  const declared = new Set(Object.entries(SERIES).map(([name, type]) => `${name}:${type}`));
+  const notDeclared = [...registered].filter((n) => !declared.has(n));
+  assert.deepEqual(notDeclared, [], 'every registered series is in shared/series.ts');
+  // The exporter's orphan gauge is made when it starts; the rest must all be registered here.
+  const notRegistered = [...declared].filter((n) => !registered.has(n) && !n.startsWith('rswap_exporter_orphan_targets:'));
+  assert.deepEqual(notRegistered, [], 'every declared series exists');
 });
