@@ -108,6 +108,13 @@ export async function requestJson<T>(
         const started = Date.now();
         const grace = Math.min(timeoutMs, noRespondersGraceMs);
         let msg;
+        const noResponders = (cause: unknown) => {
+          const who = subject.startsWith(`${PREFIX}.broker.`) ? 'no broker answered' : "is that host's agent running?";
+          return new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (${who})`, { cause });
+        };
+        // Whether the last try found nobody listening: a last try that then runs out of time (a
+        // loaded machine answers "no responders" late) still means nobody was there.
+        let nobody = false;
         for (let attempt = 0; !msg; attempt += 1) {
           const left = Math.max(1, timeoutMs - (Date.now() - started));
           const resend = resendAfterMs !== undefined && resendAfterMs < left;
@@ -120,14 +127,14 @@ export async function requestJson<T>(
               continue;
             }
             if (/no responders/i.test(text)) {
+              nobody = true;
               if (Date.now() - started + 200 < grace) {
                 await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 200 * 2 ** attempt)));
                 continue;
               }
-              const who = subject.startsWith(`${PREFIX}.broker.`) ? 'no broker answered' : "is that host's agent running?";
-              throw new RswapError(ErrorCodes.TIMEOUT, `no responders: '${subject}' (${who})`, { cause: error });
+              throw noResponders(error);
             }
-            if (/timeout/i.test(text)) throw new RswapError(ErrorCodes.TIMEOUT, `no reply within ${timeoutMs}ms: '${subject}'`, { cause: error });
+            if (/timeout/i.test(text)) throw nobody ? noResponders(error) : new RswapError(ErrorCodes.TIMEOUT, `no reply within ${timeoutMs}ms: '${subject}'`, { cause: error });
             throw error;
           }
         }

@@ -50,8 +50,8 @@ export interface ReconcilerOptions extends PolicyOptions {
  */
 export const COMMAND_RESEND_MS = 10_000;
 
-/** The pause before a detach the borrower answered with a timeout of its own is asked again. */
-const DETACH_RETRY_MS = 1_000;
+/** The pause before a command an agent answered with a timeout of its own is sent again. */
+const AGAIN_AFTER_MS = 1_000;
 
 /** How long a lease may sit in a state before another broker takes it over (its driver died). */
 export function stuckAfterMs(state: LeaseState, o: ReconcilerOptions): number {
@@ -278,7 +278,7 @@ export class Reconciler {
    */
   private async requestExport(lease: LeaseRecord): Promise<Exported> {
     const body = { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } };
-    const reply = await requestJson(this.nc, subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
+    const reply = await this.command(subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs);
     const announced = (await this.hosts.get(lease.lender))?.exporter?.portal;
     if (reply.target.portal !== announced) {
       throw new RswapError(ErrorCodes.WRONG_HOST, `the lender answered with portal ${reply.target.portal}, not its announced ${announced ?? '(none)'}`);
@@ -292,7 +292,7 @@ export class Reconciler {
       // The CHAP secret is never in KV: a lease taken over asks the lender again (idempotent there).
       const exported = this.exported.get(lease.id) ?? (await this.requestExport(lease));
       const body = { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap };
-      const attached = await requestJson(this.nc, subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
+      const attached = await this.command(subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs);
       const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator, ...(attached.sealed !== undefined ? { sealed: attached.sealed } : {}) });
       metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
       return undefined;
@@ -330,23 +330,27 @@ export class Reconciler {
     return undefined;
   }
 
-  /**
-   * Asks the borrower to swap off and log out, within detachTimeoutMs in all. A borrower that
-   * answered with a timeout of its own (a KV read that missed its deadline on a host under
-   * pressure) is asked again while time is left: that is no reason to fail its lease.
-   */
+  /** Asks the borrower to swap off and log out (see `command`). */
   private async detach(lease: LeaseRecord): Promise<void> {
+    await this.command(subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, this.options.detachTimeoutMs);
+  }
+
+  /**
+   * One agent command, within `budgetMs` in all. An agent that answered with a timeout of its own
+   * (its KV read missed its deadline: a host under pressure, a NATS node failing over) is asked
+   * again while time is left: every command is idempotent, and that is no reason to fail a lease.
+   */
+  private async command<T>(subject: string, body: unknown, schema: z.ZodType<T>, budgetMs: number): Promise<Extract<T, { ok: true }>> {
     const started = Date.now();
     for (;;) {
-      const left = this.options.detachTimeoutMs - (Date.now() - started);
+      const left = budgetMs - (Date.now() - started);
       try {
-        await requestJson(this.nc, subjects.detachCmd(lease.borrower), { leaseId: lease.id, borrower: lease.borrower }, OkReply, Math.max(1_000, left), { resendAfterMs: COMMAND_RESEND_MS });
-        return;
+        return await requestJson(this.nc, subject, body, schema, Math.max(1_000, left), { resendAfterMs: COMMAND_RESEND_MS });
       } catch (error) {
         const transient = error instanceof RswapError && error.remote && error.code === ErrorCodes.TIMEOUT;
-        if (!transient || left < 2 * DETACH_RETRY_MS) throw error;
-        this.log.warn({ leaseId: lease.id, borrower: lease.borrower, err: errorMessage(error) }, 'the borrower timed out on its side; asking again');
-        await new Promise((resolve) => setTimeout(resolve, DETACH_RETRY_MS));
+        if (!transient || left < 2 * AGAIN_AFTER_MS) throw error;
+        this.log.warn({ subject, err: errorMessage(error) }, 'the agent timed out on its side; asking again');
+        await new Promise((resolve) => setTimeout(resolve, AGAIN_AFTER_MS));
       }
     }
   }
@@ -397,7 +401,7 @@ export class Reconciler {
    */
   private async unexport(lease: LeaseRecord): Promise<boolean> {
     try {
-      await requestJson(this.nc, subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs, { resendAfterMs: COMMAND_RESEND_MS });
+      await this.command(subjects.unexportCmd(lease.lender), { leaseId: lease.id, lender: lease.lender }, OkReply, this.options.unexportTimeoutMs);
       return true;
     } catch (error) {
       this.log.warn({ leaseId: lease.id, err: errorMessage(error) }, 'unexport refused or failed; the lender removes the target once no session is left');

@@ -26,8 +26,11 @@ export interface ScriptedAgents {
   commands: string[];
   /** Lease ids whose swap-off the attacher refuses (its pages "would not fit"). */
   refuseDetach: Set<string>;
-  /** Per lease, how many detaches the attacher answers with a timeout of its own first (a KV read on a thrashing host). */
-  detachTimeouts: Map<string, number>;
+  /**
+   * Per `<verb> <host>` (e.g. `export lender-a`), how many of those commands the agent answers with
+   * a timeout of its own first (its KV read missed its deadline: a thrashing host, a NATS failover).
+   */
+  timeouts: Map<string, number>;
   /** Per host, how far its clock is off (ms, negative: behind); its announces carry that time. */
   clockOffsetMs: Map<string, number>;
   /** Hosts that no longer announce (the host is gone). */
@@ -60,7 +63,7 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
   const agents: ScriptedAgents = {
     commands: [],
     refuseDetach: new Set(),
-    detachTimeouts: new Map(),
+    timeouts: new Map(),
     clockOffsetMs: new Map(),
     silenced: new Set(),
     serving: new Map(),
@@ -85,7 +88,10 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
         const verb = msg.subject.split('.').pop()!;
         const body = msg.json<{ leaseId: string; force?: boolean }>();
         agents.commands.push(`${verb} ${host} ${body.leaseId}${body.force ? ' force' : ''}`);
-        if (verb === 'export') {
+        if ((agents.timeouts.get(`${verb} ${host}`) ?? 0) > 0) {
+          agents.timeouts.set(`${verb} ${host}`, agents.timeouts.get(`${verb} ${host}`)! - 1);
+          msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_TIMEOUT', message: 'timeout' } }));
+        } else if (verb === 'export') {
           const reply = JSON.stringify({ ok: true, target: { portal: agents.exportPortal.get(host) ?? `${address}:3260`, iqn: `iqn.2026-11.io.rswap:${host}.${body.leaseId}`, lun: 1 }, chap: { user: body.leaseId, secret: 'abcdefghijkl' } });
           if (agents.exportGate) void agents.exportGate.then(() => msg.respond(reply));
           else msg.respond(reply);
@@ -93,9 +99,6 @@ export function scriptedAgents(nc: NatsConnection | ((host: string) => NatsConne
           msg.respond(JSON.stringify({ ok: true, device: '/dev/loop7', priority: 105, initiator: 'userspace' }));
         } else if (verb === 'unexport' && agents.refuseUnexport.has(body.leaseId)) {
           msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_IN_USE', message: 'a session is still logged in' } }));
-        } else if (verb === 'detach' && (agents.detachTimeouts.get(body.leaseId) ?? 0) > 0) {
-          agents.detachTimeouts.set(body.leaseId, agents.detachTimeouts.get(body.leaseId)! - 1);
-          msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_TIMEOUT', message: 'timeout' } }));
         } else if (verb === 'detach' && agents.refuseDetach.has(body.leaseId)) {
           msg.respond(JSON.stringify({ ok: false, error: { code: 'RSWAP_E_SWAPOFF_UNSAFE', message: 'swap-off would not fit' } }));
         } else {
