@@ -16,13 +16,18 @@ import { traceIdOf } from '../shared/tracing.js';
 /** A request to the broker: with none running, say so within seconds (a broker restarting under systemd is back in about 2 s). */
 const TO_BROKER = { noRespondersGraceMs: 3_000 };
 
+/** A connect that reached no NATS server: refused, timed out, no such host, no route. */
+const UNREACHABLE = /connection refused|timeout|ENOTFOUND|EAI_AGAIN|ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT/i;
+
 export async function withNats<T>(bus: NatsAccess, task: (nc: NatsConnection) => Promise<T>): Promise<T> {
   let nc: NatsConnection;
   try {
     nc = await connectAs(bus, 'rswap-cli');
   } catch (error) {
     if (error instanceof RswapError) throw error;
-    throw new RswapError(ErrorCodes.CONFIG, `cannot reach NATS at ${bus.url} (${(error as Error).message}); pass --nats URL or set RSWAP_NATS_URL, and --creds FILE or RSWAP_CREDS`);
+    const { name, message, code } = error as Error & { code?: string };
+    if (UNREACHABLE.test(`${name} ${message} ${code ?? ''}`)) throw new RswapError(ErrorCodes.UNREACHABLE, `cannot reach NATS at ${bus.url} (${message}); pass --nats URL or set RSWAP_NATS_URL`);
+    throw new RswapError(ErrorCodes.CONFIG, `cannot sign in to NATS at ${bus.url} (${message}); pass --creds FILE (or set RSWAP_CREDS) made by this server's rswap auth`);
   }
   try {
     return await task(nc);

@@ -13,52 +13,36 @@ export const SizeSetting = z.union([z.string(), z.number()]).transform((value, c
 });
 
 /** A yes/no setting: a flag without a value, or true/false/1/0 from the environment. */
-export const BoolSetting = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', ''])]).transform((v) => v === true || v === 'true' || v === '1');
+export const BoolSetting = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', ''])], { error: 'must be true, false, 1 or 0' }).transform((v) => v === true || v === 'true' || v === '1');
+
+export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 
 /**
  * How every service reaches NATS: the URL, its credentials file (`rswap auth`), or an explicit
  * --insecure (no identity, no TLS; warned about on every start).
  */
 export const natsSettings = {
-  nats: z.string().min(1),
+  nats: z.string().min(1).default(DEFAULT_NATS_URL),
   creds: z.string().min(1).optional(),
   insecure: BoolSetting.default(false),
 };
 
-export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
-
-/** The NATS URL from a flag, else RSWAP_NATS_URL, else localhost. */
-export function natsUrl(flag?: string): string {
-  return flag ?? process.env.RSWAP_NATS_URL ?? DEFAULT_NATS_URL;
-}
-
-/** The credentials file from a flag, else RSWAP_CREDS. */
-export function credsFile(flag?: string): string | undefined {
-  return flag ?? (process.env.RSWAP_CREDS || undefined);
-}
-
 /**
- * Parses a service's settings once at start-up. Flags win over environment variables (RSWAP_*);
- * the error names every bad field and its flag.
+ * Parses a service's settings once at start-up (the CLI passes flags, else RSWAP_* environment
+ * variables, as given); the error names every bad field and its flag, on one line.
  */
 export function parseConfig<S extends z.ZodType>(schema: S, values: Record<string, unknown>): z.infer<S> {
   const parsed = schema.safeParse(values);
   if (parsed.success) return parsed.data;
   const problems = parsed.error.issues.map((issue) => {
     const field = String(issue.path[0] ?? '');
-    const flag = field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    return `--${flag} (${field}): ${issue.message}`;
+    return `--${flagName(field)} (${field}): ${issue.message}`;
   });
-  throw new RswapError(ErrorCodes.CONFIG, `invalid settings:\n  ${problems.join('\n  ')}`);
+  throw new RswapError(ErrorCodes.CONFIG, `invalid settings: ${problems.join('; ')}`);
 }
 
-/** Reads RSWAP_<NAME> for each camelCase key; flags given explicitly override. */
-export function fromEnv(keys: string[], flags: Record<string, unknown>): Record<string, unknown> {
-  const values: Record<string, unknown> = {};
-  for (const key of keys) {
-    const envName = `RSWAP_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
-    const fromFlag = flags[key];
-    values[key] = fromFlag !== undefined ? fromFlag : process.env[envName];
-  }
-  return values;
-}
+/** A setting's flag, without the dashes: minLeaseBytes -> min-lease-bytes. */
+export const flagName = (key: string) => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** A setting's environment variable: minLeaseBytes -> RSWAP_MIN_LEASE_BYTES (nats: RSWAP_NATS_URL). */
+export const envName = (key: string) => (key === 'nats' ? 'RSWAP_NATS_URL' : `RSWAP_${flagName(key).replace(/-/g, '_').toUpperCase()}`);

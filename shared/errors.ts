@@ -14,7 +14,9 @@ export const ErrorCodes = {
   IN_USE: 'RSWAP_E_IN_USE', // a target with a logged-in session: never removed by a message
   SELF_TEST_FAILED: 'RSWAP_E_SELF_TEST_FAILED',
   COMMAND_FAILED: 'RSWAP_E_COMMAND_FAILED',
-  CONFIG: 'RSWAP_E_CONFIG',
+  CONFIG: 'RSWAP_E_CONFIG', // a bad setting, flag value or credentials file
+  USAGE: 'RSWAP_E_USAGE', // the CLI: an unknown command or flag, a missing or bad argument
+  UNREACHABLE: 'RSWAP_E_UNREACHABLE', // the CLI: NATS refused the connection or did not answer it
   TIMEOUT: 'RSWAP_E_TIMEOUT',
   INTERNAL: 'RSWAP_E_INTERNAL',
 } as const;
