@@ -14,7 +14,7 @@ import { BrokerConfig, startBroker } from '../services/broker/index.js';
 import { DEFAULT_ISCSI_PARAMS, ExporterConfig, startExporter } from '../services/exporter/index.js';
 import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
 import { MonitorConfig, startMonitor } from '../services/monitor/index.js';
-import { cordonHost, drainHost, getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease, DEFAULT_JAEGER_URL } from './operator.js';
+import { cordonHost, drainHost, getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease, withNats, DEFAULT_JAEGER_URL } from './operator.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 import { startTracing, traceIdOf } from '../shared/tracing.js';
@@ -214,6 +214,20 @@ program
   });
 
 program
+  .command('top')
+  .description('a live view of the fleet: hosts, live and just-ended leases, the latest events; q quits')
+  .addOption(new Option('--interval-ms <ms>', 'read the buckets this often (events redraw at once)').default('2000').argParser((v) => {
+    const ms = Number(v);
+    if (!Number.isInteger(ms) || ms < 100) throw new InvalidArgumentError('a whole number of milliseconds, at least 100');
+    return String(ms);
+  }))
+  .option('--once', 'print one frame and exit (no terminal control)')
+  .action(async (o: { intervalMs: string; once?: boolean }, self: Command) => {
+    const { runTop } = await import('./top.js');
+    await withNats(busOf(self), (nc) => runTop(nc, { intervalMs: Number(o.intervalMs), once: o.once === true }));
+  });
+
+program
   .command('trace')
   .description("a lease's timeline (each state, when, how long each step took) and its trace in Jaeger")
   .argument('<lease>', 'lease id, e.g. l-0123456789ab', checked(LeaseId))
@@ -360,11 +374,17 @@ testbed
 program
   .command('check')
   .description('check deployment files without running them: compose.yaml (Compose schema + rswap invariants) and systemd units; exits 1 if there are problems')
-  .argument('<files...>', 'compose files (several are merged in order, as docker compose -f a -f b does) and/or deploy/systemd/*.service')
+  .argument('<files...>', 'compose files (several are merged in order, as docker compose -f a -f b does), deploy/systemd/*.service and/or Grafana dashboards (*.json: every query on series rswap exports)')
   .action(async (files: string[]) => {
     const problems: string[] = [];
-    const composeFiles = files.filter((f) => !f.endsWith('.service'));
+    const composeFiles = files.filter((f) => !f.endsWith('.service') && !f.endsWith('.json'));
     for (const file of files.filter((f) => f.endsWith('.service'))) problems.push(...checkUnit(file, await readFile(file, 'utf8')));
+    const dashboards = files.filter((f) => f.endsWith('.json'));
+    if (dashboards.length > 0) {
+      const { checkDashboard, exportedSeries } = await import('./dashboard.js');
+      const series = await exportedSeries();
+      for (const file of dashboards) problems.push(...checkDashboard(file, await readFile(file, 'utf8'), series));
+    }
     if (composeFiles.length > 0) {
       const texts = await Promise.all(composeFiles.map((f) => readFile(f, 'utf8')));
       problems.push(...checkCompose(...texts).map((p) => `${composeFiles.join(' + ')}: ${p}`));

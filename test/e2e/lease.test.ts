@@ -182,3 +182,37 @@ test('lease - a demand no lender can serve creates no lease and leaks nothing', 
   assert.equal((await ask(subjects.relief('host-c'), { host: 'host-c', at: Date.now() })).ok, true);
   assert.deepEqual(await loopDevicesUnder(run, DIR), []);
 });
+
+test('lease - rswap top in an 80x24 tmux: the lease appears, goes active with its hosts, and goes away on release; q gives the terminal back', async () => {
+  const server = `rswap-top-${process.pid}`; // a tmux server of the test's own: another user's sessions are never touched
+  const tmux = (...args: string[]) => execa('tmux', ['-L', server, ...args], { reject: false, timeout: 10_000 });
+  const bus = testbedBus(tb);
+  const cli = resolve(fileURLToPath(import.meta.url), '../../../cli/rswap.js');
+  const screen = async () => (await tmux('capture-pane', '-p', '-t', 'top')).stdout;
+  const until = async (what: string, check: (text: string) => boolean, timeoutMs = 30_000) => {
+    let last = '';
+    return waitFor(what, async () => (check((last = await screen())) ? last : undefined), { timeoutMs, intervalMs: 200 }).catch((error: Error) => {
+      throw new Error(`${error.message}; the screen:\n${last}`);
+    });
+  };
+  try {
+    const started = await tmux('new-session', '-d', '-s', 'top', '-x', '80', '-y', '24', [process.execPath, cli, 'top', '--nats', bus.url, '--creds', bus.creds!, '--interval-ms', '500'].join(' '));
+    assert.equal(started.exitCode, 0, started.stderr);
+    await until('the view with every host', (t) => /^rswap top .* 3 hosts {2}0 live leases/m.test(t) && /^host-c/m.test(t));
+    await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', '512MiB', '0');
+    await injectPressure(testbedBus(tb, 'host-b'), 'host-b', '128MiB');
+    const active = await until('the lease active on screen', (t) => /^l-[0-9a-f]{12} +active +\S+ +128MiB +host-b<host-a/m.test(t));
+    const id = /^(l-[0-9a-f]{12}) +active/m.exec(active)![1]!;
+    assert.match(active, /^rswap top .* 1 live leases {2}128MiB lent$/m);
+    assert.match(active, /^host-b +\S+ +\S+ +- +128MiB/m, 'host-b borrows it');
+    assert.match(active, /^EVENTS$/m);
+    assert.match(active, new RegExp(`${id} active {2}host-b<host-a 128MiB`), 'the state change is among the events');
+    assert.ok(active.split('\n').every((line) => line.length <= 80));
+    await releaseLease(bus, id);
+    await until('the lease gone from the live ones', (t) => new RegExp(`^${id} +released`, 'm').test(t) && /0 live leases/.test(t));
+    await tmux('send-keys', '-t', 'top', 'q');
+    await waitFor('top to quit on q', async () => (await tmux('has-session', '-t', 'top')).exitCode !== 0, { timeoutMs: 10_000, intervalMs: 100 });
+  } finally {
+    await tmux('kill-server');
+  }
+});
