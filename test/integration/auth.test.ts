@@ -17,7 +17,7 @@ import { authInit, connectionOptions, readCreds, rotateIdentity } from '../../sh
 import { subjects } from '../../shared/subjects.js';
 import { startBroker } from '../../services/broker/index.js';
 import { cordonHost, drainHost, listHosts, listLeases } from '../../cli/operator.js';
-import { scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
+import { allAnnounced, scriptedAgents, type ScriptedAgents } from '../helpers/agents.js';
 import { waitFor } from '../../shared/wait.js';
 
 const MiB = 1024 ** 2;
@@ -48,6 +48,8 @@ before(async () => {
   broker = await startBroker({ nats: server.url, creds: server.as('broker').creds, host: 'broker-auth', sweepIntervalMs: 500 });
   // Scripted agents, each host on its own identity's connection.
   agents = scriptedAgents((host) => as(host), HOSTS, { announceEveryMs: 1_000 });
+  // The broker chooses only lenders whose exporter it has heard: wait for every announce, not a time.
+  await allAnnounced(as('observer'), HOSTS);
 });
 
 after(async () => {
