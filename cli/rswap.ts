@@ -106,6 +106,7 @@ function serviceCommand(name: string, description: string, schema: { shape: Reco
   const command = program.command(name).description(description)
     .addOption(setting('--host <id>', 'this host id: [a-z0-9-]'))
     .addOption(setting('--metrics-port <port>', 'serve Prometheus metrics on this port at /metrics').default(...shownDefault('off')))
+    .addOption(setting('--metrics-address <ip>', 'the address /metrics listens on (another host\'s Prometheus needs this host\'s address)').default(...shownDefault('127.0.0.1')))
     .action(async (_options: unknown, self: Command) => {
       const raw = given(self, keys);
       startTracing(name, typeof raw.host === 'string' ? raw.host : undefined);

@@ -37,11 +37,14 @@ export function scrapeGauge(name: string, help: string, labelNames: string[], re
   });
 }
 
-/** Serves GET /metrics on `port` (all interfaces); returns the server, or undefined when port is unset. */
-export async function serveMetrics(port: number | undefined, labels: Record<string, string>, log: Logger): Promise<Server | undefined> {
+/**
+ * Serves GET /metrics on `address`:`port` (127.0.0.1 unless the operator names an address a remote
+ * Prometheus reaches); returns the server, or undefined when port is unset.
+ */
+export async function serveMetrics(port: number | undefined, labels: Record<string, string>, log: Logger, address = '127.0.0.1'): Promise<Server | undefined> {
   if (port === undefined) return undefined;
   registry.setDefaultLabels(labels);
-  collectDefaultMetrics({ register: registry, prefix: 'rswap_' }); // its names start process_ or nodejs_
+  if (!registry.getSingleMetric('rswap_process_cpu_seconds_total')) collectDefaultMetrics({ register: registry, prefix: 'rswap_' }); // its names start process_ or nodejs_
   const server = createServer((req, res) => {
     if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
       res.writeHead(404).end('try /metrics\n');
@@ -54,9 +57,9 @@ export async function serveMetrics(port: number | undefined, labels: Record<stri
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, () => resolve());
+    server.listen(port, address, () => resolve());
   });
   server.unref();
-  log.info({ port }, 'metrics on /metrics');
+  log.info({ address, port }, 'metrics on /metrics');
   return server;
 }

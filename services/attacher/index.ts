@@ -41,6 +41,7 @@ export const AttacherConfig = z.strictObject({
   announceIntervalMs: z.coerce.number().int().positive().default(10_000),
   reconcileIntervalMs: z.coerce.number().int().positive().default(30_000),
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
+  metricsAddress: Ipv4.default('127.0.0.1'), // where /metrics listens: this host only unless set
 });
 export type AttacherConfig = z.infer<typeof AttacherConfig>;
 
@@ -106,7 +107,7 @@ export async function startAttacher(raw: Record<string, unknown>) {
     stopReconcile();
     stopHealth();
   };
-  const metricsServer = await serveMetrics(config.metricsPort, { service: 'attacher', host: config.host }, log);
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'attacher', host: config.host }, log, config.metricsAddress);
   stopOnSignals(nc, log, async () => {
     metricsServer?.close();
     await stop();

@@ -6,7 +6,7 @@ import { connectNats, openStores, stopOnSignals } from '../../shared/nats.js';
 import { handle, RejectCounter } from '../../shared/messaging.js';
 import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
 import { subjects } from '../../shared/subjects.js';
-import { AnnounceEvent, HostId, HostRequest, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
+import { AnnounceEvent, HostId, Ipv4, HostRequest, LostEvent, PressureEvent, ReleaseRequest, ReliefEvent, SurplusEvent } from '../../shared/schemas.js';
 import { HostStore } from './hosts.js';
 import { LeaseStore } from './lease-store.js';
 import { Lifecycle } from './lifecycle.js';
@@ -40,6 +40,7 @@ export const BrokerConfig = z.strictObject({
   solicitIntervalMs: z.coerce.number().int().positive().default(2_000), // ask monitors for fresh offers at most this often
   kvReplicas: z.coerce.number().int().min(1).max(5).default(1), // copies of each KV bucket: 3 on a three-node NATS cluster
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
+  metricsAddress: Ipv4.default('127.0.0.1'), // where /metrics listens: this host only unless set
 });
 export type BrokerConfig = z.infer<typeof BrokerConfig>;
 
@@ -195,7 +196,7 @@ export async function startBroker(raw: Record<string, unknown>) {
   setTimeout(() => void sweep().catch((error) => log.warn({ err: error }, 'sweep failed')), 1_000).unref();
 
   leaseGauges(() => leases.list());
-  const metricsServer = await serveMetrics(config.metricsPort, { service: 'broker', host: config.host }, log);
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'broker', host: config.host }, log, config.metricsAddress);
 
   // Hello: every agent re-announces and every monitor resends its offer (and its pressure), so a
   // broker that starts, restarts or comes back from a NATS outage knows the fleet at once.

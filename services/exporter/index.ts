@@ -82,6 +82,7 @@ export const ExporterConfig = z.strictObject({
   nopIntervalS: z.coerce.number().int().min(1).max(3600).default(5),
   nopCount: z.coerce.number().int().min(1).max(100).default(6),
   metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
+  metricsAddress: Ipv4.default('127.0.0.1'), // where /metrics listens: this host only unless set
   /** A memory cgroup for tgtd: lease pages it writes are charged there (the testbed's host cgroup). */
   memoryCgroup: z.string().regex(/^\/[^']*$/, 'an absolute path without quotes').optional(),
 });
@@ -159,7 +160,7 @@ export async function startExporter(raw: Record<string, unknown>) {
     stopAnnounce();
     stopReconcile();
   };
-  const metricsServer = await serveMetrics(config.metricsPort, { service: 'exporter', host: config.host }, log);
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'exporter', host: config.host }, log, config.metricsAddress);
   stopOnSignals(nc, log, async () => {
     metricsServer?.close();
     await stop();

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { createLogger } from '../../shared/log.js';
 import { connectNats, stopOnSignals } from '../../shared/nats.js';
 import { SizeSetting, parseConfig, natsSettings } from '../../shared/config.js';
-import { HostId } from '../../shared/schemas.js';
+import { HostId, Ipv4 } from '../../shared/schemas.js';
 import { MiB } from '../../shared/units.js';
 import { DEFAULT_DETECTOR as D } from './detector.js';
 import { Monitor } from './monitor.js';
@@ -40,6 +40,7 @@ export const MonitorConfig = z
     /** PSI trigger: wake when tasks stalled this long within 2 s. */
     triggerStallMs: z.coerce.number().int().min(1).max(2_000).default(100),
     metricsPort: z.coerce.number().int().min(1).max(65535).optional(), // Prometheus /metrics; off when unset
+    metricsAddress: Ipv4.default('127.0.0.1'), // where /metrics listens: this host only unless set
   })
   .refine((c) => c.exitStallPct <= c.enterStallPct, { message: 'exitStallPct must not exceed enterStallPct', path: ['exitStallPct'] })
   .refine((c) => c.exitSwapPagesPerS <= c.enterSwapPagesPerS, { message: 'exitSwapPagesPerS must not exceed enterSwapPagesPerS', path: ['exitSwapPagesPerS'] });
@@ -55,7 +56,7 @@ export async function startMonitor(raw: Record<string, unknown>) {
   const nc = await connectNats({ url: config.nats, creds: config.creds, insecure: config.insecure }, `rswap-monitor-${config.host}`, log, { role: 'host', name: config.host });
   const monitor = new Monitor(nc, source, waker, config, log);
   monitor.start();
-  const metricsServer = await serveMetrics(config.metricsPort, { service: 'monitor', host: config.host }, log);
+  const metricsServer = await serveMetrics(config.metricsPort, { service: 'monitor', host: config.host }, log, config.metricsAddress);
   stopOnSignals(nc, log, async () => {
     metricsServer?.close();
     await monitor.stop();

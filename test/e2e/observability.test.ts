@@ -45,9 +45,10 @@ before(async () => {
     localSwapBytes: 512 * MiB,
     env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url },
     brokerArgs: ['--release-cooldown-ms', '2000', '--metrics-port', String(brokerMetricsPort)],
-    monitorArgs: ['--exit-hold-ms', '2000', '--metrics-port', String(PORTS.monitor)],
-    exporterArgs: ['--metrics-port', String(PORTS.exporter)],
-    attacherArgs: ['--metrics-port', String(PORTS.attacher)],
+    // The agents' /metrics is on 127.0.0.1 unless told otherwise: here it must answer on the hosts' own addresses.
+    monitorArgs: ['--exit-hold-ms', '2000', '--metrics-port', String(PORTS.monitor), '--metrics-address', '0.0.0.0'],
+    exporterArgs: ['--metrics-port', String(PORTS.exporter), '--metrics-address', '0.0.0.0'],
+    attacherArgs: ['--metrics-port', String(PORTS.attacher), '--metrics-address', '0.0.0.0'],
   });
   nc = await TestBus.open(tb);
 });

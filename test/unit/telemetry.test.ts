@@ -203,3 +203,18 @@ test('metrics - the swap traffic counter counts pages between readings; the rate
   assert.equal(signals.refaultsPerS, 10);
   assert.deepEqual(swapPagesBetween(after, before), { swapPages: 0, refaults: 0 }, 'counters that went backwards add nothing');
 });
+
+test('metrics - /metrics listens on 127.0.0.1 unless an address is given', async () => {
+  const quiet = pino({ level: 'silent' });
+  const local = (await serveMetrics(0, { service: 'monitor', host: 'host-a' }, quiet))!;
+  const any = (await serveMetrics(0, { service: 'monitor', host: 'host-a' }, quiet, '0.0.0.0'))!;
+  try {
+    assert.equal((local.address() as { address: string }).address, '127.0.0.1');
+    assert.equal((any.address() as { address: string }).address, '0.0.0.0');
+    const res = await fetch(`http://127.0.0.1:${(local.address() as { port: number }).port}/metrics`);
+    assert.equal(res.status, 200);
+  } finally {
+    local.close();
+    any.close();
+  }
+});
