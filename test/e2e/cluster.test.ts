@@ -68,7 +68,11 @@ const leasesOf = async (host: string): Promise<LeaseRecord[]> => (await listLeas
 const pressure = (host: string, bytes: number) => nc.request(subjects.pressure(host), JSON.stringify({ host, neededBytes: bytes, at: Date.now(), source: 'inject' }), { timeout: 120_000 }).catch(() => undefined);
 
 async function activeLease(host: string, timeoutMs = 240_000): Promise<LeaseRecord> {
-  return waitFor(`${host}'s lease active`, async () => (await leasesOf(host).catch(() => [])).find((l) => l.state === 'active'), { timeoutMs, intervalMs: 500 });
+  let seen: LeaseRecord[] = [];
+  return waitFor(`${host}'s lease active`, async () => (seen = await leasesOf(host).catch(() => seen)).find((l) => l.state === 'active'), { timeoutMs, intervalMs: 500 }).catch((error: Error) => {
+    // Say where each lease of the host got to, and why: a failed bring-up names its step.
+    throw new Error(`${error.message}; ${host}'s leases: ${seen.map((l) => `${l.id} ${l.state}${l.reason ? ` (${l.reason})` : ''}`).join(', ') || 'none'}`);
+  });
 }
 
 for (const fault of ['a NATS node that does not lead the lease bucket', 'a broker', 'the NATS node that leads the lease bucket'] as const) {
