@@ -53,6 +53,9 @@ export const COMMAND_RESEND_MS = 10_000;
 /** The pause before a command an agent answered with a timeout of its own is sent again. */
 const AGAIN_AFTER_MS = 1_000;
 
+/** How long a KV call of the broker's own is tried again while it times out (a leader election). */
+const KV_RETRY_MS = 30_000;
+
 /** How long a lease may sit in a state before another broker takes it over (its driver died). */
 export function stuckAfterMs(state: LeaseState, o: ReconcilerOptions): number {
   const bounds = LEASE_STATES[state].boundBy;
@@ -263,7 +266,7 @@ export class Reconciler {
       return error;
     }
     try {
-      await this.leases.move(lease.id, 'exported', { target: reply.target });
+      await this.transient(() => this.leases.move(lease.id, 'exported', { target: reply.target }));
     } catch (error) {
       this.exported.delete(lease.id);
       throw error;
@@ -279,7 +282,7 @@ export class Reconciler {
   private async requestExport(lease: LeaseRecord): Promise<Exported> {
     const body = { leaseId: lease.id, lender: lease.lender, sizeBytes: lease.sizeBytes, borrower: { host: lease.borrower, iqn: lease.borrowerIqn, address: lease.borrowerAddress } };
     const reply = await this.command(subjects.exportCmd(lease.lender), body, ExportReply, this.options.exportTimeoutMs);
-    const announced = (await this.hosts.get(lease.lender))?.exporter?.portal;
+    const announced = (await this.transient(() => this.hosts.get(lease.lender)))?.exporter?.portal;
     if (reply.target.portal !== announced) {
       throw new RswapError(ErrorCodes.WRONG_HOST, `the lender answered with portal ${reply.target.portal}, not its announced ${announced ?? '(none)'}`);
     }
@@ -293,7 +296,7 @@ export class Reconciler {
       const exported = this.exported.get(lease.id) ?? (await this.requestExport(lease));
       const body = { leaseId: lease.id, borrower: lease.borrower, lender: lease.lender, sizeBytes: lease.sizeBytes, target: exported.target, chap: exported.chap };
       const attached = await this.command(subjects.attachCmd(lease.borrower), body, AttachReply, this.options.attachTimeoutMs);
-      const active = await this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator, ...(attached.sealed !== undefined ? { sealed: attached.sealed } : {}) });
+      const active = await this.transient(() => this.leases.move(lease.id, 'active', { device: attached.device, initiator: attached.initiator, ...(attached.sealed !== undefined ? { sealed: attached.sealed } : {}) }));
       metrics.timeToAttach.observe((active.updatedAt - lease.createdAt) / 1000);
       return undefined;
     } catch (error) {
@@ -325,9 +328,27 @@ export class Reconciler {
     // The borrower has swapped off; if the unexport fails anyway, the lender's reconciler removes
     // the target of a released lease once no session is left.
     const targetGone = await this.unexport(lease);
-    const released = await this.leases.move(lease.id, 'released');
+    const released = await this.transient(() => this.leases.move(lease.id, 'released'));
     await this.giveBack(released, targetGone);
     return undefined;
+  }
+
+  /**
+   * A KV read or write of this broker's own, tried again while it times out: a NATS node that led
+   * the bucket has just died and the others are electing a new leader (seconds). Between an agent
+   * that did its work and the record of it, a timeout is no reason to fail the lease.
+   */
+  private async transient<T>(task: () => Promise<T>): Promise<T> {
+    const started = Date.now();
+    for (;;) {
+      try {
+        return await task();
+      } catch (error) {
+        if (errorCode(error) !== ErrorCodes.TIMEOUT || (error instanceof RswapError && error.remote) || Date.now() - started > KV_RETRY_MS) throw error;
+        this.log.warn({ err: errorMessage(error) }, 'a KV call timed out; trying again');
+        await new Promise((resolve) => setTimeout(resolve, AGAIN_AFTER_MS));
+      }
+    }
   }
 
   /** Asks the borrower to swap off and log out (see `command`). */
