@@ -93,7 +93,7 @@ export class UserspaceInitiator implements Initiator {
         qmp.close();
       }
     }
-    // No --direct-io: with qemu 7.2's FUSE export it corrupts data past 8 KiB (DESIGN.md).
+    // No --direct-io: with qemu 7.2's FUSE export it corrupts data past 8 KiB (docs/design.md, known hazards).
     const { stdout } = await this.run('losetup', ['--find', '--show', p.exportFile]);
     const device = stdout.trim();
     // Recorded, because a loop device can no longer be found by its file once the FUSE export died.
