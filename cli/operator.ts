@@ -90,14 +90,23 @@ async function readBucket<T>(nc: NatsConnection, bucket: string, schema: Paramet
   }
 }
 
+const readLeases = async (nc: NatsConnection) => (await readBucket(nc, buckets.leases, LeaseRecord)).sort((a, b) => a.createdAt - b.createdAt);
+const readHosts = async (nc: NatsConnection) => (await readBucket(nc, buckets.hosts, HostRecord)).sort((a, b) => a.host.localeCompare(b.host));
+
 export async function listLeases(bus: NatsAccess): Promise<LeaseRecord[]> {
-  const leases = await withNats(bus, (nc) => readBucket(nc, buckets.leases, LeaseRecord));
-  return leases.sort((a, b) => a.createdAt - b.createdAt);
+  return withNats(bus, readLeases);
 }
 
 export async function listHosts(bus: NatsAccess): Promise<HostRecord[]> {
-  const hosts = await withNats(bus, (nc) => readBucket(nc, buckets.hosts, HostRecord));
-  return hosts.sort((a, b) => a.host.localeCompare(b.host));
+  return withNats(bus, readHosts);
+}
+
+/** Leases and hosts over one connection (one --insecure warning, one TLS handshake). */
+export async function listFleet(bus: NatsAccess): Promise<{ leases: LeaseRecord[]; hosts: HostRecord[] }> {
+  return withNats(bus, async (nc) => {
+    const [leases, hosts] = await Promise.all([readLeases(nc), readHosts(nc)]);
+    return { leases, hosts };
+  });
 }
 
 export async function releaseLease(bus: NatsAccess, leaseId: string, timeoutMs = 330_000): Promise<LeaseRecord> {

@@ -14,7 +14,7 @@ import { BrokerConfig, startBroker } from '../services/broker/index.js';
 import { DEFAULT_ISCSI_PARAMS, ExporterConfig, startExporter } from '../services/exporter/index.js';
 import { AttacherConfig, startAttacher } from '../services/attacher/index.js';
 import { MonitorConfig, startMonitor } from '../services/monitor/index.js';
-import { cordonHost, drainHost, getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listLeases, releaseLease, withNats, DEFAULT_JAEGER_URL } from './operator.js';
+import { cordonHost, drainHost, getLease, revokeLease, hostsTable, leaseTimeline, injectPressure, injectRelief, injectSurplus, leasesTable, listHosts, listFleet, releaseLease, withNats, DEFAULT_JAEGER_URL } from './operator.js';
 import { testbedDown, testbedUp } from './testbed/testbed.js';
 import { runDemo } from './demo.js';
 import { startTracing, traceIdOf } from '../shared/tracing.js';
@@ -210,7 +210,7 @@ program
   .command('leases')
   .description('list leases (the table also shows orphan targets: kept by a lender without a lease record)')
   .action(async (_o: unknown, self: Command) => {
-    const [leases, hosts] = await Promise.all([listLeases(busOf(self)), listHosts(busOf(self))]);
+    const { leases, hosts } = await listFleet(busOf(self));
     print(leases, () => leasesTable(leases, hosts));
   });
 

@@ -29,6 +29,10 @@ test('cli - a request no broker answers, and one a broker refuses, exit 4 with t
   const empty = await rswap('--json', 'leases');
   assert.equal(empty.code, 0, empty.stderr);
   assert.deepEqual(JSON.parse(empty.stdout), []);
+  // One connection for leases and hosts: the --insecure warning once, not once per read.
+  const plain = await execa(process.execPath, [CLI, 'leases', '--nats', server.url, '--insecure'], { reject: false, timeout: 60_000 });
+  assert.equal(plain.exitCode, 0, plain.stderr);
+  assert.equal(plain.stderr.split('\n').filter((l) => l.startsWith('INSECURE')).length, 1, plain.stderr);
   assert.deepEqual(await rswap('release', 'l-0123456789ab'), { code: 4, stdout: '', stderr: "rswap: RSWAP_E_TIMEOUT: no responders: 'rswap.v1.broker.release' (no broker answered)" });
 
   const broker = await startBroker({ nats: server.url, insecure: true, host: 'broker-cli' });
