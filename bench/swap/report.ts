@@ -34,16 +34,22 @@ export interface Row {
    * phase's process has ended (its fill row carries the same value).
    */
   pageCacheBytes?: number;
+  /** Requests the swap device completed during the phase, and their bytes (its sysfs stat). */
+  ioReads?: number;
+  ioWrites?: number;
+  ioReadBytes?: number;
+  ioWriteBytes?: number;
 }
 
-const COLUMNS: Array<keyof Row> = ['run', 'device', 'sweep', 'dataRatio', 'dataBytes', 'blockBytes', 'limitBytes', 'mode', 'mbps', 'ms', 'ops', 'pswpin', 'pswpout', 'timeCapped', 'pageCacheBytes'];
+const COLUMNS: Array<keyof Row> = ['run', 'device', 'sweep', 'dataRatio', 'dataBytes', 'blockBytes', 'limitBytes', 'mode', 'mbps', 'ms', 'ops', 'pswpin', 'pswpout', 'timeCapped', 'pageCacheBytes', 'ioReads', 'ioWrites', 'ioReadBytes', 'ioWriteBytes'];
+const IO_COLUMNS = ['ioReads', 'ioWrites', 'ioReadBytes', 'ioWriteBytes'] as const;
 
 export function toCsv(rows: Row[]): string {
   const text = (v: unknown) => (v === undefined ? '' : String(v));
   return [COLUMNS.join(','), ...rows.map((r) => COLUMNS.map((c) => text(r[c])).join(','))].join('\n') + '\n';
 }
 
-/** Rows from swap.csv; a CSV written before runs and the page cache check reads as run 1, no page cache. */
+/** Rows from swap.csv; a CSV written before runs, the page cache check and the device counts reads as run 1, without them. */
 export function fromCsv(text: string): Row[] {
   const [header, ...lines] = text.trim().split('\n');
   const names = header!.split(',');
@@ -66,6 +72,7 @@ export function fromCsv(text: string): Row[] {
       pswpout: Number(get('pswpout')),
       timeCapped: get('timeCapped') === 'true',
       ...(get('pageCacheBytes') === '' ? {} : { pageCacheBytes: Number(get('pageCacheBytes')) }),
+      ...Object.fromEntries(IO_COLUMNS.filter((c) => get(c) !== '').map((c) => [c, Number(get(c))])),
     };
   });
 }
@@ -189,6 +196,62 @@ function notes(rows: Row[], runs: number): string {
     lines.push(max === 0 ? `${held}: the reads went to the lender.` : `${held}: up to that much of what was swapped in may have come from this machine's page cache, not from the lender.`);
   }
   return '\n' + lines.join('\n\n') + '\n';
+}
+
+// ---- The HDD model, calibrated ----
+
+/**
+ * A disk that serves one request at a time (queue depth 1, as swap-in faults of one thread arrive):
+ * each request costs a positioning time, 1/IOPS (seek + half a rotation: about 12.5 ms on a
+ * 7,200 rpm drive, 80 IOPS; 150-200 for short seeks), plus its bytes at the streaming rate. A
+ * MODEL, not a measurement: no cache, no reordering, no readahead of its own.
+ */
+export const HDD_IOPS_SWEEP = [80, 100, 125, 150, 175, 200];
+export const HDD_STREAM_BPS = 120e6;
+
+/** The modelled disk's time (ms) for `io`, at `iops`. */
+export function hddModelMs(io: { reads: number; writes: number; readBytes: number; writeBytes: number }, iops: number, bps = HDD_STREAM_BPS): number {
+  return ((io.reads + io.writes) / iops + (io.readBytes + io.writeBytes) / bps) * 1000;
+}
+
+const ioOf = (r: Row) => (r.ioReads === undefined ? undefined : { reads: r.ioReads, writes: r.ioWrites ?? 0, readBytes: r.ioReadBytes ?? 0, writeBytes: r.ioWriteBytes ?? 0 });
+const median = (values: number[]) => {
+  const v = [...values].sort((a, b) => a - b);
+  return v.length === 0 ? undefined : v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+};
+
+/**
+ * remote's speed-up over the modelled disk at a point, for each IOPS: per run, the model's time
+ * for the requests the lease completed during the phase over the phase's measured time; the
+ * median of the runs. Undefined where no run recorded its device's requests.
+ */
+export function hddModelRatios(rows: Row[], at: At, device = 'remote'): Array<{ iops: number; ratio: number }> | undefined {
+  const mine = rows.filter((r) => r.device === device && key(r) === key(at) && ioOf(r) !== undefined && r.ms > 0);
+  if (mine.length === 0) return undefined;
+  return HDD_IOPS_SWEEP.map((iops) => ({ iops, ratio: median(mine.map((r) => hddModelMs(ioOf(r)!, iops) / r.ms))! }));
+}
+
+/** One table per mode: remote against the model across IOPS, with the requests behind it. */
+export function hddModelTables(rows: Row[], modes: RowMode[], device = 'remote'): string {
+  const out: string[] = [];
+  for (const sweep of ['data', 'block'] as const) {
+    for (const mode of modes) {
+      const points = pointsOf(rows, sweep).filter((p) => hddModelRatios(rows, { sweep, ...p, mode }, device));
+      if (points.length === 0) continue;
+      out.push(`\n**HDD model (a model, not a disk), ${sweep === 'data' ? `data size sweep (${dataSweepBlock(rows)} blocks)` : 'block size sweep'}, ${mode}**: ${device}'s speed-up over a disk serving the same requests one at a time at 1/IOPS each plus ${HDD_STREAM_BPS / 1e6} MB/s, median of the runs\n`);
+      const head = [sweep === 'data' ? 'data (x limit)' : 'block', 'requests (median)', 'KiB per request', ...HDD_IOPS_SWEEP.map((i) => `${i} IOPS`)];
+      out.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+      for (const p of points) {
+        const at = { sweep, dataBytes: p.dataBytes, blockBytes: p.blockBytes, mode };
+        const mine = rows.filter((r) => r.device === device && key(r) === key(at) && ioOf(r) !== undefined).map((r) => ioOf(r)!);
+        const requests = median(mine.map((io) => io.reads + io.writes))!;
+        const perRequest = median(mine.map((io) => (io.reads + io.writes > 0 ? (io.readBytes + io.writeBytes) / (io.reads + io.writes) / 1024 : 0)))!;
+        const ratios = hddModelRatios(rows, at, device)!;
+        out.push(`| ${sweep === 'data' ? `${p.dataRatio}x (${formatBytes(p.dataBytes)})` : formatBytes(p.blockBytes)} | ${Math.round(requests)} | ${fmt(perRequest, 1)} | ${ratios.map((r) => `${fmt(r.ratio)}x`).join(' | ')} |`);
+      }
+    }
+  }
+  return out.join('\n') + (out.length ? '\n' : '');
 }
 
 // ---- SVG ----

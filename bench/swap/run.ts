@@ -28,8 +28,8 @@
  * suite (one round, 64 MiB limit, one point per sweep, phases capped at 1 s). --page-cluster sets
  * vm.page-cluster for the run and puts the old value back after.
  */
-import { access, mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { access, mkdir, readFile, realpath, rmdir, stat, writeFile } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import pino from 'pino';
@@ -38,7 +38,7 @@ import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readSwaps } from '../../shared/procfs.js';
 import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
 import { cleanupDevices, DEFAULT_DEVICES, DEVICE_LABELS, DEVICES, setUpDevice, type DeviceName, type SwapDevice } from './devices.js';
-import { markdownTables, pageCacheMax, svgFigure, timeCapCount, toCsv, type Row, type Sweep } from './report.js';
+import { hddModelTables, markdownTables, pageCacheMax, svgFigure, timeCapCount, toCsv, type Row, type Sweep } from './report.js';
 import { MODES, type Mode, type SwapWorkloadReport } from './workload.js';
 import { backingFile, cachedBytes, roundOrder } from '../app/run.js';
 import { runMeta } from '../args.js';
@@ -123,12 +123,31 @@ export function turnsOf(steps: Step[]): Turn[] {
 }
 
 /** The workload's arguments for a step: its point, only its mode, the fixed work, the cap, the round as seed. */
-export function workloadArgs(step: Step, options: Pick<SwapBenchOptions, 'phaseBytes' | 'phaseCapSeconds'>): string[] {
+export function workloadArgs(step: Step, options: Pick<SwapBenchOptions, 'phaseBytes' | 'phaseCapSeconds'>, deviceStat?: string): string[] {
   const { dataBytes, blockBytes } = step.point;
   return [
     '--data', String(dataBytes), '--block', String(blockBytes), '--modes', step.mode,
     '--phase-bytes', String(options.phaseBytes ?? dataBytes), '--phase-cap-seconds', String(options.phaseCapSeconds), '--seed', String(step.run),
+    ...(deviceStat ? ['--device-stat', deviceStat] : []),
   ];
+}
+
+/**
+ * The sysfs stat file of the block device that serves a swap area: the device itself (a symlink
+ * such as /dev/mapper/x resolved), or for a swap file the device its file system is on. Undefined
+ * where there is none (a file on tmpfs or overlayfs).
+ */
+export async function statPathOf(swapPath: string, sysfs = '/sys'): Promise<string | undefined> {
+  const candidates: string[] = [];
+  if (swapPath.startsWith('/dev/')) candidates.push(`${sysfs}/class/block/${basename(await realpath(swapPath).catch(() => swapPath))}/stat`);
+  else {
+    const { dev } = await stat(swapPath);
+    const major = Math.floor(dev / 256) & 0xfff;
+    const minor = (dev & 0xff) | ((Math.floor(dev / 4096) & 0xfff00));
+    candidates.push(`${sysfs}/dev/block/${major}:${minor}/stat`);
+  }
+  for (const path of candidates) if (await access(path).then(() => true, () => false)) return path;
+  return undefined;
 }
 
 /** A step's rows: the process's fill and its phase, for each sweep the point belongs to. */
@@ -139,7 +158,10 @@ export function rowsOf(step: Step, report: SwapWorkloadReport, limitBytes: numbe
   return step.point.sweeps.flatMap((sweep) => {
     const { dataRatio, dataBytes, blockBytes } = step.point;
     const base = { run: step.run, device: step.device, sweep, dataRatio, dataBytes, blockBytes, limitBytes };
-    return [{ ...base, mode: 'fill' as const, ...report.fill, ...cache }, { ...base, mode: step.mode, ...phase, ...cache }];
+    const io = (r: typeof phase) => (r.io ? { ioReads: r.io.reads, ioWrites: r.io.writes, ioReadBytes: r.io.readBytes, ioWriteBytes: r.io.writeBytes } : {});
+    const { io: _fillIo, ...fill } = report.fill;
+    const { io: _phaseIo, ...measured } = phase;
+    return [{ ...base, mode: 'fill' as const, ...fill, ...io(report.fill), ...cache }, { ...base, mode: step.mode, ...measured, ...io(phase), ...cache }];
   });
 }
 
@@ -207,11 +229,11 @@ async function pageCacheCheck(name: DeviceName, device: SwapDevice, run: Runner,
 }
 
 /** One step: the workload in a fresh cgroup on the device, which must still be the top swap area. */
-async function measure(step: Step, options: SwapBenchOptions, devicePath: string, pageCache?: PageCacheCheck): Promise<Row[]> {
+async function measure(step: Step, options: SwapBenchOptions, devicePath: string, pageCache?: PageCacheCheck, deviceStat?: string): Promise<Row[]> {
   const top = (await readSwaps()).sort((a, b) => b.priority - a.priority)[0];
   if (top?.path !== devicePath) throw new Error(`${devicePath} is no longer the highest-priority swap area (${top?.path} is): results would mix devices`);
   const what = `workload on ${step.device} (run ${step.run}, data ${formatBytes(step.point.dataBytes)}, block ${formatBytes(step.point.blockBytes)}, ${step.mode})`;
-  const report = await runWorkloadIn(options.limitBytes, workloadArgs(step, options), what, [], options.phaseCapSeconds * 1000 + FILL_ALLOWANCE_MS);
+  const report = await runWorkloadIn(options.limitBytes, workloadArgs(step, options, deviceStat), what, [], options.phaseCapSeconds * 1000 + FILL_ALLOWANCE_MS);
   return rowsOf(step, report, options.limitBytes, await pageCache?.());
 }
 
@@ -244,11 +266,14 @@ export async function runSwapBench(options: SwapBenchOptions, progress: (line: s
       try {
         progress(`run ${turn.run} of ${options.runs}, ${turn.device}: ${device.path} (${formatBytes(sizeBytes)}, priority ${device.priority})`);
         const pageCache = await pageCacheCheck(turn.device, device, run, progress);
+        // The requests the device completes per phase, for the calibrated HDD model.
+        const deviceStat = await statPathOf(device.path);
+        progress(`  requests counted from ${deviceStat ?? '(no block device: not counted)'}`);
         for (const step of turn.steps) {
           let got: Row[] | undefined;
           for (let attempt = 1; !got && attempt <= ATTEMPTS; attempt += 1) {
             try {
-              got = await measure(step, options, device.path, pageCache);
+              got = await measure(step, options, device.path, pageCache, deviceStat);
             } catch (error) {
               if (!(error instanceof OomKilled)) throw error;
               progress(`  ${error.message} (attempt ${attempt} of ${ATTEMPTS})`);
@@ -283,7 +308,7 @@ async function writeOutputs(rows: Row[], options: SwapBenchOptions, oomKilled: s
   const block = formatBytes(Math.min(...options.blocks));
   await writeFile(join(options.out, 'swap.csv'), toCsv(rows));
   const killed = oomKilled.length === 0 ? '' : `\nOOM-killed attempts (the cgroup v1 OOM killer, see docs/benchmarks.md): ${oomKilled.join('; ')}.\n`;
-  await writeFile(join(options.out, 'swap.md'), markdownTables(rows, devices, ['fill', ...options.modes]) + killed);
+  await writeFile(join(options.out, 'swap.md'), markdownTables(rows, devices, ['fill', ...options.modes]) + hddModelTables(rows, options.modes) + killed);
   await writeFile(join(options.out, 'data-size.svg'), svgFigure(rows, 'data', devices, options.modes, `Swap throughput vs data size, ratio to local-disk swap (${block} blocks, ${scale})`));
   await writeFile(join(options.out, 'block-size.svg'), svgFigure(rows, 'block', devices, options.modes, `Swap throughput vs block size, ratio to local-disk swap (data = 1x, ${scale})`));
   const meta = {

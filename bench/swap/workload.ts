@@ -14,7 +14,9 @@
  * over the part it did. Throughput is bytes accessed / time, in MB/s (10^6 bytes, as in the paper).
  *
  * usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write]
- *                    [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1]
+ *                    [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1] [--device-stat PATH]
+ * With --device-stat (the swap device's /sys/block/<dev>/stat), each phase also reports the
+ * requests the device completed and their bytes.
  * (--phase-seconds is the old name of --phase-cap-seconds, still taken.)
  */
 import { randomFillSync } from 'node:crypto';
@@ -35,7 +37,29 @@ export interface PhaseResult {
   pswpout: number;
   /** The phase stopped on --phase-cap-seconds before doing its --phase-bytes. */
   timeCapped: boolean;
+  /**
+   * With --device-stat: the requests the swap device completed during the phase, and their bytes
+   * (its /sys/block/<dev>/stat): what a disk would have had to serve, one request at a time.
+   */
+  io?: DeviceIo;
 }
+
+export interface DeviceIo {
+  reads: number;
+  writes: number;
+  readBytes: number;
+  writeBytes: number;
+}
+
+/** A block device's completed reads and writes and their bytes, from its sysfs `stat` file. */
+export function parseBlockStat(text: string): DeviceIo {
+  const f = text.trim().split(/\s+/).map(Number);
+  if (f.length < 8 || f.slice(0, 8).some((n) => !Number.isFinite(n))) throw new Error(`not a block device stat line: '${text.trim()}'`);
+  // Fields: reads completed, reads merged, sectors read, ms reading, writes completed, writes merged, sectors written, ...
+  return { reads: f[0]!, writes: f[4]!, readBytes: f[2]! * 512, writeBytes: f[6]! * 512 };
+}
+
+const deviceIo = (statPath: string | undefined): DeviceIo | undefined => (statPath ? parseBlockStat(readFileSync(statPath, 'utf8')) : undefined);
 
 export interface SwapWorkloadReport {
   dataBytes: number;
@@ -64,8 +88,9 @@ function vmstat(): { pswpin: number; pswpout: number } {
 }
 
 /** Runs `step(i)` for i = 0.. until `ops` or the deadline (checked every 64 steps), timed. */
-function timed(ops: number, blockBytes: number, seconds: number, step: (i: number) => void): PhaseResult {
+function timed(ops: number, blockBytes: number, seconds: number, step: (i: number) => void, statPath?: string): PhaseResult {
   const before = vmstat();
+  const ioBefore = deviceIo(statPath);
   const started = performance.now();
   const deadline = started + seconds * 1000;
   let done = 0;
@@ -76,8 +101,13 @@ function timed(ops: number, blockBytes: number, seconds: number, step: (i: numbe
   }
   const ms = performance.now() - started;
   const after = vmstat();
+  const ioAfter = deviceIo(statPath);
   const bytes = done * blockBytes;
+  const io = ioBefore && ioAfter
+    ? { reads: ioAfter.reads - ioBefore.reads, writes: ioAfter.writes - ioBefore.writes, readBytes: ioAfter.readBytes - ioBefore.readBytes, writeBytes: ioAfter.writeBytes - ioBefore.writeBytes }
+    : undefined;
   return {
+    ...(io ? { io } : {}),
     bytes,
     ops: done,
     ms: Math.round(ms * 10) / 10,
@@ -97,10 +127,12 @@ export interface WorkloadOptions {
   /** The safety cap on one phase. */
   capSeconds: number;
   seed: number;
+  /** The swap device's sysfs stat file: each phase reports the requests it completed. */
+  deviceStat?: string;
 }
 
 export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
-  const { dataBytes, blockBytes, modes, capSeconds, seed } = options;
+  const { dataBytes, blockBytes, modes, capSeconds, seed, deviceStat } = options;
   const phaseBytes = options.phaseBytes ?? dataBytes;
   if (blockBytes <= 0 || dataBytes < blockBytes || dataBytes % blockBytes !== 0) {
     throw new Error(`--data (${dataBytes}) must be a positive multiple of --block (${blockBytes})`);
@@ -112,7 +144,7 @@ export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
   const FILL_STEP = 1024 * 1024;
   const fill = timed(Math.ceil(dataBytes / FILL_STEP), FILL_STEP, Number.POSITIVE_INFINITY, (i) => {
     randomFillSync(data, i * FILL_STEP, Math.min(FILL_STEP, dataBytes - i * FILL_STEP));
-  });
+  }, deviceStat);
   fill.bytes = dataBytes;
   const scratch = Buffer.allocUnsafeSlow(blockBytes);
   // Random bytes to write from: twice the block, read at a moving offset, so no two writes repeat.
@@ -124,18 +156,18 @@ export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
       phases[mode] = timed(ops, blockBytes, capSeconds, (i) => {
         const at = (i % blocks) * blockBytes;
         data.copy(scratch, 0, at, at + blockBytes);
-      });
+      }, deviceStat);
     } else if (mode === 'random-read') {
       phases[mode] = timed(ops, blockBytes, capSeconds, () => {
         const at = (random() % blocks) * blockBytes;
         data.copy(scratch, 0, at, at + blockBytes);
-      });
+      }, deviceStat);
     } else {
       phases[mode] = timed(ops, blockBytes, capSeconds, (i) => {
         const at = (random() % blocks) * blockBytes;
         const from = (i * 4099) % (pool.length - blockBytes);
         pool.copy(data, at, from, from + blockBytes);
-      });
+      }, deviceStat);
     }
   }
   return { dataBytes, blockBytes, fill, phases };
@@ -167,6 +199,7 @@ function main(): void {
     ...(phaseBytes !== undefined ? { phaseBytes: parseBytes(phaseBytes) } : {}),
     capSeconds: Number(value('phase-cap-seconds') ?? value('phase-seconds') ?? 900),
     seed: Number(value('seed') ?? 1),
+    ...(value('device-stat') ? { deviceStat: value('device-stat')! } : {}),
   });
   console.log(JSON.stringify(report));
 }

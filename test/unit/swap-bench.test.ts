@@ -1,9 +1,9 @@
 /** The swap bench's pure parts: its points and plan, the workload's access loop, ratios, tables and figures. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseSwapArgs, planRuns, pointsFor, rowsOf, turnsOf, workloadArgs, type Step } from '../../bench/swap/run.js';
-import { runSwapWorkload, xorshift32, type PhaseResult } from '../../bench/swap/workload.js';
-import { ceiling, fromCsv, markdownTables, pageCacheMax, ratio, summary, svgFigure, timeCapCount, toCsv, type Row } from '../../bench/swap/report.js';
+import { parseSwapArgs, planRuns, pointsFor, rowsOf, statPathOf, turnsOf, workloadArgs, type Step } from '../../bench/swap/run.js';
+import { parseBlockStat, runSwapWorkload, xorshift32, type PhaseResult } from '../../bench/swap/workload.js';
+import { ceiling, fromCsv, hddModelMs, hddModelRatios, hddModelTables, HDD_IOPS_SWEEP, markdownTables, pageCacheMax, ratio, summary, svgFigure, timeCapCount, toCsv, type Row } from '../../bench/swap/report.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -174,8 +174,8 @@ test('swap bench - CSV keeps run and page cache per row, and reads a CSV from be
     row('local', 'random-read', 40, { run: 3 }),
   ];
   const csv = toCsv(rows);
-  assert.equal(csv.split('\n')[0], 'run,device,sweep,dataRatio,dataBytes,blockBytes,limitBytes,mode,mbps,ms,ops,pswpin,pswpout,timeCapped,pageCacheBytes');
-  assert.ok(csv.split('\n')[3]!.startsWith('3,local,') && csv.split('\n')[3]!.endsWith(',false,'), 'no page cache on a local row: an empty cell');
+  assert.equal(csv.split('\n')[0], 'run,device,sweep,dataRatio,dataBytes,blockBytes,limitBytes,mode,mbps,ms,ops,pswpin,pswpout,timeCapped,pageCacheBytes,ioReads,ioWrites,ioReadBytes,ioWriteBytes');
+  assert.ok(csv.split('\n')[3]!.startsWith('3,local,') && csv.split('\n')[3]!.endsWith(',false,,,,,'), 'no page cache or requests on a local row: empty cells');
   assert.deepEqual(fromCsv(csv), rows);
   const old = [
     'device,sweep,dataRatio,dataBytes,blockBytes,limitBytes,mode,mbps,ms,ops,pswpin,pswpout,timeCapped',
@@ -263,4 +263,59 @@ test('swap bench - arguments: 5 runs by default, 1 with --smoke, a cap not a dur
   assert.throws(() => parseSwapArgs(['--phase-seconds', '6']), /--phase-cap-seconds/);
   assert.throws(() => parseSwapArgs(['--runs', '0']), /--runs/);
   assert.throws(() => parseSwapArgs(['--phase-bytes', '4KiB']), /at least the largest block/);
+});
+
+test('swap bench - the device\'s requests: parsed from its sysfs stat, counted per phase, kept in the rows and the CSV', async () => {
+  // A real stat line (vda): reads, merged, sectors read, ms, writes, merged, sectors written, ms, ...
+  assert.deepEqual(parseBlockStat('  128   3  2048  40  64  0  1024  10  0  50  50 0 0 0 0\n'), { reads: 128, writes: 64, readBytes: 2048 * 512, writeBytes: 1024 * 512 });
+  assert.throws(() => parseBlockStat('nope'), /not a block device stat line/);
+  const { mkdtemp, mkdir, writeFile, rm, stat } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = await mkdtemp(join(tmpdir(), 'rswap-stat-'));
+  try {
+    // The workload reads the file before and after each phase: a phase over a fixed file counts nothing.
+    await writeFile(join(dir, 'stat'), '10 0 80 0 5 0 40 0 0 0 0 0 0 0 0\n');
+    const report = runSwapWorkload({ dataBytes: 4 * MiB, blockBytes: 4 * KiB, modes: ['random-read'], capSeconds: 60, seed: 1, deviceStat: join(dir, 'stat') });
+    assert.deepEqual(report.phases['random-read']!.io, { reads: 0, writes: 0, readBytes: 0, writeBytes: 0 });
+    const step: Step = { run: 1, device: 'remote', point: { sweeps: ['data'], dataRatio: 1, dataBytes: 4 * MiB, blockBytes: 4 * KiB }, mode: 'random-read' };
+    const phase: PhaseResult = { bytes: 4 * MiB, ops: 1024, ms: 500, mbps: 8.4, pswpin: 100, pswpout: 0, timeCapped: false, io: { reads: 30, writes: 2, readBytes: 30 * 16 * KiB, writeBytes: 8 * KiB } };
+    const rows = rowsOf(step, { dataBytes: 4 * MiB, blockBytes: 4 * KiB, fill: { ...phase, io: undefined }, phases: { 'random-read': phase } }, 2 * MiB);
+    assert.deepEqual([rows[1]!.ioReads, rows[1]!.ioWrites, rows[1]!.ioReadBytes, rows[1]!.ioWriteBytes], [30, 2, 30 * 16 * KiB, 8 * KiB]);
+    assert.ok(!('io' in rows[1]!), 'flattened into columns');
+    assert.equal(rows[0]!.ioReads, undefined, 'a phase without counts has none');
+    assert.deepEqual(fromCsv(toCsv(rows)).map((r) => [r.ioReads, r.ioWrites, r.ioReadBytes, r.ioWriteBytes]), rows.map((r) => [r.ioReads, r.ioWrites, r.ioReadBytes, r.ioWriteBytes]), 'the CSV keeps them');
+    assert.equal(toCsv(fromCsv(toCsv(rows))), toCsv(rows));
+    assert.deepEqual(workloadArgs(step, { phaseCapSeconds: 5 }, '/sys/class/block/loop3/stat').slice(-2), ['--device-stat', '/sys/class/block/loop3/stat']);
+    // Which stat file: a device's own (by its real name), a file's file system's device, or none.
+    await mkdir(join(dir, 'sys/class/block/null'), { recursive: true });
+    await writeFile(join(dir, 'sys/class/block/null/stat'), '0 0 0 0 0 0 0 0\n');
+    assert.equal(await statPathOf('/dev/null', join(dir, 'sys')), join(dir, 'sys/class/block/null/stat'));
+    const { dev } = await stat(join(dir, 'stat'));
+    const devName = `${Math.floor(dev / 256) & 0xfff}:${(dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00)}`;
+    assert.equal(await statPathOf(join(dir, 'stat'), join(dir, 'sys')), undefined, 'no such device in this sysfs');
+    await mkdir(join(dir, 'sys/dev/block', devName), { recursive: true });
+    await writeFile(join(dir, 'sys/dev/block', devName, 'stat'), '0 0 0 0 0 0 0 0\n');
+    assert.equal(await statPathOf(join(dir, 'stat'), join(dir, 'sys')), join(dir, 'sys/dev/block', devName, 'stat'));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('swap bench - the HDD model: 1/IOPS per request plus streaming, remote\'s speed-up across 80-200 IOPS, labelled a model', () => {
+  // 100 requests of 64 KiB at 100 IOPS: 1 s positioning + 6.5 MB at 120 MB/s.
+  const io = { reads: 90, writes: 10, readBytes: 90 * 64 * KiB, writeBytes: 10 * 64 * KiB };
+  assert.ok(Math.abs(hddModelMs(io, 100) - (1000 + (100 * 64 * KiB) / 120e6 * 1000)) < 1e-9);
+  assert.ok(hddModelMs(io, 80) > hddModelMs(io, 200), 'a slower disk takes longer');
+  const runs = [250, 200, 300].map((ms, i) => row('remote', 'random-read', 10, { run: i + 1, ms, ioReads: 90, ioWrites: 10, ioReadBytes: 90 * 64 * KiB, ioWriteBytes: 10 * 64 * KiB }));
+  const at = { sweep: 'data' as const, dataBytes: 256 * MiB, blockBytes: KiB, mode: 'random-read' as const };
+  const ratios = hddModelRatios([...runs, row('local', 'random-read', 5)], at)!;
+  assert.deepEqual(ratios.map((r) => r.iops), HDD_IOPS_SWEEP);
+  // The median over the runs of model time / measured time: the 250 ms run's.
+  assert.ok(Math.abs(ratios.find((r) => r.iops === 100)!.ratio - hddModelMs(io, 100) / 250) < 1e-9);
+  assert.equal(hddModelRatios([row('remote', 'random-read', 10)], at), undefined, 'no counts, no model');
+  const table = hddModelTables(runs, ['random-read']);
+  assert.match(table, /HDD model \(a model, not a disk\), data size sweep \(1KiB blocks\), random-read/);
+  assert.match(table, /\| 2x \(256MiB\) \| 100 \| 64\.0 \| (\d+\.\d+x \| ){5}\d+\.\d+x \|/);
+  assert.equal(hddModelTables([row('remote', 'random-read', 10)], ['random-read']), '', 'nothing to say without counts');
 });
