@@ -93,6 +93,24 @@ async function story(since: number): Promise<string> {
   return events.sort((a, b) => a[0] - b[0]).map(([at, what]) => `+${((at - since) / 1000).toFixed(1)} s ${what}`).join('\n');
 }
 
+/**
+ * For a failure: what the VM's attacher logged last (every message, not only the story's) and the
+ * end of its console (hung tasks, iSCSI errors, the OOM killer), so a stalled step names itself.
+ */
+async function lastWords(): Promise<string> {
+  const vm = tb.vms![0]!;
+  const tail = async (file: string, lines: number) => (await readFile(join(vm.dir, file), 'utf8').catch(() => '')).trimEnd().split('\n').slice(-lines);
+  const attacher = (await tail('attacher.log', 40)).map((line) => {
+    try {
+      const e = JSON.parse(line) as { time: number; msg: string; leaseId?: string; err?: string; cmd?: string };
+      return `${new Date(e.time).toISOString().slice(11, 23)} ${e.msg}${e.leaseId ? ` ${e.leaseId}` : ''}${e.cmd ? ` [${e.cmd}]` : ''}${e.err ? `: ${e.err}` : ''}`;
+    } catch {
+      return line;
+    }
+  });
+  return `the VM's attacher, last lines:\n${attacher.join('\n')}\nthe VM's console, last lines:\n${(await tail('console.log', 30)).join('\n')}`;
+}
+
 test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed without a lender, rescued by leases over the kernel initiator with every byte verified', async () => {
   const vm = tb.vms![0]!;
   console.log(`VM host ${vm.name} (${VM_MIB} MiB, no swap) ready ${((vm.readyMs ?? 0) / 1000).toFixed(1)} s after it started`);
@@ -124,7 +142,7 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   const rescued = await workloadInVm(true);
   const told = await story(started);
   console.log(`what the VM did:\n${told}`);
-  assert.equal(rescued.rc, 0, `${rescued.output}\n${told}`);
+  assert.equal(rescued.rc, 0, `${rescued.output}\n${told}\n${await lastWords()}`);
   assert.equal(rescued.report?.corruptedChunks, 0, 'every byte read back intact');
   assert.equal(rescued.report?.chunks, 2 * VM_MIB);
   assert.doesNotMatch(rescued.output, /blocked for more than/, 'no task hung while the VM swapped over the network');
