@@ -50,11 +50,14 @@ test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, n
       // Twice the cgroup's limit: the reads must have come back through the device.
       const seq = rows.find((r) => r.device === device && r.mode === 'seq-read')!;
       assert.ok(seq.pswpin > 0, `${device}: pages swapped in during the sequential read`);
+      // Every device here is a block device: the requests it completed are counted (the HDD model's input).
+      assert.ok(seq.ioReads !== undefined && seq.ioReads > 0 && seq.ioReadBytes! >= seq.ioReads * 4096, `${device}: requests counted: ${JSON.stringify(seq)}`);
     }
     const markdown = await readFile(`${out}/swap.md`, 'utf8');
     assert.match(markdown, /remote\/local/);
     assert.match(markdown, /Data size sweep \(4KiB blocks\)/, 'the block the smoke run used');
     assert.match(markdown, /remote: the FUSE file held at most /);
+    assert.match(markdown, /HDD model \(a model, not a disk\), data size sweep \(4KiB blocks\), random-read/);
     for (const figure of ['data-size.svg', 'block-size.svg']) {
       const svg = await readFile(`${out}/${figure}`, 'utf8');
       assert.match(svg, /^<svg /);
