@@ -101,12 +101,15 @@ export async function listHosts(bus: NatsAccess): Promise<HostRecord[]> {
   return withNats(bus, readHosts);
 }
 
+/** Leases and hosts on one connection (`rswap top` reads them so at every refresh). */
+export async function readFleet(nc: NatsConnection): Promise<{ leases: LeaseRecord[]; hosts: HostRecord[] }> {
+  const [leases, hosts] = await Promise.all([readLeases(nc), readHosts(nc)]);
+  return { leases, hosts };
+}
+
 /** Leases and hosts over one connection (one --insecure warning, one TLS handshake). */
 export async function listFleet(bus: NatsAccess): Promise<{ leases: LeaseRecord[]; hosts: HostRecord[] }> {
-  return withNats(bus, async (nc) => {
-    const [leases, hosts] = await Promise.all([readLeases(nc), readHosts(nc)]);
-    return { leases, hosts };
-  });
+  return withNats(bus, readFleet);
 }
 
 export async function releaseLease(bus: NatsAccess, leaseId: string, timeoutMs = 330_000): Promise<LeaseRecord> {

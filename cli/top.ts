@@ -8,10 +8,9 @@
  * quits and gives the terminal back as it was. `--once` prints one frame (no terminal codes).
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { Kvm } from '@nats-io/kv';
-import { listParsed } from '../shared/kv.js';
-import { PREFIX, buckets, subjects } from '../shared/subjects.js';
-import { HostRecord, LeaseRecord, LeaseStateEvent, LostEvent, PressureEvent, ReliefEvent, type LeaseState } from '../shared/schemas.js';
+import { PREFIX, subjects } from '../shared/subjects.js';
+import { readFleet } from './operator.js';
+import { LeaseStateEvent, LostEvent, PressureEvent, ReliefEvent, type HostRecord, type LeaseRecord, type LeaseState } from '../shared/schemas.js';
 import { formatBytes } from '../shared/units.js';
 import { reservedBytes } from '../services/broker/policy.js';
 import { LEASE_STATES } from '../shared/lease-states.js';
@@ -101,20 +100,6 @@ export function eventText(subject: string, data: unknown): string | undefined {
     return l.success ? `${l.data.host} lost ${l.data.leaseId}: ${l.data.reason}` : undefined;
   }
   return undefined;
-}
-
-/** Reads both buckets (empty until a broker has made them). */
-async function readFleet(nc: NatsConnection): Promise<Pick<TopState, 'hosts' | 'leases'>> {
-  const read = async <T>(bucket: string, schema: Parameters<typeof listParsed<T>>[1]): Promise<T[]> => {
-    try {
-      return (await listParsed(await new Kvm(nc).open(bucket), schema)).map((e) => e.value);
-    } catch (error) {
-      if (/stream not found|bucket not found/i.test(String(error))) return [];
-      throw error;
-    }
-  };
-  const [hosts, leases] = await Promise.all([read(buckets.hosts, HostRecord), read(buckets.leases, LeaseRecord)]);
-  return { hosts: hosts.sort((a, b) => a.host.localeCompare(b.host)), leases };
 }
 
 export interface TopOptions {
