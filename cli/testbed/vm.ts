@@ -135,19 +135,41 @@ export interface VmSpec {
 
 let probed: Promise<'kvm' | 'tcg'> | undefined;
 
+/** How long a KVM guest may take to print its kernel's banner; a working KVM does it in about a second. */
+const KVM_PROBE_MS = 20_000;
+
 /**
- * KVM where this machine has a working one, else TCG. /dev/kvm may exist and still fail as a vCPU
- * starts (seen here: "failed to set MSR"), so a VM is started with it: one still running after
- * 3 s boots; one that died did not.
+ * KVM where this machine has a working one, else TCG. /dev/kvm may exist and still not run a
+ * guest: seen here, a vCPU that fails to start ("failed to set MSR"), and one that hangs silently
+ * after the BIOS, before the kernel prints anything (nested virtualisation without the features
+ * it needs). So a kernel is booted under KVM with no root: KVM counts only if that kernel prints
+ * its banner (it then panics and the VM exits); silence or an error means TCG.
  */
 export function accelerator(image: VmImage): Promise<'kvm' | 'tcg'> {
   probed ??= (async () => {
     if (!(await access('/dev/kvm').then(() => true, () => false))) return 'tcg';
-    const probe = execa('qemu-system-x86_64', ['-accel', 'kvm', '-cpu', 'host', '-m', '64', '-nographic', '-no-reboot', '-kernel', image.kernel, '-append', 'panic=-1'], { reject: false, timeout: 3_000 });
-    const result = await probe;
-    return result.timedOut ? 'kvm' : 'tcg';
+    return (await kernelSpeaks(['qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host', '-m', '64', '-nographic', '-no-reboot', '-kernel', image.kernel, '-append', 'console=ttyS0 panic=-1'])) ? 'kvm' : 'tcg';
   })();
   return probed;
+}
+
+/** Runs `command` (a qemu) until its guest's kernel prints its banner (true), or it exits or `timeoutMs` pass (false). */
+export async function kernelSpeaks([file, ...args]: string[], timeoutMs = KVM_PROBE_MS): Promise<boolean> {
+  const probe = execa(file!, args, { reject: false, stdin: 'ignore', all: true });
+  return new Promise((resolve) => {
+    let said = '';
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      probe.kill('SIGKILL');
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    probe.all?.on('data', (chunk: Buffer) => {
+      said = (said + chunk.toString()).slice(-4096);
+      if (/Linux version \d/.test(said)) done(true);
+    });
+    void probe.then(() => done(/Linux version \d/.test(said)));
+  });
 }
 
 /** qemu's command line for a VM host running `${share}/vm.sh`. */
