@@ -6,6 +6,8 @@
  *   remote      an rswap lease on the testbed: tgt on ramfs in host-a's namespace, the userspace
  *               initiator (qemu-storage-daemon + FUSE + loop) on the borrower, sealed (luks)
  *   remote-unsealed  the same lease with the attacher's --unsealed: what sealing costs
+ *   remote-qemu10  the same lease with qemu-storage-daemon 10.0 (bookworm-backports, fetched into
+ *               QEMU_BPO by bench/swap/fetch-qemu-bpo.sh) instead of the system's 7.2
  *   local       a swap file on the local disk (here a virtio disk), the paper's baseline
  *   hdd-model   a MODEL of the paper's hard disk: a file on the local disk behind
  *               qemu-storage-daemon's throttle (150 IOPS, 120 MB/s), FUSE and loop
@@ -13,7 +15,7 @@
  *   ramfs-loop  a loop device on a ramfs file: swap to RAM through a block device with no network
  * The ceiling for remote swap is the faster of zram and ramfs-loop at each point (report.ts).
  */
-import { access, chmod, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, mkdir, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
@@ -25,14 +27,18 @@ import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../c
 import { chooseSwapPriority } from '../../services/attacher/swap.js';
 import { stopGracefully } from '../../shared/process.js';
 
-export const DEVICES = ['remote', 'local', 'hdd-model', 'zram', 'ramfs-loop', 'remote-unsealed'] as const;
+export const DEVICES = ['remote', 'local', 'hdd-model', 'zram', 'ramfs-loop', 'remote-unsealed', 'remote-qemu10'] as const;
 export type DeviceName = (typeof DEVICES)[number];
-/** What a run without --devices compares: remote-unsealed only when asked for (the cost of sealing). */
-export const DEFAULT_DEVICES: DeviceName[] = DEVICES.filter((d) => d !== 'remote-unsealed');
+/** What a run without --devices compares: the remote variants only when asked for (the cost of sealing, another qemu). */
+export const DEFAULT_DEVICES: DeviceName[] = DEVICES.filter((d) => d !== 'remote-unsealed' && d !== 'remote-qemu10');
+
+/** Where bench/swap/fetch-qemu-bpo.sh puts qemu-storage-daemon 10.0 (its Debian packages, unpacked). */
+export const QEMU_BPO = '/var/tmp/rswap-qemu-bpo/root';
 
 export const DEVICE_LABELS: Record<DeviceName, string> = {
   remote: 'rswap remote (tgt on ramfs, userspace initiator, sealed)',
   'remote-unsealed': 'rswap remote, unsealed (--unsealed)',
+  'remote-qemu10': 'rswap remote, sealed, qemu-storage-daemon 10.0 (bookworm-backports) instead of 7.2',
   local: 'local disk swap file (virtio)',
   'hdd-model': 'HDD model (150 IOPS, 120 MB/s throttle)',
   zram: 'zram',
@@ -61,6 +67,26 @@ export interface DeviceOptions {
   /** Extra flags for the testbed's exporters and attachers (tuning runs). */
   exporterArgs?: string[];
   attacherArgs?: string[];
+}
+
+/** The attacher's environment that makes it start qemu-storage-daemon 10.0 from QEMU_BPO, with its own block modules. */
+async function qemuBpoEnv(): Promise<Record<string, string>> {
+  const binary = join(QEMU_BPO, 'usr/bin/qemu-storage-daemon');
+  if (!(await access(binary).then(() => true, () => false))) throw new Error(`remote-qemu10 needs ${binary}: run sh bench/swap/fetch-qemu-bpo.sh first`);
+  return { PATH: `${join(QEMU_BPO, 'usr/bin')}:${process.env.PATH ?? '/usr/bin:/bin'}`, QEMU_MODULE_DIR: join(QEMU_BPO, 'usr/lib/x86_64-linux-gnu/qemu') };
+}
+
+/** Fails unless the qemu-storage-daemon serving `leaseId` runs `binary` (so a variant measures what it says). */
+async function mustRunFrom(leaseId: string, binary: string): Promise<void> {
+  for (const pid of await readdir('/proc').then((names) => names.filter((n) => /^\d+$/.test(n)))) {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (!cmdline.startsWith('qemu-storage-daemon') && !cmdline.includes('/qemu-storage-daemon\0')) continue;
+    if (!cmdline.includes(leaseId)) continue;
+    const exe = await readlink(`/proc/${pid}/exe`).catch(() => '');
+    if (exe === binary) return;
+    throw new Error(`lease ${leaseId} is served by ${exe || 'an unknown binary'}, not ${binary}`);
+  }
+  throw new Error(`no qemu-storage-daemon serves lease ${leaseId}`);
 }
 
 async function swapOn(run: Runner, path: string): Promise<number> {
@@ -183,9 +209,11 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
       return { name, path: device, priority: await swapOn(run, device), teardown };
     }
     case 'remote':
-    case 'remote-unsealed': {
+    case 'remote-unsealed':
+    case 'remote-qemu10': {
       // host-a lends; host-b borrows. No monitors: the bench asks for exactly one lease of `size`.
       const attacherArgs = [...(options.attacherArgs ?? []), ...(name === 'remote-unsealed' ? ['--unsealed'] : [])];
+      const qemuBpo = name === 'remote-qemu10' ? await qemuBpoEnv() : undefined;
       const tb = await testbedUp(run, log, {
         dir: TESTBED,
         hosts: 2,
@@ -195,6 +223,7 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
         reserveBytes: [256 * MiB, 64 * MiB],
         ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
         ...(attacherArgs.length > 0 ? { attacherArgs } : {}),
+        ...(qemuBpo ? { processEnv: { 'host-b/attacher': qemuBpo } } : {}),
       });
       await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', `${size + 256 * MiB}`, '0');
       await injectPressure(testbedBus(tb, 'host-b'), 'host-b', String(size));
@@ -202,6 +231,7 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
       if (lease.state !== 'active' || !lease.device) throw new Error(`the bench lease failed: ${lease.reason ?? 'no reason given'}`);
       const area = (await readSwaps()).find((a) => a.path === lease.device);
       if (!area) throw new Error(`lease ${lease.id} is active but ${lease.device} is not in /proc/swaps`);
+      if (qemuBpo) await mustRunFrom(lease.id, join(QEMU_BPO, 'usr/bin/qemu-storage-daemon'));
       return {
         name,
         path: lease.device,

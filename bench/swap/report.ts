@@ -256,7 +256,7 @@ export function hddModelTables(rows: Row[], modes: RowMode[], device = 'remote')
 
 // ---- SVG ----
 
-const COLORS: Record<string, string> = { remote: '#d62728', 'remote-unsealed': '#ff7f0e', local: '#1f77b4', 'hdd-model': '#7f7f7f', zram: '#2ca02c', 'ramfs-loop': '#9467bd' };
+const COLORS: Record<string, string> = { remote: '#d62728', 'remote-unsealed': '#ff7f0e', 'remote-qemu10': '#8c564b', local: '#1f77b4', 'hdd-model': '#7f7f7f', zram: '#2ca02c', 'ramfs-loop': '#9467bd' };
 
 function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
