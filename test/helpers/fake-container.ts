@@ -65,14 +65,14 @@ export class FakeContainer {
   }
 
   /**
-   * `docker compose restart`'s stop: SIGTERM to the main process and, once it has exited (SIGKILL
-   * after 10 s, Docker's default), the runtime's kill of whatever is left in the cgroup. Returns
-   * how many processes that kill found.
+   * The main process exits (`signal`: SIGTERM is `docker compose restart`'s stop, SIGKILL after
+   * 10 s, Docker's default; SIGKILL stands for a crash), then the runtime kills whatever is left in
+   * the container's cgroup. Returns how many processes that kill found.
    */
-  async stop(mode: StopMode): Promise<number> {
+  async stop(mode: StopMode, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<number> {
     const main = this.main;
     if (main !== undefined && isAlive(main)) {
-      process.kill(main, 'SIGTERM');
+      process.kill(main, signal);
       await waitFor(`${this.name}: main process exited`, async () => !isAlive(main), { timeoutMs: 10_000 }).catch(() => process.kill(main, 'SIGKILL'));
     }
     this.main = undefined;
