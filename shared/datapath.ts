@@ -10,7 +10,7 @@
  * cgroup. Where it must be in a given memory cgroup (tgtd, charged to what the lender lends), that
  * one is its place in the memory hierarchy. Only folders under rswap.datapath are made or removed.
  */
-import { rmdir } from 'node:fs/promises';
+import { readlink, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, RswapError, errorMessage } from './errors.js';
 import { removeCgroup } from './cgroup.js';
@@ -38,15 +38,18 @@ export interface Placement {
  */
 export async function placeDatapath(name: string, { memoryCgroup }: { memoryCgroup?: string } = {}): Promise<Placement> {
   if (!NAME.test(name)) throw new RswapError(ErrorCodes.INTERNAL, `bad data-path cgroup name '${name}'`);
+  // In a cgroup namespace of its own (compose's cgroup: private), every folder it can make is
+  // inside the container's cgroup, and dies with it. Seen where pid 1 is the host's (pid: host).
+  const [own, init] = await Promise.all(['self', '1'].map((pid) => readlink(`/proc/${pid}/ns/cgroup`).catch(() => undefined)));
+  if (own && init && own !== init) throw new RswapError(ErrorCodes.CONFIG, `cannot give ${name} cgroups of its own: this process is in a cgroup namespace of its own; ${HOST_CGROUPS}`);
   const hierarchies = await cgroupHierarchies();
   if (memoryCgroup && !hierarchyOf(hierarchies, memoryCgroup)) {
     throw new RswapError(ErrorCodes.CONFIG, `memory cgroup ${memoryCgroup} is in no mounted cgroup hierarchy`);
   }
+  const partial = hierarchies.find((h) => h.root !== '/');
+  if (partial) throw new RswapError(ErrorCodes.CONFIG, `cannot give ${name} cgroups of its own: ${partial.mountPoint} shows only ${partial.root} of its hierarchy; ${HOST_CGROUPS}`);
   const folders: string[] = [];
   for (const hierarchy of hierarchies) {
-    if (hierarchy.root !== '/') {
-      throw new RswapError(ErrorCodes.CONFIG, `cannot give ${name} cgroups of its own: ${hierarchy.mountPoint} shows only ${hierarchy.root} of its hierarchy; ${HOST_CGROUPS}`);
-    }
     if (memoryCgroup && hierarchyOf([hierarchy], memoryCgroup)) {
       folders.push(memoryCgroup);
       continue;

@@ -115,6 +115,8 @@ export class Tgt {
       return 'adopted';
     }
     this.defaultSocket = false;
+    const socket = `${tgtSocket(this.stateDir)}.${this.controlPort}`;
+    if (Buffer.byteLength(socket) > 107) throw new RswapError(ErrorCodes.CONFIG, `tgtd's control socket ${socket} is longer than a Unix socket's 107 bytes: use a shorter --state-dir`);
     const name = `tgtd-${this.controlPort}`;
     const placement = await placeDatapath(name, memoryCgroup ? { memoryCgroup } : {});
     try {

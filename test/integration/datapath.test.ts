@@ -123,3 +123,19 @@ test('datapath - tgtd starts in its own cgroups on a socket in the state folder;
   assert.deepEqual(await upgraded.list(), []);
   assert.equal(await exists(`${tgtSocket(stateDir)}.${oldPort}`), false, 'no tgtd started on the new socket');
 });
+
+test('datapath - in a cgroup namespace of its own (compose\'s cgroup: private), placing a daemon is refused, saying what to set', async () => {
+  cleanups.push(() => removeDatapath(`test-${process.pid}-ns`)); // nothing, unless the refusal came late
+  const datapath = new URL('../../shared/datapath.js', import.meta.url).pathname;
+  const script = `import(${JSON.stringify(datapath)}).then((m) => m.placeDatapath('test-${process.pid}-ns')).then(() => console.log('placed'), (e) => console.log(e.message))`;
+  const { stdout } = await run('unshare', ['--cgroup', process.execPath, '--input-type=module', '-e', script]);
+  // Told by the namespace where pid 1's can be read (not on these machines: their pid 1 hides it),
+  // else by the hierarchies, which the namespace shows as sub-trees ("/../..").
+  assert.match(stdout, /^cannot give test-\d+-ns cgroups of its own: (this process is in a cgroup namespace of its own|\S+ shows only \S+ of its hierarchy); an agent in a container needs the host's cgroups \(compose: cgroup: host\)$/m);
+});
+
+test('datapath - a state folder too long for tgtd\'s control socket is refused before tgtd starts', async () => {
+  const port = await unusedControlPort(3960);
+  const tgt = new Tgt(run, log, port, `127.0.0.1:${await freePort()}`, `/var/lib/${'x'.repeat(90)}`);
+  await assert.rejects(tgt.ensureDaemon(), /tgtd's control socket \/var\/lib\/x+\/tgtd\.socket\.\d+ is longer than a Unix socket's 107 bytes: use a shorter --state-dir/);
+});
