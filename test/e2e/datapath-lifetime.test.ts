@@ -159,6 +159,8 @@ test('datapath lifetime - exporter and attacher containers restarted in both run
       const active = (await listLeases(testbedBus(tb))).find((l) => l.borrower === borrower.name && l.state === 'active');
       return active && passes >= 1 ? active : undefined;
     }, { timeoutMs: 120_000, intervalMs: 250 });
+    const swapped = await waitFor('pages on the lease\'s swap area', async () => (await readSwaps()).find((a) => a.path === lease.device && a.usedBytes > 0), { timeoutMs: 60_000, intervalMs: 250 });
+    console.log(`${Math.round(swapped.usedBytes / MiB)} MiB of the workload on ${lease.id}'s swap area (${lease.device}) before the restarts`);
     qsd = await pidIn(join(DIR, borrower.name, 'attacher', 'leases', lease.id, 'qsd.pid'));
     const qsdPlace = await placement(qsd, daemonCgroup(lease.id));
     assert.deepEqual(qsdPlace.actual, qsdPlace.expected, 'qemu-storage-daemon is in its own cgroups');
