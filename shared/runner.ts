@@ -17,6 +17,13 @@ export interface RunOptions {
   input?: string | Uint8Array;
   /** Exit codes that count as success besides 0 (e.g. a query that exits 1 for "none"). */
   okExitCodes?: number[];
+  /** Environment added to this process's (TGT_IPC_SOCKET for tgtadm). */
+  env?: Record<string, string>;
+  /**
+   * Runs the command line through this prefix (a shell that moves itself into cgroups, then execs
+   * it: shared/datapath.ts); spans, logs and metrics still name the command.
+   */
+  wrap?: (command: string[]) => string[];
 }
 
 export interface RunResult {
@@ -60,8 +67,10 @@ export function createRunner(log: Logger, { defaultTimeoutMs = DEFAULT_TIMEOUT_M
       span.setAttribute('process.command_line', shown);
       const started = performance.now();
       try {
-        const result = await execa(file, args, {
+        const [exe, ...argv] = options.wrap ? options.wrap([file, ...args]) : [file, ...args];
+        const result = await execa(exe!, argv, {
           timeout: options.timeoutMs ?? defaultTimeoutMs,
+          ...(options.env ? { env: options.env } : {}),
           reject: false,
           input: options.input,
           stripFinalNewline: false,

@@ -27,7 +27,9 @@ import { waitFor } from '../../shared/wait.js';
 import { listHosts } from '../operator.js';
 import { createMemoryCgroup, memoryCgroupRoot, removeCgroup } from '../../shared/cgroup.js';
 import { GiB, MiB } from '../../shared/units.js';
-import { recordedLoops } from '../../services/attacher/userspace.js';
+import { daemonCgroup, recordedLoops } from '../../services/attacher/userspace.js';
+import { tgtSocket } from '../../services/exporter/tgt.js';
+import { removeDatapath } from '../../shared/datapath.js';
 import { authInit, readIdentities } from '../../shared/auth.js';
 import { accelerator, qemuCommand, vmImage, vmScript, writeVmScript } from './vm.js';
 import { connectAs, freePort, type NatsAccess } from '../../shared/nats.js';
@@ -148,6 +150,11 @@ export function hostsFor(count: number, cgroupRoot: string, memoryBytes: number[
     const netns = `${NETNS_PREFIX}${name}`;
     return { name, netns, address: `198.18.0.${11 + i}`, tgtControlPort: 3300 + i, cgroup: join(cgroupRoot, netns), memoryBytes: memoryBytes[i] ?? GiB };
   });
+}
+
+/** tgtadm `args` on a testbed host's tgtd (found by its control port and socket). */
+export function tgtadmOn(run: Runner, tb: Pick<Testbed, 'dir'>, host: Pick<TestbedHost, 'name' | 'tgtControlPort'>, args: string[]) {
+  return run('tgtadm', ['-C', String(host.tgtControlPort), '--lld', 'iscsi', ...args], { env: { TGT_IPC_SOCKET: tgtSocket(join(tb.dir, host.name, 'exporter')) } });
 }
 
 /** The shared local swap file of a testbed in `dir`: on disk, since /run is tmpfs. */
@@ -490,6 +497,14 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
       await killAll(await pidsIn(name));
       await removeCgroup(join(cgroupRoot, name));
     });
+  }
+  // The daemons' own cgroups (shared/datapath.ts), now empty: each tgtd's by the control port in
+  // its socket's name, each initiator's by a lease folder its attacher did not remove.
+  for (const host of (await readdir(dir).catch(() => [] as string[])).filter((name) => name.startsWith('host-'))) {
+    const sockets = await readdir(join(dir, host, 'exporter')).catch(() => [] as string[]);
+    const ports = sockets.map((f) => /^tgtd\.socket\.(\d+)$/.exec(f)?.[1]).filter((p): p is string => p !== undefined);
+    const leases = await readdir(join(dir, host, 'attacher', 'leases')).catch(() => [] as string[]);
+    for (const name of [...ports.map((p) => `tgtd-${p}`), ...leases.map(daemonCgroup)]) await attempt(`cgroups of ${name}`, () => removeDatapath(name));
   }
   // 6. Links, namespaces, bridge, NATS. Each host's veth goes first, by its root-side name: that
   // removes both ends at once, while a namespace is torn down by the kernel later (seconds later

@@ -2,7 +2,9 @@
  * The userspace initiator: qemu-storage-daemon logs in (libiscsi) and exports the LUN through FUSE
  * onto a regular file; a loop device on that file is what the kernel swaps on. For kernels without
  * iscsi_tcp (containers, these test machines). Slower and less safe than the kernel path: its
- * sockets get no memory reserves, so it must stay out of memory-limited cgroups.
+ * sockets get no memory reserves, so it must stay out of memory-limited cgroups. Each lease's
+ * daemon runs in cgroups of its own (shared/datapath.ts), unlimited, out of the attacher's
+ * container: it outlives a restart of the attacher, which adopts it.
  *
  * Sealed (the default), the daemon puts its `luks` driver between the LUN and the export, keyed
  * by a random passphrase handed over its QMP socket: the lender stores only ciphertext. See seal.ts.
@@ -12,10 +14,11 @@ import { basename, join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { errorMessage } from '../../shared/errors.js';
+import { CommandError } from '../../shared/runner.js';
+import { MOVE_FAILED, moveFailed, placeDatapath, removeDatapath } from '../../shared/datapath.js';
 import { readMounts } from '../../shared/procfs.js';
 import type { Chap, Target } from '../../shared/schemas.js';
 import type { Initiator } from './initiator.js';
-import { escapeToRootMemoryCgroup } from './cgroup.js';
 import { isAlive, stopGracefully } from '../../shared/process.js';
 import { Qmp } from './qmp.js';
 import { exportLun, makeLuksHeader } from './seal.js';
@@ -74,14 +77,17 @@ export class UserspaceInitiator implements Initiator {
       await this.stopDaemon(leaseId);
       await writeFile(p.exportFile, '', { mode: 0o600 });
       await writeFile(p.secret, chap.secret, { mode: 0o600 });
+      const placement = await placeDatapath(daemonCgroup(leaseId));
       try {
         // --daemonize returns once the iSCSI login succeeded and the QMP socket listens.
-        await this.run('qemu-storage-daemon', this.daemonArgs(leaseId, target, chap), { timeoutMs: 30_000, secrets: [chap.secret] });
+        await this.run('qemu-storage-daemon', this.daemonArgs(leaseId, target, chap), { timeoutMs: 30_000, secrets: [chap.secret], wrap: placement.wrap });
+      } catch (error) {
+        await removeDatapath(placement.name).catch(() => undefined);
+        if (error instanceof CommandError && error.exitCode === MOVE_FAILED) throw moveFailed('qemu-storage-daemon', error.stderr.trim());
+        throw error;
       } finally {
         await rm(p.secret, { force: true });
       }
-      const pid = Number((await readFile(p.pidfile, 'utf8')).trim());
-      await escapeToRootMemoryCgroup(pid, this.log);
       const header = this.sealed ? makeLuksHeader() : undefined;
       const qmp = await Qmp.connect(p.qmp).catch((error: unknown) => {
         header?.passphrase.fill(0);
@@ -110,6 +116,7 @@ export class UserspaceInitiator implements Initiator {
     // device login recorded is detached by name, if it is still the one backed by our export.
     for (const device of await recordedLoops(join(this.stateDir, 'leases'), leaseId)) await this.run('losetup', ['-d', device]);
     await this.stopDaemon(leaseId);
+    await removeDatapath(daemonCgroup(leaseId)).catch((error) => this.log.warn({ leaseId, err: errorMessage(error) }, "could not remove the initiator's cgroups"));
     if (await this.exportMounted(p.exportFile)) {
       await this.run('umount', ['-l', p.exportFile]).catch((error) => this.log.warn({ leaseId, err: errorMessage(error) }, 'could not unmount FUSE export'));
     }
@@ -161,6 +168,9 @@ export class UserspaceInitiator implements Initiator {
 }
 
 const LOOP_FILE = 'loop';
+
+/** The name of a lease's qemu-storage-daemon cgroups, under rswap.datapath. */
+export const daemonCgroup = (leaseId: string) => `qsd-${leaseId}`;
 
 /**
  * Loop devices recorded by login under `leasesDir/<lease>/loop` (all leases, or one) that are still

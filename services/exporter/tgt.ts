@@ -1,7 +1,9 @@
 /**
  * tgt, the userspace iSCSI target: one tgtd per exporter (its own control port and portal), driven
- * by tgtadm. tgtd is started detached so it keeps serving when the exporter dies; a restarted
- * exporter adopts it.
+ * by tgtadm. tgtd is started detached, in cgroups of its own (shared/datapath.ts), so it keeps
+ * serving when the exporter dies or its container stops; a restarted exporter adopts it. Its
+ * control socket (TGT_IPC_SOCKET, which tgtd and tgtadm both read) lives in the exporter's state
+ * folder, not in /var/run: an exporter in a new container, with a new /var/run, still finds it.
  */
 import type { Chap } from '../../shared/schemas.js';
 import { spawn } from 'node:child_process';
@@ -11,7 +13,7 @@ import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
-import { wrapInCgroup } from '../../shared/cgroup.js';
+import { MOVE_FAILED, moveFailed, placeDatapath, removeDatapath } from '../../shared/datapath.js';
 
 export interface TargetInfo {
   tid: number;
@@ -59,6 +61,9 @@ export function parseTargets(text: string): TargetInfo[] {
 
 const ISCSI = ['--lld', 'iscsi'];
 
+/** The socket path tgtd and tgtadm are given: tgtd listens on `<path>.<control port>`. */
+export const tgtSocket = (stateDir: string) => join(stateDir, 'tgtd.socket');
+
 export class Tgt {
   constructor(
     private readonly run: Runner,
@@ -72,8 +77,15 @@ export class Tgt {
     private readonly tgtdPath = 'tgtd',
   ) {}
 
+  /** Set once a tgtd from an rswap before TGT_IPC_SOCKET is adopted: it answers on tgt's default socket. */
+  private defaultSocket = false;
+
+  private get env(): Record<string, string> {
+    return this.defaultSocket ? {} : { TGT_IPC_SOCKET: tgtSocket(this.stateDir) };
+  }
+
   private adm(args: string[], secrets: string[] = []) {
-    return this.run('tgtadm', ['-C', String(this.controlPort), ...ISCSI, ...args], { secrets, timeoutMs: 15_000 });
+    return this.run('tgtadm', ['-C', String(this.controlPort), ...ISCSI, ...args], { secrets, timeoutMs: 15_000, env: this.env });
   }
 
   async isRunning(): Promise<boolean> {
@@ -85,22 +97,44 @@ export class Tgt {
     }
   }
 
-  /** Adopts a running tgtd on our control port, or starts one; makes sure it listens on our portal. */
   /**
-   * `memoryCgroup`: a cgroup folder tgtd starts in, so the lease pages it writes are charged there
-   * (an adopted tgtd stays where it was started).
+   * Adopts a running tgtd on our control socket, or starts one in its own cgroups; makes sure it
+   * listens on our portal. `memoryCgroup`: tgtd's place in the memory hierarchy, so the lease
+   * pages it writes are charged there (an adopted tgtd stays where it was started).
    */
   async ensureDaemon(memoryCgroup?: string): Promise<'adopted' | 'started'> {
     if (await this.isRunning()) {
       await this.ensurePortal();
       return 'adopted';
     }
-    const logFd = openSync(join(this.stateDir, 'tgtd.log'), 'a');
-    const tgtd = [this.tgtdPath, '-f', '-C', String(this.controlPort), ...(this.iothreads ? ['-t', String(this.iothreads)] : []), '--iscsi', `portal=${this.portal}`];
-    const command = memoryCgroup ? wrapInCgroup(memoryCgroup, tgtd) : tgtd;
+    // Upgraded under systemd, the tgtd an earlier rswap started still serves on the default socket.
+    this.defaultSocket = true;
+    if (await this.isRunning()) {
+      this.log.warn({ controlPort: this.controlPort }, "adopted a tgtd on tgt's default control socket, started by an earlier rswap: it stays in the cgroups it was started in");
+      await this.ensurePortal();
+      return 'adopted';
+    }
+    this.defaultSocket = false;
+    const socket = `${tgtSocket(this.stateDir)}.${this.controlPort}`;
+    if (Buffer.byteLength(socket) > 107) throw new RswapError(ErrorCodes.CONFIG, `tgtd's control socket ${socket} is longer than a Unix socket's 107 bytes: use a shorter --state-dir`);
+    const name = `tgtd-${this.controlPort}`;
+    const placement = await placeDatapath(name, memoryCgroup ? { memoryCgroup } : {});
+    try {
+      return await this.startDaemon(placement.wrap);
+    } catch (error) {
+      await removeDatapath(name).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  private async startDaemon(wrap: (command: string[]) => string[]): Promise<'started'> {
+    const logFile = join(this.stateDir, 'tgtd.log');
+    const logFd = openSync(logFile, 'a');
+    const command = wrap([this.tgtdPath, '-f', '-C', String(this.controlPort), ...(this.iothreads ? ['-t', String(this.iothreads)] : []), '--iscsi', `portal=${this.portal}`]);
     const child = spawn(command[0]!, command.slice(1), {
       detached: true,
       stdio: ['ignore', logFd, logFd],
+      env: { ...process.env, ...this.env },
     });
     closeSync(logFd);
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
@@ -112,8 +146,9 @@ export class Tgt {
         return 'started';
       }
       const code = await Promise.race([exited, new Promise((r) => setTimeout(r, 100)).then(() => 'running' as const)]);
+      if (code === MOVE_FAILED) throw moveFailed('tgtd', `see ${logFile}`);
       if (code !== 'running') {
-        throw new RswapError(ErrorCodes.COMMAND_FAILED, `tgtd exited with ${code} (see ${join(this.stateDir, 'tgtd.log')}; is portal ${this.portal} in use?)`);
+        throw new RswapError(ErrorCodes.COMMAND_FAILED, `tgtd exited with ${code} (see ${logFile}; is portal ${this.portal} in use?)`);
       }
     }
     throw new RswapError(ErrorCodes.TIMEOUT, `tgtd on control port ${this.controlPort} did not answer within 5s`);

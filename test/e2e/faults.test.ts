@@ -12,7 +12,7 @@ import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus, tgtadmOn } from '../../cli/testbed/testbed.js';
 import { cordonHost, drainHost, injectPressure, listHosts, listLeases, releaseLease, revokeLease, withNats } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { assertNothingLeft, attachedLoops } from '../helpers/leftovers.js';
@@ -303,7 +303,7 @@ test('faults - rswap drain of a lender with two leases under a verifying workloa
       assert.equal(replacement.lender, 'host-c');
       assert.equal(replacement.state, 'active');
     }
-    const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+    const targets = await tgtadmOn(run, tb, tb.hosts[0]!, ['--mode', 'target', '--op', 'show']);
     assert.equal(targets.stdout.trim(), '', 'host-a serves nothing');
     assert.ok((await listHosts(testbedBus(tb))).find((h) => h.host === 'host-a')!.cordoned, 'and stays cordoned');
     // Cordoned: a new need goes elsewhere.

@@ -19,7 +19,7 @@ import { casUpdate } from '../../shared/kv.js';
 import { subjects } from '../../shared/subjects.js';
 import { waitFor } from '../../shared/wait.js';
 import { LeaseRecord } from '../../shared/schemas.js';
-import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
+import { killTestbedProcess, startTestbedProcess, testbedDown, testbedUp, type Testbed, testbedBus, tgtadmOn } from '../../cli/testbed/testbed.js';
 import { listHosts, listLeases } from '../../cli/operator.js';
 import { startWorkload, type Progress } from '../../bench/run-workload.js';
 import { execa } from 'execa';
@@ -78,7 +78,7 @@ async function libfaketime(): Promise<string> {
 
 /** The lease's target on host-a as tgtd lists it, with the addresses logged in to it. */
 async function targetOf(lease: LeaseRecord): Promise<{ present: boolean; sessions: string[] }> {
-  const { stdout } = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+  const { stdout } = await tgtadmOn(run, tb, tb.hosts[0]!, ['--mode', 'target', '--op', 'show']);
   const block = stdout.split(/^Target \d+: /m).find((b) => b.startsWith(lease.target!.iqn + '\n'));
   return { present: block !== undefined, sessions: [...(block ?? '').matchAll(/IP Address: (\S+)/g)].map((m) => m[1]!) };
 }

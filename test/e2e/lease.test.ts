@@ -16,7 +16,7 @@ import { createRunner } from '../../shared/runner.js';
 import { createMemoryCgroup } from '../../shared/cgroup.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
 import { subjects } from '../../shared/subjects.js';
-import { localSwapPath, loopDevicesUnder, testbedDown, testbedUp, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
+import { localSwapPath, loopDevicesUnder, testbedDown, testbedUp, type Testbed, testbedBus, tgtadmOn } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
 import { ask as askOn, freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
@@ -80,7 +80,7 @@ test('lease - inject, active above local swap, data intact under swapping, seale
   assert.ok(swaps.every((a) => a === remote || a.priority < remote.priority), 'remote swap is above every other area');
   assert.equal(remote.priority, 105, 'highest local priority + 100');
   // The exporter's tuned iSCSI parameters (docs/benchmarks.md) are set on the lease's target.
-  const tgtadm = (args: string[]) => run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show', ...args]);
+  const tgtadm = (args: string[]) => tgtadmOn(run, tb, tb.hosts[0]!, ['--mode', 'target', '--op', 'show', ...args]);
   const tid = new RegExp(`^Target (\\d+): ${lease.target!.iqn}$`, 'm').exec((await tgtadm([])).stdout)?.[1];
   assert.ok(tid, `the lease's target is listed on host-a`);
   const target = (await tgtadm(['--tid', tid])).stdout;
@@ -161,7 +161,7 @@ test('lease - inject, active above local swap, data intact under swapping, seale
   assert.deepEqual(await loopDevicesUnder(run, DIR), [], 'no loop device');
   const mounts = (await readMounts()).filter((m) => m.target.startsWith(DIR));
   assert.deepEqual(mounts, [], 'no ramfs or FUSE mount');
-  const targets = await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+  const targets = await tgtadmOn(run, tb, tb.hosts[0]!, ['--mode', 'target', '--op', 'show']);
   assert.equal(targets.stdout.trim(), '', 'no target');
   // Releasing again is answered with the state and does nothing.
   assert.equal((await releaseLease(testbedBus(tb), lease.id)).state, 'released');

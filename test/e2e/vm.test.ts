@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { subjects } from '../../shared/subjects.js';
-import { testbedBus, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
+import { testbedBus, testbedDown, testbedUp, type Testbed, tgtadmOn } from '../../cli/testbed/testbed.js';
 import { vmExec } from '../../cli/testbed/vm.js';
 import { listHosts, listLeases } from '../../cli/operator.js';
 import { waitFor } from '../../shared/wait.js';
@@ -61,7 +61,7 @@ const ask = (subject: string, body: unknown) => askOn(nc, subject, body, 240_000
 
 /** The lender's sessions for the lease's target, as tgtd lists them. */
 async function sessionsOf(iqn: string, lender = 'host-a'): Promise<string[]> {
-  const { stdout } = await run('tgtadm', ['-C', String(tb.hosts.find((h) => h.name === lender)!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+  const { stdout } = await tgtadmOn(run, tb, tb.hosts.find((h) => h.name === lender)!, ['--mode', 'target', '--op', 'show']);
   const block = stdout.split(/^Target \d+: /m).find((b) => b.startsWith(iqn + '\n'));
   return [...(block ?? '').matchAll(/IP Address: (\S+)/g)].map((m) => m[1]!);
 }
@@ -206,5 +206,5 @@ test('vm - a lender cut off the network: the kernel sees the connection die, the
     for (const l of (await listLeases(testbedBus(tb))).filter((x) => x.borrower === vm.name && x.state === 'active')) await ask(subjects.release, { leaseId: l.id }).catch(() => undefined);
   }
   // Back on the network, host-a removes the target the lost lease left once no session is left.
-  await waitFor('the lost lease\'s target gone from host-a', async () => (await sessionsOf(lease.target!.iqn)).length === 0 && !(await run('tgtadm', ['-C', String(tb.hosts[0]!.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show'])).stdout.includes(lease.target!.iqn), { timeoutMs: 180_000, intervalMs: 1_000 });
+  await waitFor('the lost lease\'s target gone from host-a', async () => (await sessionsOf(lease.target!.iqn)).length === 0 && !(await tgtadmOn(run, tb, tb.hosts[0]!, ['--mode', 'target', '--op', 'show'])).stdout.includes(lease.target!.iqn), { timeoutMs: 180_000, intervalMs: 1_000 });
 });

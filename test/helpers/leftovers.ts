@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import type { Runner } from '../../shared/runner.js';
 import { readMounts, readSwaps } from '../../shared/procfs.js';
-import { loopDevicesUnder, type Testbed, testbedBus } from '../../cli/testbed/testbed.js';
+import { loopDevicesUnder, type Testbed, testbedBus, tgtadmOn } from '../../cli/testbed/testbed.js';
 import { listHosts } from '../../cli/operator.js';
 import { reservedBytes } from '../../services/broker/policy.js';
 import { waitFor } from '../../shared/wait.js';
@@ -24,7 +24,7 @@ export async function assertNothingLeft(tb: Testbed, run: Runner, loopsBefore: s
   assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith(tb.dir + '/host-')), [], 'no ramfs or FUSE mount');
   assert.deepEqual((await readSwaps()).filter((a) => a.path.startsWith('/dev/loop')), [], 'no remote swap area');
   for (const h of tb.hosts) {
-    const targets = await run('tgtadm', ['-C', String(h.tgtControlPort), '--lld', 'iscsi', '--mode', 'target', '--op', 'show']);
+    const targets = await tgtadmOn(run, tb, h, ['--mode', 'target', '--op', 'show']);
     assert.equal(targets.stdout.trim(), '', `no target on ${h.name}`);
   }
   if (options.reservations) {

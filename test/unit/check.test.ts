@@ -37,6 +37,9 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     ['Jaeger without OTLP/HTTP', (d) => { d.services.jaeger.ports = ['16686:16686']; }, /jaeger: port 4318 is not published/],
     ['an agent not privileged', (d) => { d.services.exporter.privileged = false; }, /exporter: host agents must be privileged/],
     ['an agent off the host network', (d) => { delete d.services.attacher.network_mode; }, /attacher: host agents must use network_mode: host/],
+    ['an exporter without the host\'s cgroups', (d) => { delete d.services.exporter.cgroup; }, /exporter: needs cgroup: host: its tgtd moves to a cgroup of its own/],
+    ['an attacher in a private cgroup namespace', (d) => { d.services.attacher.cgroup = 'private'; }, /attacher: needs cgroup: host: its qemu-storage-daemon moves/],
+    ['a cgroup mode Compose does not know', (d) => { d.services.exporter.cgroup = 'hots'; }, /schema: \/services\/exporter\/cgroup must be equal to one of the allowed values/],
     ['a flag rswap does not have', (d) => { d.services.attacher.command = ['attacher', '--metric-port', '9466']; }, /'rswap attacher' has no flag --metric-port/],
     ['a variable rswap does not read', (d) => { d.services.broker.environment.RSWAP_COOLDOWN = '5'; }, /'rswap broker' reads no RSWAP_COOLDOWN/],
     ['broker pointed at localhost', (d) => { d.services.broker.environment.RSWAP_NATS_URL = 'nats://127.0.0.1:4222'; }, /broker: in its own network namespace, 127\.0\.0\.1 is not NATS/],
@@ -105,6 +108,8 @@ test('check - the three-node overlay passes over compose.yaml, and a node or bro
 test('check - a unit that would kill the initiator with the agent, or has a wrong flag, fails', async () => {
   const exporter = await readFile(resolve(ROOT, 'deploy/systemd/rswap-exporter.service'), 'utf8');
   assert.match(checkUnit('x', exporter.replace('KillMode=process\n', ''))[0]!, /KillMode=process is needed/);
+  const attacher = await readFile(resolve(ROOT, 'deploy/systemd/rswap-attacher.service'), 'utf8');
+  assert.match(checkUnit('x', attacher.replace('KillMode=process\n', 'KillMode=control-group\n')).join('; '), /KillMode=process is needed: tgtd and qemu-storage-daemon carry swap/);
   assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics 9465'))[0]!, /'rswap exporter' has no flag --metrics/);
   assert.match(checkUnit('x', exporter.replace(/^LoadCredential=.*\n/m, '')).join('; '), /NATS credentials are needed/);
   assert.match(checkUnit('x', exporter.replace('--metrics-port 9465', '--metrics-port 9465 --insecure')).join('; '), /runs without NATS identity and TLS/);
