@@ -7,6 +7,7 @@ import type { NatsAccess } from '../shared/nats.js';
 import { addIdentity, authInit, rotateIdentity } from '../shared/auth.js';
 import { HostId, LeaseId } from '../shared/schemas.js';
 import { createLogger } from '../shared/log.js';
+import { OOM_SCORE_ADJ, protectFromOomKiller } from '../shared/oom.js';
 import { createRunner } from '../shared/runner.js';
 import { ErrorCodes, RswapError, errorCode, errorMessage } from '../shared/errors.js';
 import { formatBytes } from '../shared/units.js';
@@ -110,6 +111,7 @@ function serviceCommand(name: string, description: string, schema: { shape: Reco
     .action(async (_options: unknown, self: Command) => {
       const raw = given(self, keys);
       startTracing(name, typeof raw.host === 'string' ? raw.host : undefined);
+      if (name in OOM_SCORE_ADJ) await protectFromOomKiller(OOM_SCORE_ADJ[name as keyof typeof OOM_SCORE_ADJ], createLogger(name, typeof raw.host === 'string' ? raw.host : undefined));
       await start(raw);
     });
   services.push({ command, schema });

@@ -80,6 +80,10 @@ test('vm - the kernel initiator end to end: CHAP login from a VM, its own disk, 
   const session = await vmExec(vm.dir, 'iscsiadm -m session; cat /proc/swaps; lsmod | grep -c iscsi_tcp');
   assert.equal(session.code, 0, session.output);
   assert.match(session.output, new RegExp(`^tcp: \\[\\d+\\] ${lease.target!.portal.replace(/\./g, '\\.')},1 ${lease.target!.iqn.replace(/\./g, '\\.')} \\(non-flash\\)$`, 'm'));
+  // The agents keep the OOM killer off themselves (root in a VM may lower a score; see oom.ts).
+  const scores = await vmExec(vm.dir, "for role in attacher exporter; do echo \"$role $(cat /proc/$(pgrep -f \"rswap.js $role\" | head -1)/oom_score_adj)\"; done");
+  assert.match(scores.output, /^attacher -1000$/m, scores.output);
+  assert.match(scores.output, /^exporter -1000$/m, scores.output);
   // Sealed: swap goes on a dm-crypt mapping of the session's disk, keyed inside the VM only.
   // (Named as /proc/swaps names it: the node dmsetup made, or the dm-N it resolves to.)
   assert.match(lease.device!, new RegExp(`^/dev/(mapper/rswap-${lease.id}|dm-\\d+)$`));
