@@ -98,6 +98,7 @@ interface ComposeService {
   privileged?: boolean;
   network_mode?: string;
   cgroup?: string;
+  pid?: string;
   volumes?: Array<string | { source?: string; target?: string }>;
 }
 
@@ -209,6 +210,7 @@ export function checkCompose(...texts: string[]): string[] {
     if (agent) {
       if (s.privileged !== true) problems.push(`${role}: host agents must be privileged (swap, mounts, loop devices, iSCSI)`);
       if (s.network_mode !== 'host') problems.push(`${role}: host agents must use network_mode: host (portals and initiators use the host's addresses)`);
+      if (role !== 'monitor' && s.pid !== 'host') problems.push(`${role}: needs pid: host: in a PID namespace of its own, every process in it (its ${role === 'exporter' ? 'tgtd' : 'qemu-storage-daemon'} too) dies when the container's main process exits`);
       if (role !== 'monitor' && s.cgroup !== 'host') problems.push(`${role}: needs cgroup: host: its ${role === 'exporter' ? 'tgtd' : 'qemu-storage-daemon'} moves to a cgroup of its own to outlive a container restart, which a private cgroup namespace does not allow`);
       if (/^nats:\/\/nats:/.test(natsUrl) || /^http:\/\/jaeger:/.test(otlp)) problems.push(`${role}: on the host network, service names do not resolve; use the host's address`);
       if (!env.RSWAP_HOST) problems.push(`${role}: RSWAP_HOST is not set`);

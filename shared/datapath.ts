@@ -4,7 +4,8 @@
  * cgroup hierarchy. When an agent's container stops (its main process exited), runc kills every
  * process in the container's cgroup, and compose runs the agents in the host PID namespace, where
  * that is all their children: a daemon outside that cgroup lives on, keeps the swap it carries,
- * and the agent's next start adopts it. Under systemd (KillMode=process) it changes nothing.
+ * and the agent's next start adopts it. Under systemd the daemons stay in the unit's cgroup:
+ * KillMode=process keeps them alive, and systemd owns the tree (see underSystemd).
  *
  * The move happens before exec, in a shell prelude: the daemon never runs inside the container's
  * cgroup. Where it must be in a given memory cgroup (tgtd, charged to what the lender lends), that
@@ -14,7 +15,9 @@ import { readlink, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, RswapError, errorMessage } from './errors.js';
 import { removeCgroup } from './cgroup.js';
-import { cgroupHierarchies, execIn, hierarchyOf, makeCgroup } from './hierarchies.js';
+import { execa } from 'execa';
+import { cgroupHierarchies, cgroupsOf, execIn, fullViews, hierarchyOf, makeCgroup, stillInside } from './hierarchies.js';
+import type { Logger } from './log.js';
 
 export const DATAPATH = 'rswap.datapath';
 /** The prelude's exit code when it could not move the shell (qemu-storage-daemon and tgtd use 1). */
@@ -42,7 +45,12 @@ export async function placeDatapath(name: string, { memoryCgroup }: { memoryCgro
   // inside the container's cgroup, and dies with it. Seen where pid 1 is the host's (pid: host).
   const [own, init] = await Promise.all(['self', '1'].map((pid) => readlink(`/proc/${pid}/ns/cgroup`).catch(() => undefined)));
   if (own && init && own !== init) throw new RswapError(ErrorCodes.CONFIG, `cannot give ${name} cgroups of its own: this process is in a cgroup namespace of its own; ${HOST_CGROUPS}`);
-  const hierarchies = await cgroupHierarchies();
+  if (await underSystemd()) {
+    // A unit's KillMode=process already lets the daemon outlive the agent, and systemd owns the
+    // tree: nothing may make cgroups beside its own (systemd's cgroup delegation rules).
+    return { name, folders: memoryCgroup ? [memoryCgroup] : [], wrap: (command) => (memoryCgroup ? execIn([memoryCgroup], command, MOVE_FAILED) : command) };
+  }
+  const hierarchies = await fullViews((args) => execa('mount', args));
   if (memoryCgroup && !hierarchyOf(hierarchies, memoryCgroup)) {
     throw new RswapError(ErrorCodes.CONFIG, `memory cgroup ${memoryCgroup} is in no mounted cgroup hierarchy`);
   }
@@ -61,6 +69,30 @@ export async function placeDatapath(name: string, { memoryCgroup }: { memoryCgro
     folders.push(folder);
   }
   return { name, folders, wrap: (command) => execIn(folders, command, MOVE_FAILED) };
+}
+
+/**
+ * Running as a systemd service: systemd set INVOCATION_ID, and this process is still in a
+ * service's cgroup (a child moved elsewhere, such as a test's fake container, inherits the
+ * variable but not the place).
+ */
+export async function underSystemd(): Promise<boolean> {
+  if (!process.env.INVOCATION_ID) return false;
+  const own = await cgroupsOf('self').catch(() => new Map<string, string>());
+  const systemdPath = [...own].find(([key]) => key.endsWith(':name=systemd'))?.[1] ?? own.get('0:') ?? '';
+  return /\.service$/.test(systemdPath);
+}
+
+/**
+ * After a start: where the daemon `pid` is still in this agent's cgroup (a view of the tree that
+ * was not what it seemed), says loudly that a stop of the agent's container will kill it. Returns
+ * the hierarchies concerned ([] when it is out, or under systemd, where it stays by design).
+ */
+export async function reportInside(name: string, pid: number, log: Logger): Promise<string[]> {
+  if (await underSystemd()) return [];
+  const inside = stillInside(await cgroupsOf('self'), await cgroupsOf(pid).catch(() => new Map<string, string>()));
+  if (inside.length > 0) log.error({ daemon: name, pid, hierarchies: inside }, `${name} is still in this agent's cgroup (${inside.join(', ')}): a stop of the agent's container will kill it, and the swap it carries. ${HOST_CGROUPS}`);
+  return inside;
 }
 
 /** The error for a daemon whose prelude could not move it (`detail`: its stderr, or where that went). */

@@ -18,29 +18,82 @@ export interface Hierarchy {
 
 const unescape = (text: string) => text.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
 
-/** Each hierarchy once (a hierarchy mounted twice is one), from /proc/self/mountinfo's text. */
+/**
+ * Each hierarchy once (a hierarchy mounted twice is one), from /proc/self/mountinfo's text. Only
+ * mounts a path reaches count: a mount covered by a later one at its path or above is hidden (in
+ * a container, the runtime's cgroup mounts cover a bind of the host's /sys), and a folder made
+ * "in" it would land in whatever covers it.
+ */
 export function parseHierarchies(mountinfo: string): Hierarchy[] {
-  const found = new Map<string, Hierarchy>();
-  for (const line of mountinfo.split('\n')) {
+  const mounts = mountinfo.split('\n').map((line) => {
     const [before, after] = line.split(' - ');
-    if (!before || !after) continue;
-    const [, , device, root, mountPoint] = before.split(' ');
-    const [fstype, , superOptions] = after.split(' ');
-    if ((fstype !== 'cgroup' && fstype !== 'cgroup2') || !device || !root || !mountPoint) continue;
+    const [, , device, root, mountPoint] = (before ?? '').split(' ');
+    const [fstype, , superOptions] = (after ?? '').split(' ');
+    return { device, root: unescape(root ?? ''), mountPoint: unescape(mountPoint ?? ''), fstype, superOptions };
+  }).filter((m) => m.device && m.mountPoint);
+  const covered = (i: number) => mounts.slice(i + 1).some((later) => later.mountPoint === mounts[i]!.mountPoint || mounts[i]!.mountPoint.startsWith(later.mountPoint === '/' ? '/' : `${later.mountPoint}/`));
+  const found = new Map<string, Hierarchy>();
+  for (const [i, m] of mounts.entries()) {
+    if ((m.fstype !== 'cgroup' && m.fstype !== 'cgroup2') || covered(i)) continue;
     const hierarchy: Hierarchy = {
-      mountPoint: unescape(mountPoint),
-      version: fstype === 'cgroup2' ? 2 : 1,
-      controllers: fstype === 'cgroup2' ? [] : (superOptions ?? '').split(',').filter((o) => o !== 'rw' && o !== 'ro'),
-      root: unescape(root),
+      mountPoint: m.mountPoint,
+      version: m.fstype === 'cgroup2' ? 2 : 1,
+      controllers: m.fstype === 'cgroup2' ? [] : (m.superOptions ?? '').split(',').filter((o) => o !== 'rw' && o !== 'ro'),
+      root: m.root,
     };
     // A mount of the whole hierarchy is preferred to one of a sub-tree.
-    if (!found.has(device) || (found.get(device)!.root !== '/' && hierarchy.root === '/')) found.set(device, hierarchy);
+    if (!found.has(m.device!) || (found.get(m.device!)!.root !== '/' && hierarchy.root === '/')) found.set(m.device!, hierarchy);
   }
   return [...found.values()];
 }
 
 export async function cgroupHierarchies(): Promise<Hierarchy[]> {
   return parseHierarchies(await readFile('/proc/self/mountinfo', 'utf8'));
+}
+
+/** Where fullViews mounts a hierarchy of its own. */
+export const VIEWS = '/run/rswap/cgroup';
+
+/**
+ * The hierarchies, each seen whole: one whose mount shows only a sub-tree (on a cgroup v1 host a
+ * container runtime mounts only the container's own cgroup at /sys/fs/cgroup/<controller>, even
+ * in the host's cgroup namespace) is mounted again, whole, under VIEWS. In a cgroup namespace of
+ * its own a new mount shows that namespace's root only, so it stays a sub-tree: the caller refuses.
+ */
+export async function fullViews(mount: (args: string[]) => Promise<unknown>): Promise<Hierarchy[]> {
+  let hierarchies = await cgroupHierarchies();
+  // A root above the mount ('/..') is how a cgroup namespace of its own shows the host's mounts:
+  // no new mount can show more than that namespace, so none is made (the caller refuses).
+  if (hierarchies.some((x) => x.root.startsWith('/..'))) return hierarchies;
+  for (const h of hierarchies.filter((x) => x.root !== '/')) {
+    const options = h.version === 2 ? [] : ['-o', h.controllers.filter((c) => c !== 'xattr' && !c.startsWith('release_agent=')).map((c) => (c.startsWith('name=') ? `none,${c}` : c)).join(',')];
+    const target = join(VIEWS, h.version === 2 ? 'unified' : h.controllers.filter((c) => c !== 'xattr' && !c.startsWith('release_agent=')).join(',').replace(/=/g, '-'));
+    await mkdir(target, { recursive: true });
+    await mount(['-t', h.version === 2 ? 'cgroup2' : 'cgroup', ...options, h.version === 2 ? 'cgroup2' : 'cgroup', target]);
+  }
+  if (hierarchies.some((x) => x.root !== '/')) hierarchies = await cgroupHierarchies();
+  return hierarchies;
+}
+
+/** The cgroup paths of a process, hierarchy id and controllers -> path, from /proc/<pid>/cgroup. */
+export async function cgroupsOf(pid: number | 'self'): Promise<Map<string, string>> {
+  const text = await readFile(`/proc/${pid}/cgroup`, 'utf8');
+  return new Map(text.split('\n').filter(Boolean).map((line) => {
+    const [id, controllers, ...path] = line.split(':');
+    return [`${id}:${controllers}`, path.join(':')] as [string, string];
+  }));
+}
+
+/**
+ * The hierarchies (as /proc/<pid>/cgroup names them) where `daemon` is in `agent`'s cgroup or below
+ * it: whoever kills every process in the agent's cgroup (a container runtime) kills it there too.
+ * A hierarchy where the agent is at the root is none: everything is below the root.
+ */
+export function stillInside(agent: Map<string, string>, daemon: Map<string, string>): string[] {
+  return [...agent].filter(([key, path]) => {
+    const there = daemon.get(key);
+    return path !== '/' && there !== undefined && (there === path || there.startsWith(`${path}/`));
+  }).map(([key]) => key);
 }
 
 /** The hierarchy whose mount holds the folder `path`, if any. */

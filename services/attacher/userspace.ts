@@ -15,7 +15,8 @@ import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { errorMessage } from '../../shared/errors.js';
 import { CommandError } from '../../shared/runner.js';
-import { MOVE_FAILED, moveFailed, placeDatapath, removeDatapath } from '../../shared/datapath.js';
+import { MOVE_FAILED, moveFailed, placeDatapath, removeDatapath, reportInside } from '../../shared/datapath.js';
+import { pidsIn } from '../../shared/hierarchies.js';
 import { readMounts } from '../../shared/procfs.js';
 import type { Chap, Target } from '../../shared/schemas.js';
 import type { Initiator } from './initiator.js';
@@ -88,6 +89,7 @@ export class UserspaceInitiator implements Initiator {
       } finally {
         await rm(p.secret, { force: true });
       }
+      for (const pid of await pidsIn(placement.folders[0] ?? '')) await reportInside('qemu-storage-daemon', pid, this.log);
       const header = this.sealed ? makeLuksHeader() : undefined;
       const qmp = await Qmp.connect(p.qmp).catch((error: unknown) => {
         header?.passphrase.fill(0);

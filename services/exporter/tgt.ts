@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
 import { ErrorCodes, RswapError } from '../../shared/errors.js';
-import { MOVE_FAILED, moveFailed, placeDatapath, removeDatapath } from '../../shared/datapath.js';
+import { MOVE_FAILED, moveFailed, placeDatapath, removeDatapath, reportInside } from '../../shared/datapath.js';
 
 export interface TargetInfo {
   tid: number;
@@ -143,6 +143,7 @@ export class Tgt {
     for (let i = 0; i < 50; i += 1) {
       if (await this.isRunning()) {
         await writeFile(join(this.stateDir, 'tgtd.pid'), `${child.pid}\n`);
+        if (child.pid) await reportInside('tgtd', child.pid, this.log);
         return 'started';
       }
       const code = await Promise.race([exited, new Promise((r) => setTimeout(r, 100)).then(() => 'running' as const)]);

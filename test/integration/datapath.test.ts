@@ -7,14 +7,16 @@
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, mkdtemp, readFile, readdir, rm, rmdir } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import pino from 'pino';
 import { createMemoryCgroup, type MemoryCgroup } from '../../shared/cgroup.js';
 import { DATAPATH, MOVE_FAILED, placeDatapath, removeDatapath } from '../../shared/datapath.js';
-import { cgroupHierarchies, hierarchyOf } from '../../shared/hierarchies.js';
+import { VIEWS, cgroupHierarchies, hierarchyOf } from '../../shared/hierarchies.js';
 import { CommandError, createRunner } from '../../shared/runner.js';
 import { isAlive, stopGracefully } from '../../shared/process.js';
 import { waitFor } from '../../shared/wait.js';
@@ -23,6 +25,8 @@ import { Tgt, tgtSocket } from '../../services/exporter/tgt.js';
 import { cgroupOf, FakeContainer, STOP_MODES } from '../helpers/fake-container.js';
 
 const log = pino({ level: 'silent' });
+const PROJECT = resolve(fileURLToPath(import.meta.url), '../../../..');
+const DATAPATH_MODULE = resolve(fileURLToPath(import.meta.url), '../../../shared/datapath.js');
 const run = createRunner(log);
 const cleanups: Array<() => Promise<unknown>> = [];
 after(async () => {
@@ -128,7 +132,8 @@ test('datapath - in a cgroup namespace of its own (compose\'s cgroup: private), 
   cleanups.push(() => removeDatapath(`test-${process.pid}-ns`)); // nothing, unless the refusal came late
   const datapath = new URL('../../shared/datapath.js', import.meta.url).pathname;
   const script = `import(${JSON.stringify(datapath)}).then((m) => m.placeDatapath('test-${process.pid}-ns')).then(() => console.log('placed'), (e) => console.log(e.message))`;
-  const { stdout } = await run('unshare', ['--cgroup', process.execPath, '--input-type=module', '-e', script]);
+  // (A mount namespace of its own too: whatever it might mount stays there.)
+  const { stdout } = await run('unshare', ['--cgroup', '-m', '--propagation', 'private', process.execPath, '--input-type=module', '-e', script]);
   // Told by the namespace where pid 1's can be read (not on these machines: their pid 1 hides it),
   // else by the hierarchies, which the namespace shows as sub-trees ("/../..").
   assert.match(stdout, /^cannot give test-\d+-ns cgroups of its own: (this process is in a cgroup namespace of its own|\S+ shows only \S+ of its hierarchy); an agent in a container needs the host's cgroups \(compose: cgroup: host\)$/m);
@@ -138,4 +143,33 @@ test('datapath - a state folder too long for tgtd\'s control socket is refused b
   const port = await unusedControlPort(3960);
   const tgt = new Tgt(run, log, port, `127.0.0.1:${await freePort()}`, `/var/lib/${'x'.repeat(90)}`);
   await assert.rejects(tgt.ensureDaemon(), /tgtd's control socket \/var\/lib\/x+\/tgtd\.socket\.\d+ is longer than a Unix socket's 107 bytes: use a shorter --state-dir/);
+});
+
+test('datapath - where the cgroup mounts show only a sub-tree (a container on a cgroup v1 host), the daemon still gets its own cgroups, from a whole view mounted aside', async () => {
+  // A mount namespace of its own in which the memory hierarchy's mount shows only a folder of it,
+  // as runc mounts it for a container; the host's whole mount is covered, as under a bound /sys.
+  const memory: MemoryCgroup = await createMemoryCgroup(`rswap-test-dp-sub-${process.pid}`, 64 * 1024 ** 2);
+  cleanups.push(() => memory.remove());
+  const name = `test-${process.pid}-subtree`;
+  cleanups.push(() => removeDatapath(name));
+  const hierarchy = hierarchyOf(await cgroupHierarchies(), memory.path)!;
+  const views = await readdir(VIEWS).catch(() => undefined);
+  cleanups.push(async () => {
+    // The mount points it made (their mounts went with the namespace), and VIEWS if it made that.
+    for (const view of await readdir(VIEWS).catch(() => [] as string[])) if (!views?.includes(view)) await rmdir(join(VIEWS, view)).catch(() => undefined);
+    if (!views) await rmdir(VIEWS).catch(() => undefined);
+  });
+  const script = `const { placeDatapath } = await import(${JSON.stringify(DATAPATH_MODULE)});
+const { spawn } = await import('node:child_process');
+const placement = await placeDatapath(${JSON.stringify(name)});
+const child = spawn(placement.wrap(['sleep', '3600'])[0], placement.wrap(['sleep', '3600']).slice(1), { detached: true, stdio: 'ignore' });
+child.unref();
+console.log(JSON.stringify({ pid: child.pid, folders: placement.folders }));`;
+  const inNamespace = await execa('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" "$2" && exec "$0" --input-type=module -e "$3"', process.execPath, memory.path, hierarchy.mountPoint, script], { cwd: PROJECT });
+  const { pid, folders } = JSON.parse(inNamespace.stdout.trim().split('\n').at(-1)!) as { pid: number; folders: string[] };
+  cleanups.push(() => stopGracefully(pid, 0));
+  assert.ok(folders.some((f) => f.startsWith(`${VIEWS}/`)), `the memory hierarchy was reached through a view of its own: ${folders.join(', ')}`);
+  await waitFor(`pid ${pid} running sleep`, async () => (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim() === 'sleep', { timeoutMs: 10_000, intervalMs: 20 });
+  // Seen from outside: in rswap.datapath at the hierarchy's root, not under the folder the namespace showed.
+  assert.equal(await cgroupOf(pid, hierarchy), join(hierarchy.mountPoint, DATAPATH, name));
 });

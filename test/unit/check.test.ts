@@ -39,6 +39,7 @@ test('check - a broken compose.yaml fails, each way with its reason', async () =
     ['an agent off the host network', (d) => { delete d.services.attacher.network_mode; }, /attacher: host agents must use network_mode: host/],
     ['an exporter without the host\'s cgroups', (d) => { delete d.services.exporter.cgroup; }, /exporter: needs cgroup: host: its tgtd moves to a cgroup of its own/],
     ['an attacher in a private cgroup namespace', (d) => { d.services.attacher.cgroup = 'private'; }, /attacher: needs cgroup: host: its qemu-storage-daemon moves/],
+    ['an exporter in a PID namespace of its own', (d) => { delete d.services.exporter.pid; }, /exporter: needs pid: host: in a PID namespace of its own, every process in it \(its tgtd too\) dies/],
     ['a cgroup mode Compose does not know', (d) => { d.services.exporter.cgroup = 'hots'; }, /schema: \/services\/exporter\/cgroup must be equal to one of the allowed values/],
     ['a flag rswap does not have', (d) => { d.services.attacher.command = ['attacher', '--metric-port', '9466']; }, /'rswap attacher' has no flag --metric-port/],
     ['a variable rswap does not read', (d) => { d.services.broker.environment.RSWAP_COOLDOWN = '5'; }, /'rswap broker' reads no RSWAP_COOLDOWN/],
