@@ -63,7 +63,8 @@ export async function placeDatapath(name: string, { memoryCgroup }: { memoryCgro
       continue;
     }
     const folder = join(hierarchy.mountPoint, DATAPATH, name);
-    await makeCgroup(hierarchy, folder).catch((error: unknown) => {
+    await makeCgroup(hierarchy, folder).catch(async (error: unknown) => {
+      await removeDatapath(name).catch(() => undefined); // the folders made before this one
       throw new RswapError(ErrorCodes.COMMAND_FAILED, `cannot make cgroup ${folder} for ${name}: ${errorMessage(error)}; ${HOST_CGROUPS}`);
     });
     folders.push(folder);

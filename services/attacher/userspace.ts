@@ -77,9 +77,9 @@ export class UserspaceInitiator implements Initiator {
       // A daemon left by an attach that died before its export existed holds a session: stop it.
       await this.stopDaemon(leaseId);
       await writeFile(p.exportFile, '', { mode: 0o600 });
-      await writeFile(p.secret, chap.secret, { mode: 0o600 });
       const placement = await placeDatapath(daemonCgroup(leaseId));
       try {
+        await writeFile(p.secret, chap.secret, { mode: 0o600 });
         // --daemonize returns once the iSCSI login succeeded and the QMP socket listens.
         await this.run('qemu-storage-daemon', this.daemonArgs(leaseId, target, chap), { timeoutMs: 30_000, secrets: [chap.secret], wrap: placement.wrap });
       } catch (error) {

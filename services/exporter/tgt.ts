@@ -120,7 +120,10 @@ export class Tgt {
     const name = `tgtd-${this.controlPort}`;
     const placement = await placeDatapath(name, memoryCgroup ? { memoryCgroup } : {});
     try {
-      return await this.startDaemon(placement.wrap);
+      const started = await this.startDaemon(placement.wrap);
+      // tgtd keeps running when its portal cannot be bound (it ignores that failure): add it, or fail.
+      await this.ensurePortal();
+      return started;
     } catch (error) {
       await removeDatapath(name).catch(() => undefined);
       throw error;
@@ -152,6 +155,8 @@ export class Tgt {
         throw new RswapError(ErrorCodes.COMMAND_FAILED, `tgtd exited with ${code} (see ${logFile}; is portal ${this.portal} in use?)`);
       }
     }
+    // Not left running unrecorded, in a cgroup the caller is about to remove.
+    if (child.pid) process.kill(child.pid, 'SIGKILL');
     throw new RswapError(ErrorCodes.TIMEOUT, `tgtd on control port ${this.controlPort} did not answer within 5s`);
   }
 
