@@ -66,10 +66,13 @@ export async function fullViews(mount: (args: string[]) => Promise<unknown>): Pr
   // no new mount can show more than that namespace, so none is made (the caller refuses).
   if (hierarchies.some((x) => x.root.startsWith('/..'))) return hierarchies;
   for (const h of hierarchies.filter((x) => x.root !== '/')) {
-    const options = h.version === 2 ? [] : ['-o', h.controllers.filter((c) => c !== 'xattr' && !c.startsWith('release_agent=')).map((c) => (c.startsWith('name=') ? `none,${c}` : c)).join(',')];
-    const target = join(VIEWS, h.version === 2 ? 'unified' : h.controllers.filter((c) => c !== 'xattr' && !c.startsWith('release_agent=')).join(',').replace(/=/g, '-'));
+    const fstype = h.version === 2 ? 'cgroup2' : 'cgroup';
+    // The mount options that name the hierarchy (not xattr or release_agent, which only describe it).
+    const names = h.controllers.filter((c) => c !== 'xattr' && !c.startsWith('release_agent='));
+    const options = h.version === 2 ? [] : ['-o', names.map((c) => (c.startsWith('name=') ? `none,${c}` : c)).join(',')];
+    const target = join(VIEWS, h.version === 2 ? 'unified' : names.join(',').replace(/=/g, '-'));
     await mkdir(target, { recursive: true });
-    await mount(['-t', h.version === 2 ? 'cgroup2' : 'cgroup', ...options, h.version === 2 ? 'cgroup2' : 'cgroup', target]);
+    await mount(['-t', fstype, ...options, fstype, target]);
   }
   if (hierarchies.some((x) => x.root !== '/')) hierarchies = await cgroupHierarchies();
   return hierarchies;
