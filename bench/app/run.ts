@@ -25,7 +25,7 @@
  * (readahead) come from /proc/vmstat, machine-wide. Writes app.csv (one row per run), app.md, redis-get.svg and
  * meta.json to --out. --smoke: a small, fast run for the test suite.
  */
-import { access, mkdir, readdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
@@ -244,6 +244,7 @@ async function measureRedis(m: Measure): Promise<AppRow> {
     await running?.catch(() => {});
     running = undefined;
     await cgroup.remove();
+    await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -477,7 +478,42 @@ export function parseAppArgs(argv: string[]): AppBenchOptions {
   };
 }
 
-if (process.argv[1]?.endsWith('app/run.js')) {
+/**
+ * One measurement with whatever swap the machine has at the moment, its row printed as JSON: how
+ * the VM bench (bench/vm-app.ts) runs an app inside a VM, where it has set the swap up itself.
+ *   node dist/bench/app/run.js --one --app redis --device NAME --ratio 2 --round 1 [--limit --ops --value]
+ * `--device` only names the row. Returns the row (an OOM kill is a row with outcome oom).
+ */
+export async function measureOne(argv: string[]): Promise<AppRow> {
+  const value = (name: string) => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const app = value('app');
+  if (app !== 'redis' && app !== 'touch' && app !== 'sort') throw new Error(`--one needs --app redis, touch or sort, not '${app}'`);
+  const device = value('device');
+  if (!device) throw new Error('--one needs --device (the name its row carries)');
+  const ratio = Number(value('ratio'));
+  const round = Number(value('round') ?? 1);
+  if (!(ratio > 0 && ratio <= 8) || !Number.isInteger(round) || round < 1) throw new Error(`--one needs --ratio in (0, 8] and --round 1 or more, not '${value('ratio')}' and '${value('round')}'`);
+  const options = parseAppArgs(argv.filter((a, i) => a !== '--devices' && argv[i - 1] !== '--devices'));
+  const m: Measure = { round, device: device as AppDevice, ratio, options, run: createRunner(pino({ level: 'silent' })) };
+  try {
+    return app === 'redis' ? await measureRedis(m) : app === 'sort' ? await measureSort(m) : await measureTouch(m);
+  } finally {
+    await rmdir(RUN).catch(() => {});
+  }
+}
+
+if (process.argv[1]?.endsWith('app/run.js') && process.argv.includes('--one')) {
+  measureOne(process.argv.slice(2)).then(
+    (row) => console.log(JSON.stringify(row)),
+    (error: unknown) => {
+      console.error(error);
+      process.exit(1);
+    },
+  );
+} else if (process.argv[1]?.endsWith('app/run.js')) {
   const started = Date.now();
   const report = process.argv.indexOf('--report');
   const work = report > 0 ? rewriteReport(process.argv[report + 1] ?? 'bench/results/app') : runAppBench(parseAppArgs(process.argv.slice(2)));

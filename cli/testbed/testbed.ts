@@ -82,6 +82,11 @@ export interface TestbedOptions {
   /** Each VM host's initiator, in order (default kernel, the production path). */
   vmInitiators?: Array<'kernel' | 'userspace'>;
   /**
+   * Each VM host gets a disk of its own of this size (/dev/vda in the VM; none by default): a file
+   * on this machine's disk, `vmDiskPath(dir, name)`, read and written past the page cache.
+   */
+  vmDiskMiB?: number;
+  /**
    * nats-server nodes (default 1). Three make a cluster over mutual-TLS routes on the bridge, with
    * the KV buckets at three replicas; every process is given every node's URL. Processes 'nats',
    * 'nats-2', 'nats-3'.
@@ -159,6 +164,8 @@ export function tgtadmOn(run: Runner, tb: Pick<Testbed, 'dir'>, host: Pick<Testb
 
 /** The shared local swap file of a testbed in `dir`: on disk, since /run is tmpfs. */
 export const localSwapPath = (dir: string) => `/var/tmp/rswap-${basename(dir)}-local.swap`;
+/** The file behind a VM host's own disk (`vmDiskMiB`), on this machine's disk. */
+export const vmDiskPath = (dir: string, vm: string) => `/var/tmp/rswap-${basename(dir)}-${vm}.disk`;
 
 const started: TestbedProcess[] = [];
 
@@ -301,7 +308,13 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
       const vm: TestbedVm = { name, address: `198.18.0.${11 + hosts.length + i}`, tap: `rswv-${name}`, dir: join(dir, name), memoryMiB: options.vmMemoryMiB ?? 1024 };
       await run('ip', ['tuntap', 'add', 'dev', vm.tap, 'mode', 'tap']);
       await run('ip', ['link', 'set', vm.tap, 'master', BRIDGE, 'up']);
-      const spec = { name, share: vm.dir, tap: vm.tap, mac: `52:54:00:72:73:${(0x10 + i).toString(16)}`, memoryMiB: vm.memoryMiB };
+      const disk = options.vmDiskMiB ? vmDiskPath(dir, name) : undefined;
+      if (disk) {
+        // Allocated, not sparse: the VM's writes land on blocks the file system already gave it.
+        await run('fallocate', ['-l', String(options.vmDiskMiB! * MiB), disk]);
+        await chmod(disk, 0o600);
+      }
+      const spec = { name, share: vm.dir, tap: vm.tap, mac: `52:54:00:72:73:${(0x10 + i).toString(16)}`, memoryMiB: vm.memoryMiB, ...(disk ? { disk } : {}) };
       // Each agent restarted 2 s after it exits, as the systemd units do (Restart=always).
       const inVm = (role: string, args: string[]) => {
         const logFile = join(vm.dir, `${role}.log`);
@@ -476,6 +489,10 @@ export async function testbedDown(run: Runner, log: Logger, dir: string): Promis
   // VM hosts (qemu names the folder): what they borrowed is gone with them; what they lent, the
   // swap-offs above have taken back.
   await attempt('stop VM hosts', async () => killAll(await pidsWhere((cmd) => cmd.startsWith('qemu-system-x86_64') && cmd.includes('-name rswap-vm-') && cmd.includes(dir + '/'))));
+  // Their own disks, once no VM holds them.
+  for (const file of (await readdir('/var/tmp').catch(() => [] as string[])).filter((f) => f.startsWith(`rswap-${basename(dir)}-host-`) && f.endsWith('.disk'))) {
+    await attempt(`rm /var/tmp/${file}`, () => rm(join('/var/tmp', file), { force: true }));
+  }
   // 3. Initiators (qemu-storage-daemon names the folder), then everything in our namespaces (tgtd).
   await attempt('stop initiators', stopInitiators);
   const namespaces = (await run('ip', ['netns', 'list']).then((r) => r.stdout, () => ''))

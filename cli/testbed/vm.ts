@@ -21,8 +21,9 @@ export const VM_CACHE = '/var/cache/rswap/vm';
 /**
  * The modules the VM loads at boot (their dependencies come with them, in order). dm_crypt, xts
  * and aesni_intel seal what the kernel path swaps: the VM cannot load modules on demand.
+ * virtio_blk and zram are the VM's own swap devices in the benches (a disk, RAM).
  */
-const MODULES = ['virtio_pci', 'virtio_net', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel', 'fuse', 'loop', 'dm_crypt', 'xts', 'aesni_intel'];
+const MODULES = ['virtio_pci', 'virtio_net', 'virtio_blk', '9pnet_virtio', '9p', 'overlay', 'sd_mod', 'iscsi_tcp', 'crc32c_generic', 'crc32c-intel', 'fuse', 'loop', 'dm_crypt', 'xts', 'aesni_intel', 'zram'];
 
 export interface VmImage {
   version: string;
@@ -131,6 +132,11 @@ export interface VmSpec {
   mac: string;
   memoryMiB: number;
   cpus?: number;
+  /**
+   * A raw file on this machine's disk, given to the VM as its own disk (/dev/vda), with the host's
+   * page cache bypassed (cache=none): a local disk of the VM's own, as a VM in a cloud has.
+   */
+  disk?: string;
 }
 
 let probed: Promise<'kvm' | 'tcg'> | undefined;
@@ -191,6 +197,7 @@ export function qemuCommand(image: VmImage, vm: VmSpec, accel: 'kvm' | 'tcg'): s
     '-device', 'virtio-9p-pci,fsdev=share,mount_tag=share',
     '-netdev', `tap,id=n0,ifname=${vm.tap},script=no,downscript=no`,
     '-device', `virtio-net-pci,netdev=n0,mac=${vm.mac}`,
+    ...(vm.disk ? ['-drive', `file=${vm.disk},format=raw,if=virtio,cache=none`] : []),
   ];
 }
 
