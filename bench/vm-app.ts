@@ -36,7 +36,7 @@ import { waitFor } from '../shared/wait.js';
 import { testbedBus, testbedDown, testbedUp, type Testbed } from '../cli/testbed/testbed.js';
 import { accelerator, vmExec, vmImage } from '../cli/testbed/vm.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../cli/operator.js';
-import { roundOrder } from './app/run.js';
+import { describeRow, roundOrder } from './app/run.js';
 import { markdownTables, svgBars, toCsv, type AppRow } from './app/report.js';
 import { runMeta } from './args.js';
 
@@ -207,7 +207,7 @@ export async function runVmAppBench(options: VmAppOptions, progress: (line: stri
               for (let attempt = 1; attempt <= (device === 'vm-none' ? 1 : ATTEMPTS); attempt += 1) {
                 const row = rowOf(await inVm(vm.dir, jobScript(app, device, ratio, round, options), `${app} on ${device}`));
                 rows.push(row);
-                progress(`round ${round} ${device} ${ratio}x ${app}: ${describe(row)}${row.outcome === 'oom' && device !== 'vm-none' ? ` (attempt ${attempt} of ${ATTEMPTS})` : ''}`);
+                progress(`round ${round} ${device} ${ratio}x ${app}: ${describeRow(row)}${row.outcome === 'oom' && device !== 'vm-none' ? ` (attempt ${attempt} of ${ATTEMPTS})` : ''}`);
                 if (row.outcome === 'ok') break;
               }
             }
@@ -225,12 +225,6 @@ export async function runVmAppBench(options: VmAppOptions, progress: (line: stri
   }
   await writeOutputs(rows, options, { accel, kernel });
   return rows;
-}
-
-function describe(row: AppRow): string {
-  if (row.outcome === 'oom') return 'OOM-killed';
-  if (row.app === 'touch') return `page reads p50 ${row.touchP50Us} p90 ${row.touchP90Us} p99 ${row.touchP99Us} p99.9 ${row.touchP999Us} µs, ${row.touchFaultsPerOp} faults/read, ${row.swapinsPerFault} swap-ins/fault`;
-  return `load ${row.loadS} s, GET ${row.getOps}/s p50 ${row.getP50Us} p99 ${row.getP99Us} p99.9 ${row.getP999Us} µs, SET ${row.setOps}/s, ${row.getFaultsPerOp} faults/GET, ${row.swapinsPerFault} swap-ins/fault`;
 }
 
 async function writeOutputs(rows: AppRow[], options: VmAppOptions, vm: { accel: string; kernel: string }): Promise<void> {

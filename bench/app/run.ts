@@ -387,7 +387,7 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
               for (let attempt = 1; attempt <= (device === 'none' ? 1 : ATTEMPTS); attempt += 1) {
                 const row = app === 'redis' ? await measureRedis(m) : app === 'sort' ? await measureSort(m) : await measureTouch(m);
                 rows.push(row);
-                progress(`round ${round} ${device} ${ratio}x ${app}: ${describe(row)}${row.outcome === 'oom' && device !== 'none' ? ` (attempt ${attempt} of ${ATTEMPTS})` : ''}`);
+                progress(`round ${round} ${device} ${ratio}x ${app}: ${describeRow(row)}${row.outcome === 'oom' && device !== 'none' ? ` (attempt ${attempt} of ${ATTEMPTS})` : ''}`);
                 if (row.outcome === 'ok') break;
               }
             }
@@ -411,7 +411,8 @@ export async function runAppBench(options: AppBenchOptions, progress: (line: str
   return rows;
 }
 
-function describe(row: AppRow): string {
+/** A run's result in one line, for the progress log. */
+export function describeRow(row: AppRow): string {
   if (row.outcome === 'oom') return 'OOM-killed';
   if (row.app === 'sort') return `sort ${row.sortS} s (fill ${row.loadS} s)`;
   if (row.app === 'touch') return `page reads p50 ${row.touchP50Us} p90 ${row.touchP90Us} p99 ${row.touchP99Us} p99.9 ${row.touchP999Us} µs, ${row.touchFaultsPerOp} faults/read, ${row.swapinsPerFault} swap-ins/fault`;
