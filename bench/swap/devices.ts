@@ -47,7 +47,8 @@ export const DEVICE_LABELS: Record<DeviceName, string> = {
 
 export const WORK = '/var/tmp/rswap-bench-swap';
 export const RUN = '/run/rswap/bench-swap';
-const TESTBED = '/run/rswap/bench-swap-testbed';
+/** The remote devices' testbed (its hosts' state folders, its leases' FUSE exports). */
+export const TESTBED = '/run/rswap/bench-swap-testbed';
 
 /** The modeled disk: a 7,200 rpm drive does about 150 random IOPS and 120 MB/s streaming. */
 export const HDD_IOPS = 150;

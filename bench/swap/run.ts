@@ -39,7 +39,7 @@ import { readSwaps } from '../../shared/procfs.js';
 import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
 import { cleanupDevices, DEFAULT_DEVICES, DEVICE_LABELS, DEVICES, setUpDevice, type DeviceName, type SwapDevice } from './devices.js';
 import { hddModelTables, markdownTables, pageCacheMax, svgFigure, timeCapCount, toCsv, type Row, type Sweep } from './report.js';
-import { MODES, type Mode, type SwapWorkloadReport } from './workload.js';
+import { MODES, type Mode, type PhaseResult, type SwapWorkloadReport } from './workload.js';
 import { backingFile, cachedBytes, roundOrder } from '../app/run.js';
 import { runMeta } from '../args.js';
 
@@ -123,7 +123,7 @@ export function turnsOf(steps: Step[]): Turn[] {
 }
 
 /** The workload's arguments for a step: its point, only its mode, the fixed work, the cap, the round as seed. */
-export function workloadArgs(step: Step, options: Pick<SwapBenchOptions, 'phaseBytes' | 'phaseCapSeconds'>, deviceStat?: string): string[] {
+export function workloadArgs(step: Pick<Step, 'run' | 'mode'> & { point: Pick<Point, 'dataBytes' | 'blockBytes'> }, options: Pick<SwapBenchOptions, 'phaseBytes' | 'phaseCapSeconds'>, deviceStat?: string): string[] {
   const { dataBytes, blockBytes } = step.point;
   return [
     '--data', String(dataBytes), '--block', String(blockBytes), '--modes', step.mode,
@@ -150,6 +150,11 @@ export async function statPathOf(swapPath: string, sysfs = '/sys'): Promise<stri
   return undefined;
 }
 
+/** A phase's device request counts as row columns (none where the phase has no counts). */
+export function ioColumns(phase: PhaseResult): Pick<Row, 'ioReads' | 'ioWrites' | 'ioReadBytes' | 'ioWriteBytes'> {
+  return phase.io ? { ioReads: phase.io.reads, ioWrites: phase.io.writes, ioReadBytes: phase.io.readBytes, ioWriteBytes: phase.io.writeBytes } : {};
+}
+
 /** A step's rows: the process's fill and its phase, for each sweep the point belongs to. */
 export function rowsOf(step: Step, report: SwapWorkloadReport, limitBytes: number, pageCacheBytes?: number): Row[] {
   const phase = report.phases[step.mode];
@@ -158,10 +163,9 @@ export function rowsOf(step: Step, report: SwapWorkloadReport, limitBytes: numbe
   return step.point.sweeps.flatMap((sweep) => {
     const { dataRatio, dataBytes, blockBytes } = step.point;
     const base = { run: step.run, device: step.device, sweep, dataRatio, dataBytes, blockBytes, limitBytes };
-    const io = (r: typeof phase) => (r.io ? { ioReads: r.io.reads, ioWrites: r.io.writes, ioReadBytes: r.io.readBytes, ioWriteBytes: r.io.writeBytes } : {});
     const { io: _fillIo, ...fill } = report.fill;
     const { io: _phaseIo, ...measured } = phase;
-    return [{ ...base, mode: 'fill' as const, ...fill, ...io(report.fill), ...cache }, { ...base, mode: step.mode, ...measured, ...io(phase), ...cache }];
+    return [{ ...base, mode: 'fill' as const, ...fill, ...ioColumns(report.fill), ...cache }, { ...base, mode: step.mode, ...measured, ...ioColumns(phase), ...cache }];
   });
 }
 
@@ -174,7 +178,7 @@ let cgroupSerial = 0;
  * step (a point and mode) is run again, up to ATTEMPTS times; each kill is recorded, and a step
  * killed every time is left out of that run's results (and named in meta.json and swap.md).
  */
-class OomKilled extends Error {
+export class OomKilled extends Error {
   constructor(what: string) {
     super(`${what} was OOM-killed in its cgroup`);
   }
@@ -185,9 +189,31 @@ async function oomKills(cgroupPath: string): Promise<number> {
   return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
 }
 
-const ATTEMPTS = 3;
+export const ATTEMPTS = 3;
 /** How long a workload process may take beyond its phase's cap: its fill. */
-const FILL_ALLOWANCE_MS = 900_000;
+export const FILL_ALLOWANCE_MS = 900_000;
+
+/**
+ * Runs `measure` until it ends in something other than an OOM kill, at most ATTEMPTS times; each
+ * kill is passed to `killed` (with its attempt, 1-based). Undefined when every attempt was killed;
+ * any other failure is thrown.
+ */
+export async function retryOomKills<T>(measure: () => Promise<T>, killed: (error: OomKilled, attempt: number) => void): Promise<T | undefined> {
+  for (let attempt = 1; attempt <= ATTEMPTS; attempt += 1) {
+    try {
+      return await measure();
+    } catch (error) {
+      if (!(error instanceof OomKilled)) throw error;
+      killed(error, attempt);
+    }
+  }
+  return undefined;
+}
+
+/** Kills the workload process running now, if any (a bench's SIGINT/SIGTERM handler). */
+export function killWorkload(): void {
+  running?.kill('SIGKILL');
+}
 
 /**
  * Runs bench/swap/workload.js once with `args` in a fresh memory cgroup limited to `limitBytes`
@@ -210,9 +236,10 @@ export async function runWorkloadIn(limitBytes: number, args: string[], what: st
 }
 
 /** Reads the page cache (bytes) a remote device's FUSE export file holds; undefined if fincore failed. */
-type PageCacheCheck = () => Promise<number | undefined>;
+export type PageCacheCheck = () => Promise<number | undefined>;
 
-async function pageCacheCheck(name: DeviceName, device: SwapDevice, run: Runner, progress: (line: string) => void): Promise<PageCacheCheck | undefined> {
+/** The page cache check of a remote device (its loop device's FUSE export file); undefined for other devices. */
+export async function pageCacheCheck(name: DeviceName, device: SwapDevice, run: Runner, progress: (line: string) => void): Promise<PageCacheCheck | undefined> {
   if (!name.startsWith('remote')) return undefined;
   // The userspace initiator's loop device sits on <attacher state>/leases/<lease>/export, a FUSE file.
   const file = await backingFile(run, device.path);
@@ -228,10 +255,15 @@ async function pageCacheCheck(name: DeviceName, device: SwapDevice, run: Runner,
     });
 }
 
-/** One step: the workload in a fresh cgroup on the device, which must still be the top swap area. */
-async function measure(step: Step, options: SwapBenchOptions, devicePath: string, pageCache?: PageCacheCheck, deviceStat?: string): Promise<Row[]> {
+/** Fails unless `devicePath` is still the highest-priority swap area (where the pages go). */
+export async function mustBeTopSwap(devicePath: string): Promise<void> {
   const top = (await readSwaps()).sort((a, b) => b.priority - a.priority)[0];
   if (top?.path !== devicePath) throw new Error(`${devicePath} is no longer the highest-priority swap area (${top?.path} is): results would mix devices`);
+}
+
+/** One step: the workload in a fresh cgroup on the device, which must still be the top swap area. */
+async function measure(step: Step, options: SwapBenchOptions, devicePath: string, pageCache?: PageCacheCheck, deviceStat?: string): Promise<Row[]> {
+  await mustBeTopSwap(devicePath);
   const what = `workload on ${step.device} (run ${step.run}, data ${formatBytes(step.point.dataBytes)}, block ${formatBytes(step.point.blockBytes)}, ${step.mode})`;
   const report = await runWorkloadIn(options.limitBytes, workloadArgs(step, options, deviceStat), what, [], options.phaseCapSeconds * 1000 + FILL_ALLOWANCE_MS);
   return rowsOf(step, report, options.limitBytes, await pageCache?.());
@@ -252,7 +284,7 @@ export async function runSwapBench(options: SwapBenchOptions, progress: (line: s
   const rows: Row[] = [];
   const oomKilled: string[] = [];
   const pageClusterBefore = (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim();
-  const stop = () => running?.kill('SIGKILL');
+  const stop = killWorkload;
   // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left.
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
@@ -270,16 +302,10 @@ export async function runSwapBench(options: SwapBenchOptions, progress: (line: s
         const deviceStat = await statPathOf(device.path);
         progress(`  requests counted from ${deviceStat ?? '(no block device: not counted)'}`);
         for (const step of turn.steps) {
-          let got: Row[] | undefined;
-          for (let attempt = 1; !got && attempt <= ATTEMPTS; attempt += 1) {
-            try {
-              got = await measure(step, options, device.path, pageCache, deviceStat);
-            } catch (error) {
-              if (!(error instanceof OomKilled)) throw error;
-              progress(`  ${error.message} (attempt ${attempt} of ${ATTEMPTS})`);
-              oomKilled.push(`run ${step.run} ${step.device} data ${formatBytes(step.point.dataBytes)} block ${formatBytes(step.point.blockBytes)} ${step.mode}`);
-            }
-          }
+          const got = await retryOomKills(() => measure(step, options, device.path, pageCache, deviceStat), (error, attempt) => {
+            progress(`  ${error.message} (attempt ${attempt} of ${ATTEMPTS})`);
+            oomKilled.push(`run ${step.run} ${step.device} data ${formatBytes(step.point.dataBytes)} block ${formatBytes(step.point.blockBytes)} ${step.mode}`);
+          });
           if (!got) continue; // recorded in meta.json and swap.md as not measured
           rows.push(...got);
           progress(describe(step, got));

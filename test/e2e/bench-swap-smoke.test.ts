@@ -16,6 +16,7 @@ import { memoryCgroupRoot } from '../../shared/cgroup.js';
 import { freePort } from '../helpers/nats.js';
 import { attachedLoops } from '../helpers/leftovers.js';
 import { fromCsv } from '../../bench/swap/report.js';
+import { parseKnobsCsv } from '../../bench/swap/knobs-report.js';
 import { DEFAULT_DEVICES, RUN, WORK } from '../../bench/swap/devices.js';
 import { MODES } from '../../bench/swap/workload.js';
 
@@ -77,22 +78,33 @@ test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, n
   assert.equal(stdout.trim(), '', 'no qemu-storage-daemon left');
 });
 
-test('bench - knobs smoke: a variant that changes a machine-wide setting runs and puts it back', async () => {
-  const out = `/tmp/rswap-knobs-smoke-${process.pid}/knobs.csv`;
+test('bench - knobs smoke: a variant that changes a machine-wide setting runs in every mode and puts it back', async () => {
+  const out = `/tmp/rswap-knobs-smoke-${process.pid}`;
   const pageCluster = (await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim();
   const loopsBefore = await attachedLoops(run);
   try {
-    const result = await execa(process.execPath, [KNOBS, '--variants', 'page-cluster-0', '--reps', '1', '--phase-seconds', '1', '--out', out], { reject: false, timeout: 300_000 });
+    // One round, one lease, a process per mode (128 MiB of data in 64 MiB, 4 MiB per phase).
+    const result = await execa(process.execPath, [KNOBS, '--smoke', '--variants', 'page-cluster-0', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 300_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
-    const [header, row] = (await readFile(out, 'utf8')).trim().split('\n');
-    assert.equal(header, 'variant,rep,fill,seqRead,randomRead,randomWrite');
-    const cells = row!.split(',');
-    assert.equal(cells[0], 'page-cluster-0');
-    assert.ok(cells.slice(2).every((c) => Number(c) > 0), row);
+    const rows = parseKnobsCsv(await readFile(`${out}/knobs.csv`, 'utf8'));
+    assert.ok(rows.length > 0 && rows.every((r) => r.round === 1 && r.variant === 'page-cluster-0'), 'one round of the one variant');
+    for (const mode of MODES) {
+      const mine = rows.filter((r) => r.process === mode);
+      assert.deepEqual(mine.map((r) => r.mode), ['fill', mode], `${mode}: a process, its fill and its phase`);
+      assert.ok(mine.every((r) => r.mbps > 0 && r.ops > 0), `${mode}: ${JSON.stringify(mine)}`);
+      assert.ok(mine.every((r) => r.pageCacheBytes !== undefined && r.pageCacheBytes >= 0), `${mode}: the FUSE file's page cache is read`);
+    }
+    assert.ok(rows.some((r) => r.mode !== 'fill' && (r.ioReads ?? 0) > 0), 'the lease\'s requests are counted');
+    assert.match(await readFile(`${out}/knobs.md`, 'utf8'), /\| page-cluster-0 \| vm\.page-cluster 0 \(default 3\) \|/);
+    const meta = JSON.parse(await readFile(`${out}/meta.json`, 'utf8')) as { variants: Array<{ name: string }>; skipped: unknown[]; oomKilled: unknown[]; guestHaltPollNs: string };
+    assert.deepEqual(meta.variants.map((v) => v.name), ['page-cluster-0']);
+    assert.deepEqual(meta.skipped, [], 'vm.page-cluster is on every machine');
+    assert.ok(Array.isArray(meta.oomKilled) && typeof meta.guestHaltPollNs === 'string');
   } finally {
-    await rm(`/tmp/rswap-knobs-smoke-${process.pid}`, { recursive: true, force: true });
+    await rm(out, { recursive: true, force: true });
   }
   assert.equal((await readFile('/proc/sys/vm/page-cluster', 'utf8')).trim(), pageCluster, 'vm.page-cluster is back');
   assert.deepEqual((await attachedLoops(run)).filter((d) => !loopsBefore.includes(d)), [], 'no loop device left');
   assert.deepEqual((await readMounts()).filter((m) => m.target.startsWith('/run/rswap/bench-swap')), [], 'no mount left');
+  assert.deepEqual((await readdir(await memoryCgroupRoot())).filter((n) => n.startsWith('rswap-bench-swap')), [], 'no cgroup left');
 });

@@ -1,7 +1,7 @@
 /** The swap bench's pure parts: its points and plan, the workload's access loop, ratios, tables and figures. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseSwapArgs, planRuns, pointsFor, rowsOf, statPathOf, turnsOf, workloadArgs, type Step } from '../../bench/swap/run.js';
+import { ATTEMPTS, OomKilled, parseSwapArgs, planRuns, pointsFor, retryOomKills, rowsOf, statPathOf, turnsOf, workloadArgs, type Step } from '../../bench/swap/run.js';
 import { parseBlockStat, runSwapWorkload, xorshift32, type PhaseResult } from '../../bench/swap/workload.js';
 import { ceiling, fromCsv, hddModelMs, hddModelRatios, hddModelTables, HDD_IOPS_SWEEP, markdownTables, pageCacheMax, ratio, summary, svgFigure, timeCapCount, toCsv, type Row } from '../../bench/swap/report.js';
 
@@ -318,4 +318,25 @@ test('swap bench - the HDD model: 1/IOPS per request plus streaming, remote\'s s
   assert.match(table, /HDD model \(a model, not a disk\), data size sweep \(1KiB blocks\), random-read/);
   assert.match(table, /\| 2x \(256MiB\) \| 100 \| 64\.0 \| (\d+\.\d+x \| ){5}\d+\.\d+x \|/);
   assert.equal(hddModelTables([row('remote', 'random-read', 10)], ['random-read']), '', 'nothing to say without counts');
+});
+
+test('swap bench - an OOM-killed step runs again, up to 3 attempts, every kill reported; other failures are thrown at once', async () => {
+  const kills: number[] = [];
+  let calls = 0;
+  const flaky = async () => {
+    calls += 1;
+    if (calls < 3) throw new OomKilled(`step ${calls}`);
+    return 'measured';
+  };
+  assert.equal(await retryOomKills(flaky, (_error, attempt) => kills.push(attempt)), 'measured');
+  assert.deepEqual(kills, [1, 2]);
+  const always: string[] = [];
+  assert.equal(await retryOomKills(async () => Promise.reject(new OomKilled('x')), (error) => always.push(error.message)), undefined, 'killed every time: no result');
+  assert.deepEqual(always, Array(ATTEMPTS).fill('x was OOM-killed in its cgroup'));
+  let tries = 0;
+  await assert.rejects(retryOomKills(async () => {
+    tries += 1;
+    throw new Error('tgtd gone');
+  }, () => assert.fail('not a kill')), /tgtd gone/);
+  assert.equal(tries, 1);
 });
