@@ -43,7 +43,7 @@ import { MODES, type Mode, type SwapWorkloadReport } from './workload.js';
 import { backingFile, cachedBytes, roundOrder } from '../app/run.js';
 import { runMeta } from '../args.js';
 
-const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
+export const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
 
 export interface SwapBenchOptions {
   devices: DeviceName[];
@@ -174,20 +174,20 @@ let cgroupSerial = 0;
  * step (a point and mode) is run again, up to ATTEMPTS times; each kill is recorded, and a step
  * killed every time is left out of that run's results (and named in meta.json and swap.md).
  */
-class OomKilled extends Error {
+export class OomKilled extends Error {
   constructor(what: string) {
     super(`${what} was OOM-killed in its cgroup`);
   }
 }
 
-async function oomKills(cgroupPath: string): Promise<number> {
+export async function oomKills(cgroupPath: string): Promise<number> {
   const text = await readFile(join(cgroupPath, 'memory.oom_control'), 'utf8').catch(() => readFile(join(cgroupPath, 'memory.events'), 'utf8').catch(() => ''));
   return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
 }
 
-const ATTEMPTS = 3;
+export const ATTEMPTS = 3;
 /** How long a workload process may take beyond its phase's cap: its fill. */
-const FILL_ALLOWANCE_MS = 900_000;
+export const FILL_ALLOWANCE_MS = 900_000;
 
 /**
  * Runs bench/swap/workload.js once with `args` in a fresh memory cgroup limited to `limitBytes`
