@@ -14,15 +14,17 @@
  *   zram        a compressed RAM block device (the data is random, so it compresses to nothing)
  *   ramfs-loop  a loop device on a ramfs file: swap to RAM through a block device with no network
  * The ceiling for remote swap is the faster of zram and ramfs-loop at each point (report.ts).
+ * setUpLeases makes a layout of several leases at one priority instead (bench/swap/stripe.ts).
  */
 import { access, chmod, mkdir, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/log.js';
 import type { Runner } from '../../shared/runner.js';
-import { readMounts, readSwaps } from '../../shared/procfs.js';
-import { MiB } from '../../shared/units.js';
+import { readMounts, readSwaps, type SwapArea } from '../../shared/procfs.js';
+import { formatBytes, MiB } from '../../shared/units.js';
+import type { LeaseRecord } from '../../shared/schemas.js';
 import { waitFor } from '../../shared/wait.js';
-import { testbedDown, testbedUp, testbedBus } from '../../cli/testbed/testbed.js';
+import { testbedDown, testbedUp, testbedBus, type Testbed } from '../../cli/testbed/testbed.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../../cli/operator.js';
 import { chooseSwapPriority } from '../../services/attacher/swap.js';
 import { stopGracefully } from '../../shared/process.js';
@@ -215,21 +217,14 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
       // host-a lends; host-b borrows. No monitors: the bench asks for exactly one lease of `size`.
       const attacherArgs = [...(options.attacherArgs ?? []), ...(name === 'remote-unsealed' ? ['--unsealed'] : [])];
       const qemuBpo = name === 'remote-qemu10' ? await qemuBpoEnv() : undefined;
-      const tb = await testbedUp(run, log, {
-        dir: TESTBED,
-        hosts: 2,
+      const tb = await lendingTestbed(run, log, {
+        lendBytes: size,
         natsPort: options.natsPort,
-        monitors: false,
-        memoryBytes: [size + 512 * MiB, 256 * MiB],
-        reserveBytes: [256 * MiB, 64 * MiB],
         ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
         ...(attacherArgs.length > 0 ? { attacherArgs } : {}),
         ...(qemuBpo ? { processEnv: { 'host-b/attacher': qemuBpo } } : {}),
       });
-      await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', `${size + 256 * MiB}`, '0');
-      await injectPressure(testbedBus(tb, 'host-b'), 'host-b', String(size));
-      const lease = await waitFor('the bench lease active', async () => (await listLeases(testbedBus(tb))).find((l) => l.state === 'active' || l.state === 'failed'), { timeoutMs: 60_000 });
-      if (lease.state !== 'active' || !lease.device) throw new Error(`the bench lease failed: ${lease.reason ?? 'no reason given'}`);
+      const lease = await obtainLease(tb, { lendBytes: size, lentBytes: 0 }, size, new Set());
       const area = (await readSwaps()).find((a) => a.path === lease.device);
       if (!area) throw new Error(`lease ${lease.id} is active but ${lease.device} is not in /proc/swaps`);
       if (qemuBpo) await mustRunFrom(lease.id, join(QEMU_BPO, 'usr/bin/qemu-storage-daemon'));
@@ -244,5 +239,150 @@ export async function setUpDevice(name: DeviceName, run: Runner, log: Logger, op
         },
       };
     }
+  }
+}
+
+interface LendingTestbedOptions {
+  /** What host-a lends in all: its memory is this + 512 MiB (256 MiB of it its reserve). */
+  lendBytes: number;
+  natsPort: number;
+  brokerArgs?: string[];
+  exporterArgs?: string[];
+  attacherArgs?: string[];
+  processEnv?: Record<string, Record<string, string>>;
+}
+
+/** The bench's testbed: host-a lends, host-b borrows; no monitors, so leases come only when the bench asks. */
+async function lendingTestbed(run: Runner, log: Logger, options: LendingTestbedOptions): Promise<Testbed> {
+  await prepareFolders();
+  return testbedUp(run, log, {
+    dir: TESTBED,
+    hosts: 2,
+    natsPort: options.natsPort,
+    monitors: false,
+    memoryBytes: [options.lendBytes + 512 * MiB, 256 * MiB],
+    reserveBytes: [256 * MiB, 64 * MiB],
+    ...(options.brokerArgs ? { brokerArgs: options.brokerArgs } : {}),
+    ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
+    ...(options.attacherArgs ? { attacherArgs: options.attacherArgs } : {}),
+    ...(options.processEnv ? { processEnv: options.processEnv } : {}),
+  });
+}
+
+type ActiveLease = LeaseRecord & { device: string };
+
+/**
+ * One more lease of `bytes` for host-b, awaited active. host-a offers `lendBytes` + 256 MiB less
+ * what it has lent already (offered afresh: an offer goes stale after 30 s), and host-b asks for
+ * `neededBytes` in all: the broker lends what its open leases (`known`, by id) do not cover yet.
+ * Without a monitor nothing repeats a pressure, so the bench repeats it every 10 s until the lease
+ * record appears (a pressure the broker is still busy with is ignored).
+ */
+async function obtainLease(tb: Testbed, offer: { lendBytes: number; lentBytes: number }, neededBytes: number, known: ReadonlySet<string>): Promise<ActiveLease> {
+  await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', String(offer.lendBytes + 256 * MiB - offer.lentBytes), String(offer.lentBytes));
+  const ask = () => injectPressure(testbedBus(tb, 'host-b'), 'host-b', String(neededBytes));
+  await ask();
+  let askedAt = Date.now();
+  const lease = await waitFor('the bench lease active', async () => {
+    const mine = (await listLeases(testbedBus(tb))).find((l) => l.borrower === 'host-b' && !known.has(l.id));
+    if (!mine && Date.now() - askedAt >= 10_000) {
+      await ask();
+      askedAt = Date.now();
+    }
+    return mine && (mine.state === 'active' || mine.state === 'failed') ? mine : undefined;
+  }, { timeoutMs: 120_000 });
+  if (lease.state !== 'active' || !lease.device) throw new Error(`the bench lease failed: ${lease.reason ?? 'no reason given'}`);
+  return { ...lease, device: lease.device };
+}
+
+/** One lease's swap area in a layout of several. */
+export interface LeaseArea {
+  leaseId: string;
+  /** The swap area's block device (the userspace initiator's loop device). */
+  path: string;
+  priority: number;
+  /** The lease's size (the area is a little smaller when sealed: the LUKS header). */
+  sizeBytes: number;
+}
+
+export interface LeaseLayout {
+  /** In the order the leases were obtained. */
+  areas: LeaseArea[];
+  /** Releases every lease through rswap (swap-off first), newest first, then cleanupDevices. */
+  teardown(): Promise<void>;
+}
+
+export interface LeasesOptions {
+  count: number;
+  eachBytes: number;
+  natsPort: number;
+  exporterArgs?: string[];
+  attacherArgs?: string[];
+}
+
+/** The broker's default smallest lease: a layout of smaller leases lowers it for its testbed. */
+const MIN_LEASE_BYTES = 64 * MiB;
+/** The broker's default --max-leases-per-borrower: the most leases a layout may have. */
+export const MAX_LAYOUT_LEASES = 8;
+
+/**
+ * Why `devices` (the swap areas of one layout) would not be striped by the kernel, or undefined
+ * when they will be: each must be in /proc/swaps, all at the same priority, and that priority
+ * above every other area's (the kernel fills the highest priority first, and round-robins among
+ * the areas that share it).
+ */
+export function stripeProblem(swaps: SwapArea[], devices: string[]): string | undefined {
+  const mine = devices.map((d) => swaps.find((a) => a.path === d));
+  const missing = devices.filter((_, i) => !mine[i]);
+  if (missing.length > 0) return `not in /proc/swaps: ${missing.join(', ')}`;
+  const priorities = [...new Set(mine.map((a) => a!.priority))];
+  if (priorities.length > 1) return `the leases' swap areas have different priorities (${mine.map((a) => `${a!.path} ${a!.priority}`).join(', ')}): the kernel would fill one before the other, not stripe them`;
+  const others = swaps.filter((a) => !devices.includes(a.path));
+  const above = others.filter((a) => a.priority >= priorities[0]!);
+  if (above.length > 0) return `swap areas at or above the leases' priority ${priorities[0]}: ${above.map((a) => `${a.path} ${a.priority}`).join(', ')}: pages would go there too`;
+  return undefined;
+}
+
+/**
+ * A layout of `count` leases of `eachBytes` each for host-b from host-a, on a testbed like the
+ * remote device's (host-a lends the total + 256 MiB). The leases are asked for one after another,
+ * each awaited active (the broker lends to a borrower only while none of its leases is in
+ * progress, and lends only what its open leases do not cover: asking for k x eachBytes brings the
+ * k-th). Fails, after tearing down what it made, unless every lease has exactly `eachBytes` and
+ * all areas share one priority above every other swap area.
+ */
+export async function setUpLeases(run: Runner, log: Logger, options: LeasesOptions): Promise<LeaseLayout> {
+  const { count, eachBytes } = options;
+  if (!Number.isInteger(count) || count < 1 || count > MAX_LAYOUT_LEASES) throw new Error(`a layout has 1 to ${MAX_LAYOUT_LEASES} leases (the broker's --max-leases-per-borrower), not ${count}`);
+  if (eachBytes % MiB !== 0 || eachBytes < 16 * MiB) throw new Error(`each lease must be a whole number of MiB and at least 16MiB, not ${formatBytes(eachBytes)}`);
+  const total = count * eachBytes;
+  const tb = await lendingTestbed(run, log, {
+    lendBytes: total,
+    natsPort: options.natsPort,
+    ...(eachBytes < MIN_LEASE_BYTES ? { brokerArgs: ['--min-lease-bytes', String(eachBytes)] } : {}),
+    ...(options.exporterArgs ? { exporterArgs: options.exporterArgs } : {}),
+    ...(options.attacherArgs ? { attacherArgs: options.attacherArgs } : {}),
+  });
+  const leases: ActiveLease[] = [];
+  const teardown = async () => {
+    for (const lease of [...leases].reverse()) {
+      await releaseLease(testbedBus(tb), lease.id).catch((error: Error) => log.warn({ leaseId: lease.id, err: error.message }, 'release failed; cleaning up by force'));
+    }
+    await cleanupDevices(run, log);
+  };
+  try {
+    for (let k = 1; k <= count; k += 1) {
+      const lease = await obtainLease(tb, { lendBytes: total, lentBytes: (k - 1) * eachBytes }, k * eachBytes, new Set(leases.map((l) => l.id)));
+      leases.push(lease);
+      if (lease.sizeBytes !== eachBytes) throw new Error(`lease ${k} of ${count} (${lease.id}) has ${formatBytes(lease.sizeBytes)}, not ${formatBytes(eachBytes)}: the layout would not be ${count} x ${formatBytes(eachBytes)}`);
+    }
+    const swaps = await readSwaps();
+    const problem = stripeProblem(swaps, leases.map((l) => l.device));
+    if (problem) throw new Error(`${count} leases, not striped: ${problem}`);
+    const areas = leases.map((l) => ({ leaseId: l.id, path: l.device, priority: swaps.find((a) => a.path === l.device)!.priority, sizeBytes: l.sizeBytes }));
+    return { areas, teardown };
+  } catch (error) {
+    await teardown().catch((e: Error) => log.warn({ err: e.message }, 'teardown after a failed set-up failed'));
+    throw error;
   }
 }

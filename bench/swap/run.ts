@@ -43,7 +43,7 @@ import { MODES, type Mode, type PhaseResult, type SwapWorkloadReport } from './w
 import { backingFile, cachedBytes, roundOrder } from '../app/run.js';
 import { runMeta } from '../args.js';
 
-const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
+export const WORKLOAD = resolve(fileURLToPath(import.meta.url), '../workload.js');
 
 export interface SwapBenchOptions {
   devices: DeviceName[];
@@ -184,7 +184,7 @@ export class OomKilled extends Error {
   }
 }
 
-async function oomKills(cgroupPath: string): Promise<number> {
+export async function oomKills(cgroupPath: string): Promise<number> {
   const text = await readFile(join(cgroupPath, 'memory.oom_control'), 'utf8').catch(() => readFile(join(cgroupPath, 'memory.events'), 'utf8').catch(() => ''));
   return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
 }

@@ -15,12 +15,16 @@
  *
  * usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write]
  *                    [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1] [--device-stat PATH]
+ *                    [--wait-go]
  * With --device-stat (the swap device's /sys/block/<dev>/stat), each phase also reports the
  * requests the device completed and their bytes.
+ * With --wait-go (a barrier for several workloads started together, bench/swap/stripe.ts): after
+ * the fill the process prints a line `ready` and waits for one line (e.g. `go`) on stdin before its
+ * phases; the JSON report is still the last line it prints. Without it, nothing changes.
  * (--phase-seconds is the old name of --phase-cap-seconds, still taken.)
  */
 import { randomFillSync } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readSync, writeSync } from 'node:fs';
 import { parseBytes } from '../../shared/units.js';
 
 export const MODES = ['seq-read', 'random-read', 'random-write'] as const;
@@ -81,7 +85,8 @@ export function xorshift32(seed: number): () => number {
   };
 }
 
-function vmstat(): { pswpin: number; pswpout: number } {
+/** The machine's pages swapped in and out so far (/proc/vmstat). */
+export function vmstat(): { pswpin: number; pswpout: number } {
   const text = readFileSync('/proc/vmstat', 'utf8');
   const field = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
   return { pswpin: field('pswpin'), pswpout: field('pswpout') };
@@ -129,6 +134,8 @@ export interface WorkloadOptions {
   seed: number;
   /** The swap device's sysfs stat file: each phase reports the requests it completed. */
   deviceStat?: string;
+  /** Called after the fill, right before the first phase (the --wait-go barrier). */
+  beforePhases?: () => void;
 }
 
 export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
@@ -150,6 +157,7 @@ export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
   // Random bytes to write from: twice the block, read at a moving offset, so no two writes repeat.
   const pool = randomFillSync(Buffer.allocUnsafeSlow(Math.max(2 * blockBytes, 64 * 1024)));
   const random = xorshift32(seed);
+  options.beforePhases?.();
   const phases: SwapWorkloadReport['phases'] = {};
   for (const mode of modes) {
     if (mode === 'seq-read') {
@@ -173,6 +181,30 @@ export function runSwapWorkload(options: WorkloadOptions): SwapWorkloadReport {
   return { dataBytes, blockBytes, fill, phases };
 }
 
+/**
+ * The --wait-go barrier: prints `ready` and blocks until one line arrives on `input` (stdin). The
+ * workload is synchronous, so the wait is too; a non-blocking descriptor is polled every 1 ms.
+ */
+export function readyThenWait(input = 0, output = 1): string {
+  writeSync(output, 'ready\n');
+  const chunk = Buffer.alloc(64);
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  let text = '';
+  while (!text.includes('\n')) {
+    let n: number;
+    try {
+      n = readSync(input, chunk, 0, chunk.length, null);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error;
+      Atomics.wait(nap, 0, 0, 1);
+      continue;
+    }
+    if (n === 0) throw new Error('stdin closed before the go line (--wait-go)');
+    text += chunk.toString('utf8', 0, n);
+  }
+  return text.slice(0, text.indexOf('\n'));
+}
+
 function main(): void {
   const args = process.argv.slice(2);
   const value = (name: string) => {
@@ -182,7 +214,7 @@ function main(): void {
   const data = value('data');
   const block = value('block');
   if (!data || !block) {
-    console.error('usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write] [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1]');
+    console.error('usage: workload.js --data SIZE --block SIZE [--modes seq-read,random-read,random-write] [--phase-bytes SIZE] [--phase-cap-seconds 900] [--seed 1] [--device-stat PATH] [--wait-go]');
     process.exit(2);
   }
   const modes = (value('modes') ?? MODES.join(',')).split(',');
@@ -200,6 +232,7 @@ function main(): void {
     capSeconds: Number(value('phase-cap-seconds') ?? value('phase-seconds') ?? 900),
     seed: Number(value('seed') ?? 1),
     ...(value('device-stat') ? { deviceStat: value('device-stat')! } : {}),
+    ...(args.includes('--wait-go') ? { beforePhases: () => void readyThenWait() } : {}),
   });
   console.log(JSON.stringify(report));
 }
