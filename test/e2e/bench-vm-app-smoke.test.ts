@@ -1,9 +1,8 @@
 /**
  * The VM application bench in smoke mode, so it cannot rot: a VM borrower (Debian's kernel, TCG
- * where there is no KVM) runs Redis in a memory cgroup with no swap (the OOM killer ends it, once,
- * recorded), on its own virtio disk, on zram, and on an rswap lease with the kernel initiator
- * (each finishes with every GET checked against the value written); the outputs are written and
- * the VM, its disk, the lease and the testbed are gone after.
+ * where there is no KVM) runs Redis in a memory cgroup over its own virtio disk, zram, and an
+ * rswap lease with the kernel initiator (each finishes with every GET checked against the value
+ * written); the outputs are written and the VM, its disk, the lease and the testbed are gone after.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,13 +16,12 @@ import { freePort } from '../helpers/nats.js';
 const BENCH = resolve(fileURLToPath(import.meta.url), '../../../bench/vm-app.js');
 const DIR = '/run/rswap/bench-vm-app-smoke';
 
-test('bench - vm app smoke: Redis in a VM OOM-killed without swap, finished and verified on its disk, zram and a kernel-initiator lease, nothing left behind', async () => {
+test('bench - vm app smoke: Redis in a VM finished and verified on its own disk, zram and a kernel-initiator lease, nothing left behind', async () => {
   const out = `/tmp/rswap-vm-app-smoke-${process.pid}`;
   try {
     const result = await execa(process.execPath, [BENCH, '--smoke', '--dir', DIR, '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 2_400_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/app.csv`, 'utf8'));
-    assert.deepEqual(rows.filter((r) => r.device === 'vm-none').map((r) => r.outcome), ['oom'], 'without swap 1.5x its limit cannot fit, and is not retried');
     for (const device of ['vm-disk', 'vm-zram', 'vm-rswap']) {
       // (An OOM kill near the limit is retried and kept in the CSV: the last try counts.)
       const row = rows.filter((r) => r.device === device).at(-1);
