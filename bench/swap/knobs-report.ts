@@ -6,31 +6,16 @@
  */
 import { formatBytes } from '../../shared/units.js';
 import { cell, spread } from '../app/report.js';
-import type { RowMode } from './report.js';
+import type { Measured, RowMode } from './report.js';
 import type { Mode } from './workload.js';
 
-export interface KnobRow {
+/** A knobs row: the swap bench's measured fields (its mode: 'fill', or the process's phase, then equal to `process`). */
+export interface KnobRow extends Measured {
   /** The round (1-based); also the seed of its random accesses. */
   round: number;
   variant: string;
   /** The mode of the workload process the row comes from (a fill row's: the phase that followed the fill). */
   process: Mode;
-  /** 'fill', or the process's phase (then equal to `process`). */
-  mode: RowMode;
-  mbps: number;
-  ms: number;
-  ops: number;
-  pswpin: number;
-  pswpout: number;
-  /** The phase reached --phase-cap-seconds before doing its --phase-bytes: MB/s over the part it did. */
-  timeCapped: boolean;
-  /** Bytes of the lease's FUSE export file in the page cache, read when the process had ended (fill and phase rows alike). */
-  pageCacheBytes?: number;
-  /** Requests the lease's block device completed during the phase, and their bytes. */
-  ioReads?: number;
-  ioWrites?: number;
-  ioReadBytes?: number;
-  ioWriteBytes?: number;
 }
 
 /** A workload attempt the cgroup's OOM killer ended (run again, up to 3 attempts in all). */

@@ -12,22 +12,15 @@ import type { Mode } from './workload.js';
 export type Sweep = 'data' | 'block';
 export type RowMode = Mode | 'fill';
 
-export interface Row {
-  /** The round (1-based) the measurement belongs to. */
-  run: number;
-  device: string;
-  sweep: Sweep;
-  /** Data size as a multiple of the cgroup's memory limit (the paper's x axis in fig. 1). */
-  dataRatio: number;
-  dataBytes: number;
-  blockBytes: number;
-  limitBytes: number;
+/** What one workload process measured of one phase (or its fill): the fields every swap bench row has. */
+export interface Measured {
   mode: RowMode;
   mbps: number;
   ms: number;
   ops: number;
   pswpin: number;
   pswpout: number;
+  /** The phase reached --phase-cap-seconds before doing its --phase-bytes: MB/s over the part it did. */
   timeCapped: boolean;
   /**
    * Remote devices only: bytes of the lease's FUSE export file in the page cache, read when the
@@ -39,6 +32,18 @@ export interface Row {
   ioWrites?: number;
   ioReadBytes?: number;
   ioWriteBytes?: number;
+}
+
+export interface Row extends Measured {
+  /** The round (1-based) the measurement belongs to. */
+  run: number;
+  device: string;
+  sweep: Sweep;
+  /** Data size as a multiple of the cgroup's memory limit (the paper's x axis in fig. 1). */
+  dataRatio: number;
+  dataBytes: number;
+  blockBytes: number;
+  limitBytes: number;
 }
 
 const COLUMNS: Array<keyof Row> = ['run', 'device', 'sweep', 'dataRatio', 'dataBytes', 'blockBytes', 'limitBytes', 'mode', 'mbps', 'ms', 'ops', 'pswpin', 'pswpout', 'timeCapped', 'pageCacheBytes', 'ioReads', 'ioWrites', 'ioReadBytes', 'ioWriteBytes'];
