@@ -6,7 +6,7 @@
  */
 import { formatBytes } from '../../shared/units.js';
 import { cell, spread } from '../app/report.js';
-import type { Measured, RowMode } from './report.js';
+import { measuredOf, OPTIONAL_MEASURED, type Measured, type RowMode } from './report.js';
 import type { Mode } from './workload.js';
 
 /** A knobs row: the swap bench's measured fields (its mode: 'fill', or the process's phase, then equal to `process`). */
@@ -38,7 +38,7 @@ export interface SkippedVariant {
 export const BASELINE = 'baseline';
 
 const COLUMNS: Array<keyof KnobRow> = ['round', 'variant', 'process', 'mode', 'mbps', 'ms', 'ops', 'pswpin', 'pswpout', 'timeCapped', 'pageCacheBytes', 'ioReads', 'ioWrites', 'ioReadBytes', 'ioWriteBytes'];
-const OPTIONAL: Array<keyof KnobRow> = ['pageCacheBytes', 'ioReads', 'ioWrites', 'ioReadBytes', 'ioWriteBytes'];
+const OPTIONAL: ReadonlyArray<keyof KnobRow> = OPTIONAL_MEASURED;
 
 export function knobsCsv(rows: KnobRow[]): string {
   const text = (v: unknown) => (v === undefined ? '' : String(v));
@@ -58,14 +58,7 @@ export function parseKnobsCsv(text: string): KnobRow[] {
       round: Number(get('round')),
       variant: get('variant'),
       process: get('process') as Mode,
-      mode: get('mode') as RowMode,
-      mbps: Number(get('mbps')),
-      ms: Number(get('ms')),
-      ops: Number(get('ops')),
-      pswpin: Number(get('pswpin')),
-      pswpout: Number(get('pswpout')),
-      timeCapped: get('timeCapped') === 'true',
-      ...Object.fromEntries(OPTIONAL.filter((c) => get(c) !== '').map((c) => [c, Number(get(c))])),
+      ...measuredOf(get),
     };
   });
 }

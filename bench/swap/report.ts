@@ -54,6 +54,23 @@ export function toCsv(rows: Row[]): string {
   return [COLUMNS.join(','), ...rows.map((r) => COLUMNS.map((c) => text(r[c])).join(','))].join('\n') + '\n';
 }
 
+/** The optional measured columns: present only where the run had them (a page cache check, a block device). */
+export const OPTIONAL_MEASURED = ['pageCacheBytes', ...IO_COLUMNS] as const;
+
+/** A CSV row's measured fields, `get` giving a column's cell ('' where the CSV has none). */
+export function measuredOf(get: (column: keyof Measured) => string): Measured {
+  return {
+    mode: get('mode') as RowMode,
+    mbps: Number(get('mbps')),
+    ms: Number(get('ms')),
+    ops: Number(get('ops')),
+    pswpin: Number(get('pswpin')),
+    pswpout: Number(get('pswpout')),
+    timeCapped: get('timeCapped') === 'true',
+    ...Object.fromEntries(OPTIONAL_MEASURED.filter((c) => get(c) !== '').map((c) => [c, Number(get(c))])),
+  };
+}
+
 /** Rows from swap.csv; a CSV written before runs, the page cache check and the device counts reads as run 1, without them. */
 export function fromCsv(text: string): Row[] {
   const [header, ...lines] = text.trim().split('\n');
@@ -69,15 +86,7 @@ export function fromCsv(text: string): Row[] {
       dataBytes: Number(get('dataBytes')),
       blockBytes: Number(get('blockBytes')),
       limitBytes: Number(get('limitBytes')),
-      mode: get('mode') as RowMode,
-      mbps: Number(get('mbps')),
-      ms: Number(get('ms')),
-      ops: Number(get('ops')),
-      pswpin: Number(get('pswpin')),
-      pswpout: Number(get('pswpout')),
-      timeCapped: get('timeCapped') === 'true',
-      ...(get('pageCacheBytes') === '' ? {} : { pageCacheBytes: Number(get('pageCacheBytes')) }),
-      ...Object.fromEntries(IO_COLUMNS.filter((c) => get(c) !== '').map((c) => [c, Number(get(c))])),
+      ...measuredOf(get),
     };
   });
 }
