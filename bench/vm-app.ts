@@ -40,7 +40,7 @@ import { waitFor } from '../shared/wait.js';
 import { testbedBus, testbedDown, testbedUp, type Testbed } from '../cli/testbed/testbed.js';
 import { accelerator, vmExec, vmImage } from '../cli/testbed/vm.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../cli/operator.js';
-import { describeRow, roundOrder } from './app/run.js';
+import { describeRow, roundOrder, swapBytes } from './app/run.js';
 import { markdownTables, svgBars, toCsv, type AppRow } from './app/report.js';
 import { runMeta } from './args.js';
 
@@ -99,11 +99,6 @@ export function parseVmAppArgs(argv: string[]): VmAppOptions {
     natsPort: Number(value('nats-port') ?? 14228),
     dir: value('dir') ?? '/run/rswap/bench-vm-app',
   };
-}
-
-/** The size of every swap device: the largest dataset with Redis's overhead per key, plus room. */
-export function swapBytes(options: Pick<VmAppOptions, 'ratios' | 'limitBytes'>): number {
-  return Math.ceil((Math.max(...options.ratios) * options.limitBytes * 1.25) / MiB) * MiB + 64 * MiB;
 }
 
 /** The VM's shell lines that put a local device under swap (above nothing: the VM has no other). */

@@ -86,6 +86,11 @@ const CGROUP_PREFIX = 'rswap-bench-app-';
 let running: ResultPromise | undefined;
 let serial = 0;
 
+/** The size of every swap device: the largest dataset with Redis's overhead per key, plus room. */
+export function swapBytes(options: { ratios: number[]; limitBytes: number }): number {
+  return Math.ceil((Math.max(...options.ratios) * options.limitBytes * 1.25) / MiB) * MiB + 64 * MiB;
+}
+
 /** The device order of round `round` (1-based): the list rotated by one more each round. */
 export function roundOrder<T>(devices: readonly T[], round: number): T[] {
   const k = (round - 1) % Math.max(1, devices.length);
@@ -350,8 +355,7 @@ async function cleanup(run: Runner, log: Logger): Promise<void> {
 export async function runAppBench(options: AppBenchOptions, progress: (line: string) => void = console.log): Promise<AppRow[]> {
   const log = pino({ level: 'warn' }, pino.destination(2));
   const run = createRunner(log);
-  // The largest dataset, and room for Redis's own overhead per key.
-  const sizeBytes = Math.ceil((Math.max(...options.ratios) * options.limitBytes * 1.25) / MiB) * MiB + 64 * MiB;
+  const sizeBytes = swapBytes(options);
   const rows: AppRow[] = [];
   const stop = () => running?.kill('SIGKILL');
   // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left.

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { jobScript, parseVmAppArgs, rowOf, swapAreas, swapBytes, swapOffScript, swapOnScript, VM_DEVICES } from '../../bench/vm-app.js';
+import { jobScript, parseVmAppArgs, rowOf, swapAreas, swapOffScript, swapOnScript, VM_DEVICES } from '../../bench/vm-app.js';
+import { swapBytes } from '../../bench/app/run.js';
 import { qemuCommand } from '../../cli/testbed/vm.js';
 
 const MiB = 1024 ** 2;
