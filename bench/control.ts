@@ -143,8 +143,16 @@ async function benchFleet(hosts: number, layout: { natsNodes: number; brokers: n
     const conn = nc;
     scriptedFleet(conn);
     const ask = async (subject: string, body: unknown, timeout = 60_000) => (await conn.request(subject, JSON.stringify(body), { timeout })).json<{ ok: boolean }>();
-    // The broker is up once it answers an announce.
-    await waitFor('the broker', async () => (await ask(subjects.announce(hostName(0)), { host: hostName(0), role: 'exporter', portal: `${addressOf(0)}:3260`, at: Date.now() }, 1_000).catch(() => undefined))?.ok, { timeoutMs: 20_000 });
+    // The brokers are up once one answers an announce. On a new cluster that waits for JetStream's
+    // meta leader (the broker retries until its buckets exist); a broker that exits ends the wait
+    // at once with its output; the deadline only guards against a hang.
+    await waitFor('the broker', async () => {
+      const exited = brokers.find((b) => b.exitCode !== null || b.signalCode !== null);
+      if (exited) throw new Error(`a broker exited (${exited.exitCode ?? exited.signalCode}) before answering`);
+      return (await ask(subjects.announce(hostName(0)), { host: hostName(0), role: 'exporter', portal: `${addressOf(0)}:3260`, at: Date.now() }, 1_000).catch(() => undefined))?.ok;
+    }, { timeoutMs: 180_000 }).catch((error: unknown) => {
+      throw new Error(`${String(error)}\nbroker output: ${brokerOutput}`);
+    });
 
     const announce = await closedLoop(64, 2 * hosts, Number.POSITIVE_INFINITY, (i) => {
       const h = i >> 1;

@@ -69,30 +69,53 @@ export interface Stores {
  */
 export async function openStores(nc: NatsConnection, options: { create: boolean; log?: Logger; replicas?: number } = { create: true }): Promise<Stores> {
   const kvm = new Kvm(nc);
-  if (options.create) {
-    // replicas: 3 on a three-node cluster, so the records outlive any one node (docs/operations.md).
-    const replicas = options.replicas ?? 1;
-    // Replicated, gets go to the stream's leader: a "direct get" may be answered by a follower that
-    // has not applied the latest write yet, and the broker reads each lease back right after it
-    // writes it (a release read its own end request as not there, in the cluster test).
-    const consistent = replicas > 1 ? { allow_direct: false } : {};
-    const [leases, hosts] = await Promise.all([
-      kvm.create(buckets.leases, { history: 5, storage: 'file', replicas, ...consistent }),
-      kvm.create(buckets.hosts, { history: 3, storage: 'file', replicas, ...consistent }),
-    ]);
+  // replicas: 3 on a three-node cluster, so the records outlive any one node (docs/operations.md).
+  const replicas = options.replicas ?? 1;
+  // Replicated, gets go to the stream's leader: a "direct get" may be answered by a follower that
+  // has not applied the latest write yet, and the broker reads each lease back right after it
+  // writes it (a release read its own end request as not there, in the cluster test).
+  const consistent = replicas > 1 ? { allow_direct: false } : {};
+  const attempt = async (): Promise<Stores> => {
+    const [leases, hosts] = options.create
+      ? await Promise.all([
+          kvm.create(buckets.leases, { history: 5, storage: 'file', replicas, ...consistent }),
+          kvm.create(buckets.hosts, { history: 3, storage: 'file', replicas, ...consistent }),
+        ])
+      : await Promise.all([kvm.open(buckets.leases), kvm.open(buckets.hosts)]);
     return { leases, hosts };
-  }
-  for (let attempt = 0; ; attempt += 1) {
+  };
+  const startedAt = Date.now();
+  let reportedAt = 0;
+  for (;;) {
     try {
-      const [leases, hosts] = await Promise.all([kvm.open(buckets.leases), kvm.open(buckets.hosts)]);
-      return { leases, hosts };
+      return await attempt();
     } catch (error) {
-      // Not created yet, or JetStream slow to answer (a loaded machine, a VM under TCG): try again.
-      if (!/stream not found|bucket not found|no responders|timeout/i.test(String(error))) throw error;
-      if (attempt === 0) options.log?.info('waiting for a broker to create the KV buckets');
+      const reason = stillStarting(error, options.create);
+      if (!reason) throw error;
+      // Once at first, then every 30 s: the wait is visible, not a log flood.
+      if (reportedAt === 0 || Date.now() - reportedAt >= 30_000) {
+        const waitedS = Math.round((Date.now() - startedAt) / 1000);
+        if (reportedAt === 0) options.log?.info({ reason }, options.create ? 'waiting for JetStream to create the KV buckets' : 'waiting for a broker to create the KV buckets');
+        else options.log?.warn({ reason, waitedS }, 'still waiting for the KV buckets');
+        reportedAt = Date.now();
+      }
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }
+}
+
+/**
+ * Why opening the buckets may succeed if tried again, or undefined for an error that will not go
+ * away (a permission, a bucket made with other settings): JetStream still starting or slow to
+ * answer (no answer at all while a new cluster elects its meta leader, or "temporarily
+ * unavailable"; a loaded machine, a VM under TCG), a cluster not yet formed ("no suitable peers"),
+ * or, for an agent, a bucket no broker has created yet.
+ */
+export function stillStarting(error: unknown, create: boolean): string | undefined {
+  const text = String(error);
+  if (/timeout|no responders|temporarily unavailable|no suitable peers/i.test(text)) return text;
+  if (!create && /stream not found|bucket not found/i.test(text)) return text;
+  return undefined;
 }
 
 /** Drains the connection on SIGINT/SIGTERM, then runs `onStop`, then exits. */

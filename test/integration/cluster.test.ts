@@ -23,8 +23,10 @@ let stores: Stores;
 before(async () => {
   cluster = await startNatsCluster({ nodes: 3, hosts: ['host-a'] });
   broker = await connectNats(cluster.as('broker'), 'test-broker', log, { role: 'broker', name: 'broker' });
-  // The cluster elects a JetStream meta leader a moment after the nodes are up: create once it has.
-  stores = await waitFor('the KV buckets created at three replicas', async () => openStores(broker, { create: true, replicas: 3 }).catch(() => undefined), { timeoutMs: 60_000, intervalMs: 500 });
+  // The cluster elects a JetStream meta leader a moment after the nodes are up; until it has, a
+  // create gets no answer. The broker's openStores waits for it rather than failing (a broker that
+  // starts with its cluster must not exit): asked the moment the nodes are up, it resolves.
+  stores = await openStores(broker, { create: true, replicas: 3 });
   host = await connectNats(cluster.as('host-a'), 'test-host-a', log, { role: 'host', name: 'host-a' });
 });
 
