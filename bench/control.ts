@@ -124,10 +124,24 @@ async function rssOf(pid: number): Promise<{ rss: number; hwm: number }> {
   return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
 }
 
+/** Stops the servers of the fleet running now: on SIGINT/SIGTERM, from `main` (its `finally` does it otherwise). */
+let stopFleet: (() => Promise<void>) | undefined;
+
 async function benchFleet(hosts: number, layout: { natsNodes: number; brokers: number }, seconds: number, pressureRate: number, log: (line: string) => void): Promise<ControlResult> {
   let nats: { url: string; stop(): Promise<void> } | undefined;
   const brokers: ChildProcess[] = [];
   let nc: NatsConnection | undefined;
+  const stopServers = async () => {
+    for (const broker of brokers) {
+      if (broker.exitCode === null && broker.signalCode === null) {
+        const exited = new Promise((r) => broker.once('exit', r));
+        broker.kill('SIGKILL');
+        await exited;
+      }
+    }
+    await nats?.stop();
+  };
+  stopFleet = stopServers;
   try {
     nats = layout.natsNodes === 1 ? await startNatsServer() : await startNatsCluster({ nodes: layout.natsNodes, hosts: [], insecure: true });
     const url = nats.url;
@@ -230,15 +244,9 @@ async function benchFleet(hosts: number, layout: { natsNodes: number; brokers: n
       brokerRssBytes: Math.max(...memory.map((m) => m.rss)),
     };
   } finally {
+    stopFleet = undefined;
     await nc?.close().catch(() => {});
-    for (const broker of brokers) {
-      if (broker.exitCode === null && broker.signalCode === null) {
-        const exited = new Promise((r) => broker.once('exit', r));
-        broker.kill('SIGKILL');
-        await exited;
-      }
-    }
-    await nats?.stop();
+    await stopServers();
   }
 }
 
@@ -268,6 +276,10 @@ async function main(): Promise<void> {
   const pressureRate = Number(value('pressure-rate') ?? 5);
   const layouts = (value('layouts') ?? '1x1').split(',').map(parseLayout);
   const out = value('out') ?? 'bench/results/control.json';
+  // Interrupted (a test's timeout sends SIGTERM): the brokers and nats-servers go too.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => void (stopFleet ?? (async () => {}))().finally(() => process.exit(130)));
+  }
   const results: ControlResult[] = [];
   for (const hosts of fleets) {
     for (const layout of layouts) {

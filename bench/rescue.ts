@@ -48,9 +48,12 @@ async function main(): Promise<void> {
   const missed: Array<Record<string, unknown>> = [];
   let interrupted = false;
   // `on`, not `once`: execa's exit hook re-raises a signal that finds no other listener left.
-  process.on('SIGINT', () => {
-    interrupted = true;
-  });
+  // SIGINT or SIGTERM (a test's timeout): no new run starts, and the testbed is taken down.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      interrupted = true;
+    });
+  }
   try {
     const tb = await testbedUp(run, log, {
       dir,

@@ -168,6 +168,8 @@ export const localSwapPath = (dir: string) => `/var/tmp/rswap-${basename(dir)}-l
 export const vmDiskPath = (dir: string, vm: string) => `/var/tmp/rswap-${basename(dir)}-${vm}.disk`;
 
 const started: TestbedProcess[] = [];
+/** The processes `testbedUp` started, by name, with their pids: a wait for them to be ready ends if one exits. */
+const launched = new Map<string, { pid: number; logFile: string }>();
 
 function startDetached(command: string[], logFile: string, env: Record<string, string> = {}, name?: string): number {
   if (name) started.push({ name, command, logFile, env });
@@ -175,7 +177,32 @@ function startDetached(command: string[], logFile: string, env: Record<string, s
   const child = spawn(command[0]!, command.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
   closeSync(fd);
   child.unref();
+  if (name && child.pid) launched.set(name, { pid: child.pid, logFile });
   return child.pid!;
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+/**
+ * Throws, naming them with the end of their logs, if processes the testbed started have exited
+ * while it waits for them (nsenter and the agents keep their pid: nsenter execs). Called from a
+ * wait's probe, it ends the wait at once: a crash is not a slow start.
+ */
+async function throwIfExited(): Promise<void> {
+  const dead = [...launched].filter(([, p]) => !alive(p.pid));
+  if (dead.length === 0) return;
+  const tails = await Promise.all(dead.map(async ([name, p]) => {
+    const lines = (await readFile(p.logFile, 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-12);
+    return `--- ${name}: ${p.logFile}\n${lines.map((l) => l.slice(0, 400)).join('\n')}`;
+  }));
+  throw new Error(`testbed: ${dead.map(([name]) => name).join(', ')} exited while the testbed started\n${tails.join('\n')}`);
 }
 
 /** The last lines of a host's agent logs (and a VM's console), for an error that says why it is not up. */
@@ -190,6 +217,7 @@ async function lastWords(hostDir: string, vm: boolean): Promise<string> {
 
 export async function testbedUp(run: Runner, log: Logger, options: TestbedOptions): Promise<Testbed> {
   const dir = options.dir;
+  launched.clear();
   const hosts = hostsFor(options.hosts, await memoryCgroupRoot(), options.memoryBytes);
   const vmNames = Array.from({ length: options.vmHosts ?? 0 }, (_, i) => `host-${String.fromCharCode(97 + options.hosts + i)}`);
   // Node 1 listens on natsPort; more nodes (a cluster) on free ports, and each on a route port.
@@ -246,7 +274,10 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   }
   for (let i = 0; i < natsNodes; i += 1) {
     const logFile = join(dir, `${i === 0 ? 'nats' : `nats-${i + 1}`}.log`);
-    await waitFor('testbed: nats-server', async () => (await readFile(logFile, 'utf8').catch(() => '')).includes('Server is ready'), { timeoutMs: 20_000 });
+    await waitFor('testbed: nats-server', async () => {
+      await throwIfExited();
+      return (await readFile(logFile, 'utf8').catch(() => '')).includes('Server is ready');
+    }, { timeoutMs: 60_000 });
   }
 
   const node = process.execPath;
@@ -295,7 +326,12 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   }
   if (options.brokerLast) {
     try {
-      if (watcher) await waitFor('testbed: every monitor published an offer', async () => hosts.every((h) => offered.has(h.name)), { timeoutMs: 30_000 });
+      if (watcher) {
+        await waitFor('testbed: every monitor published an offer', async () => {
+          await throwIfExited();
+          return hosts.every((h) => offered.has(h.name));
+        }, { timeoutMs: 120_000 });
+      }
     } finally {
       await watcher?.close();
     }
@@ -334,17 +370,20 @@ export async function testbedUp(run: Runner, log: Logger, options: TestbedOption
   const testbed: Testbed = { dir, natsUrl, hosts, ...(localSwap ? { localSwap } : {}), processes: started.splice(0), ...(creds ? { creds } : {}), ...(vms.length ? { vms } : {}) };
   await writeFile(join(dir, 'testbed.json'), JSON.stringify(testbed, null, 2));
   // Ready when the broker has recorded every host's exporter and attacher (a VM's too: it boots
-  // and starts node under TCG, which takes a while).
+  // and starts node under TCG, which takes a while). A process that exits ends the wait at once;
+  // the deadline only guards against a hang (ten node processes start at once on a loaded machine,
+  // and a new NATS cluster elects its JetStream leader before the broker can make its buckets).
   const names = [...hosts.map((h) => h.name), ...vms.map((v) => v.name)];
   let missing = names;
   try {
     await waitFor('testbed: agents announced to the broker', async () => {
+      await throwIfExited();
       // NATS may refuse for a moment while the broker creates the buckets: not ready yet.
       const known = await listHosts(testbedBus(testbed)).catch(() => []);
       for (const vm of vms) if (vm.readyMs === undefined && known.some((k) => k.host === vm.name && k.exporter && k.attacher)) vm.readyMs = Date.now() - bootedAt;
       missing = names.filter((name) => !known.some((k) => k.host === name && k.exporter && k.attacher));
       return missing.length === 0;
-    }, { timeoutMs: vms.length > 0 ? 240_000 : 30_000 });
+    }, { timeoutMs: vms.length > 0 ? 240_000 : 120_000 });
   } catch (error) {
     // The testbed's directory goes with testbed down: what the missing hosts said goes in the error.
     const said = await Promise.all(missing.map((name) => lastWords(join(dir, name), vms.some((v) => v.name === name))));

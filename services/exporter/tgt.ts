@@ -61,6 +61,9 @@ export function parseTargets(text: string): TargetInfo[] {
 
 const ISCSI = ['--lld', 'iscsi'];
 
+/** How long a tgtd just started may take to answer tgtadm before it is killed and the start fails. */
+const TGTD_START_MS = 60_000;
+
 /** The socket path tgtd and tgtadm are given: tgtd listens on `<path>.<control port>`. */
 export const tgtSocket = (stateDir: string) => join(stateDir, 'tgtd.socket');
 
@@ -143,7 +146,10 @@ export class Tgt {
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
     child.once('error', (error) => this.log.error({ err: error }, 'tgtd failed to start'));
     child.unref();
-    for (let i = 0; i < 50; i += 1) {
+    // Until it answers or exits. On a loaded machine a tgtd (and each tgtadm asking it) can take
+    // seconds to start: the limit only ends a tgtd that neither answers nor exits.
+    const deadline = Date.now() + TGTD_START_MS;
+    while (Date.now() < deadline) {
       if (await this.isRunning()) {
         await writeFile(join(this.stateDir, 'tgtd.pid'), `${child.pid}\n`);
         if (child.pid) await reportInside('tgtd', child.pid, this.log);
@@ -157,7 +163,7 @@ export class Tgt {
     }
     // Not left running unrecorded, in a cgroup the caller is about to remove.
     if (child.pid) process.kill(child.pid, 'SIGKILL');
-    throw new RswapError(ErrorCodes.TIMEOUT, `tgtd on control port ${this.controlPort} did not answer within 5s`);
+    throw new RswapError(ErrorCodes.TIMEOUT, `tgtd on control port ${this.controlPort} did not answer within ${TGTD_START_MS / 1000} s (see ${logFile})`);
   }
 
   private async ensurePortal(): Promise<void> {

@@ -24,7 +24,8 @@ test('bench - app smoke: Redis, page reads and a sort OOM-killed without swap, f
   const zramBefore = await zramDevices();
   const zswapBefore = (await readFile(ZSWAP, 'utf8')).trim();
   try {
-    const result = await execa(process.execPath, [APP_BENCH, '--smoke', '--devices', 'none,zswap,zram', '--out', out], { reject: false, timeout: 900_000 });
+    // Past its timeout the bench gets SIGTERM, then 3 min to take down what it set up before SIGKILL.
+    const result = await execa(process.execPath, [APP_BENCH, '--smoke', '--devices', 'none,zswap,zram', '--out', out], { reject: false, timeout: 900_000, forceKillAfterDelay: 180_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/app.csv`, 'utf8'));
     for (const app of ['redis', 'touch', 'sort'] as const) {

@@ -14,7 +14,8 @@ test('bench - rescue smoke: two runs measured phase by phase, testbed removed', 
   const out = `/tmp/rswap-rescue-smoke-${process.pid}.json`;
   const dir = '/run/rswap/test-bench-rescue';
   try {
-    const result = await execa(process.execPath, [RESCUE, '--runs', '2', '--out', out, '--dir', dir, '--nats-port', String(await freePort())], { reject: false, timeout: 300_000 });
+    // Past its timeout the bench gets SIGTERM, then 3 min to take down what it set up before SIGKILL.
+    const result = await execa(process.execPath, [RESCUE, '--runs', '2', '--out', out, '--dir', dir, '--nats-port', String(await freePort())], { reject: false, timeout: 300_000, forceKillAfterDelay: 180_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const report = JSON.parse(await readFile(out, 'utf8')) as { runs: number; rescued: number; missed: unknown[]; results: Array<Record<string, number>>; summary: Record<string, { p50: number }> };
     assert.equal(report.rescued, 2, `every run rescued: ${JSON.stringify(report.missed)}`);

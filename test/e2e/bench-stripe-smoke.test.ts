@@ -28,7 +28,8 @@ test('bench - stripe smoke: 1 and 2 leases, 1 and 2 readers, reads on both lease
   const loopsBefore = await attachedLoops(run);
   const swapsBefore = (await readSwaps()).map((a) => a.path);
   try {
-    const result = await execa(process.execPath, [STRIPE_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 900_000 });
+    // Past its timeout the bench gets SIGTERM, then 3 min to take down what it set up before SIGKILL.
+    const result = await execa(process.execPath, [STRIPE_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 900_000, forceKillAfterDelay: 180_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/stripe.csv`, 'utf8'));
     assert.equal(rows.length, 4, `a row per layout and reader count: ${JSON.stringify(rows)}`);

@@ -33,7 +33,8 @@ test('bench - swap smoke: five devices, three modes, CSV/Markdown/SVG written, n
   const zramBefore = await zramDevices();
   try {
     // A process per mode and point: three times the workload processes of one with all modes in one.
-    const result = await execa(process.execPath, [SWAP_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 900_000 });
+    // Past its timeout the bench gets SIGTERM, then 3 min to take down what it set up before SIGKILL.
+    const result = await execa(process.execPath, [SWAP_BENCH, '--smoke', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 900_000, forceKillAfterDelay: 180_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/swap.csv`, 'utf8'));
     assert.ok(rows.every((r) => r.run === 1), 'smoke mode is one run');
@@ -84,7 +85,8 @@ test('bench - knobs smoke: a variant that changes a machine-wide setting runs in
   const loopsBefore = await attachedLoops(run);
   try {
     // One round, one lease, a process per mode (128 MiB of data in 64 MiB, 4 MiB per phase).
-    const result = await execa(process.execPath, [KNOBS, '--smoke', '--variants', 'page-cluster-0', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 300_000 });
+    // Past its timeout the bench gets SIGTERM, then 3 min to take down what it set up before SIGKILL.
+    const result = await execa(process.execPath, [KNOBS, '--smoke', '--variants', 'page-cluster-0', '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 300_000, forceKillAfterDelay: 180_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = parseKnobsCsv(await readFile(`${out}/knobs.csv`, 'utf8'));
     assert.ok(rows.length > 0 && rows.every((r) => r.round === 1 && r.variant === 'page-cluster-0'), 'one round of the one variant');

@@ -19,7 +19,8 @@ const DIR = '/run/rswap/bench-vm-app-smoke';
 test('bench - vm app smoke: Redis in a VM finished and verified on its own disk, zram and a kernel-initiator lease, nothing left behind', async () => {
   const out = `/tmp/rswap-vm-app-smoke-${process.pid}`;
   try {
-    const result = await execa(process.execPath, [BENCH, '--smoke', '--dir', DIR, '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 2_400_000 });
+    // Past its timeout the bench gets SIGTERM, then 3 min to take down what it set up before SIGKILL.
+    const result = await execa(process.execPath, [BENCH, '--smoke', '--dir', DIR, '--out', out, '--nats-port', String(await freePort())], { reject: false, timeout: 2_400_000, forceKillAfterDelay: 180_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const rows = fromCsv(await readFile(`${out}/app.csv`, 'utf8'));
     for (const device of ['vm-disk', 'vm-zram', 'vm-rswap']) {

@@ -38,9 +38,10 @@ before(async () => {
     memoryBytes: [1024 * MiB, 128 * MiB, 1024 * MiB],
     reserveBytes: [256 * MiB, 32 * MiB, 256 * MiB],
     localSwapBytes: 512 * MiB,
-    // Short step timeouts, so a lease whose broker died is taken over within seconds (an export
-    // took over 3 s on this machine beside stress-ng: 8 s leaves room).
-    brokerArgs: ['--release-cooldown-ms', '3000', '--sweep-interval-ms', '1000', '--export-timeout-ms', '8000', '--attach-timeout-ms', '8000'],
+    // Short step timeouts, so a lease whose broker died is taken over within half a minute (the
+    // defaults are 30 s and 90 s). Not shorter: they hold for every bring-up in this file, and an
+    // export took over 3 s here beside stress-ng (a fault test once failed on an 8 s attach).
+    brokerArgs: ['--release-cooldown-ms', '3000', '--sweep-interval-ms', '1000', '--export-timeout-ms', '20000', '--attach-timeout-ms', '20000'],
     monitorArgs: ['--exit-hold-ms', '2000'],
     // A lender that stops answering is declared lost after 5 s (default 120 s).
     attacherArgs: ['--replacement-timeout-s', '5', '--health-interval-ms', '1000'],
@@ -124,7 +125,7 @@ test('faults - a broker killed in the middle of a bring-up: another start takes 
     const done = await waitFor('the lease taken over and finished', async () => {
       const l = (await leasesOf('host-b')).find((x) => x.id === killedIn);
       return l && l.state !== 'attaching' ? l : undefined;
-    }, { timeoutMs: 60_000, intervalMs: 250 });
+    }, { timeoutMs: 120_000, intervalMs: 250 });
     const states = done.history.map((h) => h.state);
     assert.ok(done.history.some((h) => /taken over by broker/.test(h.reason ?? '')), `the restarted broker took it over: ${JSON.stringify(done.history)}`);
     assert.equal(states[states.lastIndexOf('attaching') + 1], 'active', `the takeover finished the bring-up: ${states}`);
@@ -258,7 +259,7 @@ test('faults - an exporter or attacher killed in the middle of a bring-up: the l
       const ended = await waitFor('the lease settled', async () => {
         const l = (await leasesOf('host-b')).find((x) => x.id === leaseId);
         return l && (l.state === 'active' || l.state === 'failed') ? l : undefined;
-      }, { timeoutMs: 60_000, intervalMs: 250 });
+      }, { timeoutMs: 120_000, intervalMs: 250 });
       if (ended.state === 'active') await releaseLease(testbedBus(tb), ended.id);
       // Whatever the outcome, the restarted agents' reconcilers leave nothing of it behind.
       await waitFor(`nothing left of ${ended.id} (${ended.state}: ${ended.reason ?? ''})`, async () => {

@@ -57,7 +57,9 @@ after(async () => {
   assert.deepEqual(problems, []);
 });
 
-const ask = (subject: string, body: unknown) => askOn(nc, subject, body, 240_000);
+// Longer than the broker's own budget for a VM's bring-up (export 30 s + attach 300 s on the testbed):
+// a step that fails is answered with its reason.
+const ask = (subject: string, body: unknown) => askOn(nc, subject, body, 400_000);
 
 /** The lender's sessions for the lease's target, as tgtd lists them. */
 async function sessionsOf(iqn: string, lender = 'host-a'): Promise<string[]> {

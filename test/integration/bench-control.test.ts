@@ -12,7 +12,7 @@ const CONTROL = resolve(fileURLToPath(import.meta.url), '../../../bench/control.
 test('bench - control smoke: on one node with one broker and on three nodes with two, every announce, offer and pressure answered, one lease per pressure, memory measured', async () => {
   const out = `/tmp/rswap-control-smoke-${process.pid}.json`;
   try {
-    const result = await execa(process.execPath, [CONTROL, '--smoke', '--layouts', '1x1,3x2', '--out', out], { reject: false, timeout: 240_000 });
+    const result = await execa(process.execPath, [CONTROL, '--smoke', '--layouts', '1x1,3x2', '--out', out], { reject: false, timeout: 240_000, forceKillAfterDelay: 60_000 });
     assert.equal(result.exitCode, 0, `${result.stdout}\n${result.stderr}`);
     const { results } = JSON.parse(await readFile(out, 'utf8')) as { results: ControlResult[] };
     assert.deepEqual(results.map((r) => [r.natsNodes, r.brokers]), [[1, 1], [3, 2]]);

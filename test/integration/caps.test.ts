@@ -28,7 +28,7 @@ const pressure = async (host: string, neededBytes: number) =>
 before(async () => {
   process.env.RSWAP_LOG_LEVEL = 'silent';
   server = await startNatsServer();
-  broker = await startBroker({ nats: server.url, insecure: true, host: 'broker-caps', maxLeasesPerBorrower: 2, maxInFlight: 1, terminalRetentionMs: 1_000, sweepIntervalMs: 300, releaseCooldownMs: 300 });
+  broker = await startBroker({ nats: server.url, insecure: true, host: 'broker-caps', offerTtlMs: 3_600_000, maxLeasesPerBorrower: 2, maxInFlight: 1, terminalRetentionMs: 1_000, sweepIntervalMs: 300, releaseCooldownMs: 300 });
   nc = await connect({ servers: server.url });
   agents = scriptedAgents(nc, ['lender-a', 'borrow-b', 'borrow-c', 'borrow-d', 'borrow-e']);
   await allAnnounced(nc, ['lender-a', 'borrow-b', 'borrow-c', 'borrow-d', 'borrow-e']);

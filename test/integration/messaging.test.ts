@@ -39,7 +39,7 @@ test('requestJson - a responder that appears within the grace gets the request o
   const t = Date.now();
   await assert.rejects(requestJson(nc, 'test.nobody', {}, OkReply, 1_500), /no responders: 'test\.nobody'/);
   const waited = Date.now() - t;
-  assert.ok(waited >= 1_000 && waited < 3_000, `gave up within the request's own timeout (${waited} ms)`);
+  assert.ok(waited >= 1_000 && waited < 8_000, `gave up within the request's own timeout (${waited} ms)`);
 });
 
 test('requestJson - an idempotent command whose request was lost is sent again after resendAfterMs, and answered; without it, it times out', async () => {

@@ -25,7 +25,8 @@ let nc: NatsConnection;
 let cgroup: MemoryCgroup;
 let monitor: Awaited<ReturnType<typeof startMonitor>> | undefined;
 let broker: Awaited<ReturnType<typeof startBroker>> | undefined;
-const offers: number[] = [];
+/** lender-m's offers as published: when this test heard each, and its own `at` (its reading's time). */
+const offers: Array<{ heardAt: number; at: number }> = [];
 let solicits = 0;
 
 const startTheBroker = () => startBroker({ nats: server.url, insecure: true, host: 'broker-offers', offerTtlMs: OFFER_TTL_MS, sweepIntervalMs: 60_000 });
@@ -33,12 +34,23 @@ const pressure = async (host: string) =>
   (await nc.request(subjects.pressure(host), JSON.stringify({ host, neededBytes: 64 * MiB, at: Date.now(), source: 'inject' }), { timeout: 30_000 })).json<{ ok: boolean; leaseId?: string; state?: string }>();
 const leaseOf = async (borrower: string) =>
   (await listParsed((await openStores(nc)).leases, LeaseRecord)).map((e) => e.value).find((l) => l.borrower === borrower);
+/**
+ * The broker has recorded lender-m's exporter announce and an offer, both sent at or after `since`
+ * (an offer resent to a hello carries its reading's time, which may be older): what a pressure needs
+ * to be served at once. Awaited, not assumed to take under 1 s.
+ */
+const lenderRecordedSince = async (since: number) => {
+  const sent = offers.find((o) => o.heardAt >= since);
+  if (!sent) return false;
+  const host = (await getParsed((await openStores(nc)).hosts, 'lender-m', HostRecord))?.value;
+  return (host?.exporter?.at ?? 0) >= since && (host?.offer?.at ?? 0) >= sent.at;
+};
 
 before(async () => {
   process.env.RSWAP_LOG_LEVEL = 'silent';
   server = await startNatsServer();
   nc = await connect({ servers: server.url });
-  nc.subscribe(subjects.surplus('lender-m'), { callback: () => void offers.push(Date.now()) });
+  nc.subscribe(subjects.surplus('lender-m'), { callback: (_e, msg) => void offers.push({ heardAt: Date.now(), at: msg.json<{ at: number }>().at }) });
   nc.subscribe(subjects.brokerSolicit, { callback: () => void (solicits += 1) });
   cgroup = await createMemoryCgroup(`rswap-test-offers-${process.pid}`, 1024 * MiB);
   // The monitor sends an offer on its first sample and then only when asked: no step is big
@@ -69,7 +81,9 @@ test('offers - a broker that starts after the monitors lends at once: the monito
   const startedAt = Date.now();
   broker = await startTheBroker();
   await waitFor('the monitor resending its offer to the broker\'s hello', async () => offers.length > before, { timeoutMs: 30_000 });
-  // The scenario: the pressure comes 1 s after the broker started.
+  await waitFor('the broker recording the answers to its hello', () => lenderRecordedSince(startedAt), { timeoutMs: 30_000 });
+  // The scenario: the pressure comes 1 s after the broker started (later only if the machine is so
+  // loaded that recording the answers took longer).
   await new Promise((r) => setTimeout(r, Math.max(0, startedAt + 1_000 - Date.now())));
   const reply = await pressure('borrow-m');
   assert.equal(reply.ok, true);
@@ -97,8 +111,10 @@ test('offers - a pressure that finds every offer stale solicits fresh ones and i
 
 test('offers - a broker restarted mid-run lends 1 s after it is back', async () => {
   await broker!.stop();
+  const startedAt = Date.now();
   broker = await startTheBroker();
-  await new Promise((r) => setTimeout(r, 1_000));
+  await waitFor('the broker recording the answers to its hello', () => lenderRecordedSince(startedAt), { timeoutMs: 30_000 });
+  await new Promise((r) => setTimeout(r, Math.max(0, startedAt + 1_000 - Date.now())));
   const reply = await pressure('borrow-o');
   assert.equal(reply.state, 'active', `a lease came up: ${JSON.stringify(reply)}`);
 });
