@@ -256,13 +256,12 @@ test('invariants - a swap-off the borrower refuses, asked again 240 times, leave
   await killTestbedProcess(tb, name);
   const p = tb.processes.find((x) => x.name === name)!;
   p.command = p.command.slice(0, p.command.indexOf('--swapoff-margin-bytes'));
-  const announced = new Promise((resolve) => {
-    const sub = nc.subscribe(subjects.announce('host-c'), { callback: (_e, m) => {
-      if (m.json<{ role: string }>().role === 'attacher') resolve(sub.unsubscribe());
-    } });
-  });
+  let announced = false;
+  const sub = nc.subscribe(subjects.announce('host-c'), { callback: (_e, m) => {
+    if (m.json<{ role: string }>().role === 'attacher') announced = true;
+  } });
   startTestbedProcess(tb, name);
-  await announced;
+  await waitFor('host-c\'s attacher announcing again', async () => announced, { timeoutMs: 120_000 }).finally(() => sub.unsubscribe());
   const released = (await ask(subjects.release, { leaseId })) as { lease?: { state: string } };
   assert.equal(released.lease?.state, 'released', JSON.stringify(released));
 });
