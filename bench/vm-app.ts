@@ -7,6 +7,9 @@
  *   vm-zram   zram in the VM: RAM, the ceiling (the values are random, so no compression gain)
  *   vm-rswap  an rswap lease with the kernel initiator (open-iscsi, iscsi_tcp, sealed with
  *             dm-crypt), from a tgt lender in a namespace on this machine: the production path
+ *   vm-rswap-unsealed  the same lease with the VM's attacher run --unsealed (no dm-crypt): not
+ *             by default; it tells the cost of sealing from the network path's. Sealing is the
+ *             attacher's own setting, so a run has one of the two lease devices, not both
  *
  * Method, as in the host bench: a fixed amount of work per run (load `ratio x limit` of 4 KiB
  * values, then `--ops` GETs and `--ops` SETs of random keys, every reply checked; the page reads
@@ -25,7 +28,7 @@
  * Under TCG (no working KVM here) every instruction in the VM is emulated, so the absolute figures
  * are far below real hardware; compare devices within the table, not with the host's.
  *
- *   node dist/bench/vm-app.js [--devices vm-disk,vm-zram,vm-rswap] [--ratios 2]
+ *   node dist/bench/vm-app.js [--devices vm-disk,vm-zram,vm-rswap|vm-rswap-unsealed] [--ratios 2]
  *     [--apps redis,touch] [--runs 5] [--ops 5000] [--limit 128MiB] [--vm-mib 1024]
  *     [--out bench/results/vm-app] [--nats-port 14228] [--smoke]
  * Writes app.csv, app.md, redis-get.svg and meta.json to --out after every device's turn.
@@ -44,13 +47,17 @@ import { describeRow, roundOrder, swapBytes } from './app/run.js';
 import { markdownTables, svgBars, toCsv, type AppRow } from './app/report.js';
 import { runMeta } from './args.js';
 
-export const VM_DEVICES = ['vm-disk', 'vm-zram', 'vm-rswap'] as const;
+export const VM_DEVICES = ['vm-disk', 'vm-zram', 'vm-rswap', 'vm-rswap-unsealed'] as const;
 export type VmDevice = (typeof VM_DEVICES)[number];
+/** What a run measures unless told: every device but the unsealed lease (it needs a run of its own). */
+export const VM_DEFAULT_DEVICES: VmDevice[] = ['vm-disk', 'vm-zram', 'vm-rswap'];
 export const VM_LABELS: Record<VmDevice, string> = {
   'vm-disk': "VM's own virtio disk (host page cache bypassed)",
   'vm-zram': 'VM, zram (RAM, the ceiling)',
   'vm-rswap': 'VM, rswap, kernel initiator (sealed)',
+  'vm-rswap-unsealed': 'VM, rswap, kernel initiator (unsealed)',
 };
+
 
 const APP_RUN = resolve(fileURLToPath(import.meta.url), '../app/run.js');
 const ATTEMPTS = 3;
@@ -76,8 +83,9 @@ export function parseVmAppArgs(argv: string[]): VmAppOptions {
   };
   const smoke = argv.includes('--smoke');
   const list = (name: string, fallback: string) => (value(name) ?? fallback).split(',').filter(Boolean);
-  const devices = list('devices', VM_DEVICES.join(','));
+  const devices = list('devices', VM_DEFAULT_DEVICES.join(','));
   for (const d of devices) if (!(VM_DEVICES as readonly string[]).includes(d)) throw new Error(`unknown device '${d}'; devices are ${VM_DEVICES.join(', ')}`);
+  if (devices.includes('vm-rswap') && devices.includes('vm-rswap-unsealed')) throw new Error("vm-rswap and vm-rswap-unsealed go in separate runs: sealing is the VM attacher's own setting (--unsealed), fixed when the VM starts");
   const apps = list('apps', smoke ? 'redis' : 'redis,touch');
   for (const a of apps) if (a !== 'redis' && a !== 'touch') throw new Error(`unknown app '${a}'; apps are redis, touch`);
   const ratios = list('ratios', smoke ? '1.5' : '2').map(Number);
@@ -152,12 +160,18 @@ async function setUp(device: VmDevice, tb: Testbed, sizeBytes: number, progress:
     await inVm(vm.dir, swapOnScript(device, sizeBytes), `swap on ${device}`);
     return { path: device === 'vm-disk' ? '/dev/vda' : '/dev/zram0', teardown: async () => void (await inVm(vm.dir, swapOffScript(device), `swap off ${device}`)) };
   }
-  // A lease of the same size from host-a, asked for by hand (no monitors run).
+  // vm-rswap or vm-rswap-unsealed: a lease of the same size from host-a, asked for by hand (no
+  // monitors run).
   await injectSurplus(testbedBus(tb, 'host-a'), 'host-a', `${sizeBytes + 256 * MiB}`, '0');
   await injectPressure(testbedBus(tb, vm.name), vm.name, String(sizeBytes));
   const started = Date.now();
   const lease = await waitFor(`a lease for ${vm.name}`, async () => (await listLeases(testbedBus(tb))).find((l) => l.borrower === vm.name && (l.state === 'active' || l.state === 'failed')), { timeoutMs: 600_000, intervalMs: 500 });
   if (lease.state !== 'active' || !lease.device) throw new Error(`the lease for ${vm.name} failed: ${lease.reason ?? 'no reason given'}`);
+  // The attach reply says whether the VM seals it: the row is only what its label says.
+  if (lease.sealed !== (device === 'vm-rswap')) {
+    await releaseLease(testbedBus(tb), lease.id);
+    throw new Error(`${device}: the lease came up ${lease.sealed ? 'sealed' : 'unsealed'}`);
+  }
   progress(`  lease ${lease.id}: ${lease.initiator} initiator, ${lease.device}, ${formatBytes(lease.sizeBytes)} from ${lease.lender}, up in ${((Date.now() - started) / 1000).toFixed(0)} s`);
   return {
     path: lease.device,
@@ -191,6 +205,7 @@ export async function runVmAppBench(options: VmAppOptions, progress: (line: stri
       vmInitiators: ['kernel'],
       vmMemoryMiB: options.vmMiB,
       vmDiskMiB: sizeBytes / MiB,
+      ...(options.devices.includes('vm-rswap-unsealed') ? { attacherArgs: ['--unsealed'] } : {}),
       natsPort: options.natsPort,
       monitors: false,
       memoryBytes: [2048 * MiB],

@@ -1,14 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { jobScript, parseVmAppArgs, rowOf, swapAreas, swapOffScript, swapOnScript, VM_DEVICES } from '../../bench/vm-app.js';
+import { jobScript, parseVmAppArgs, rowOf, swapAreas, swapOffScript, swapOnScript, VM_DEFAULT_DEVICES, VM_LABELS } from '../../bench/vm-app.js';
 import { swapBytes } from '../../bench/app/run.js';
 import { qemuCommand } from '../../cli/testbed/vm.js';
 
 const MiB = 1024 ** 2;
 
-test('vm app bench - options: every device by default, 5 runs at 2x; smoke is small; bad input refused with the reason', () => {
+test('vm app bench - options: disk, zram and the sealed lease by default, 5 runs at 2x; smoke is small; bad input refused with the reason', () => {
   const full = parseVmAppArgs([]);
-  assert.deepEqual(full.devices, [...VM_DEVICES]);
+  assert.deepEqual(full.devices, ['vm-disk', 'vm-zram', 'vm-rswap']);
+  assert.deepEqual(VM_DEFAULT_DEVICES, full.devices);
   assert.equal(full.runs, 5);
   assert.deepEqual(full.ratios, [2]);
   assert.deepEqual(full.apps, ['redis', 'touch']);
@@ -22,6 +23,13 @@ test('vm app bench - options: every device by default, 5 runs at 2x; smoke is sm
   assert.throws(() => parseVmAppArgs(['--ratios', '4']), /ratios must be in/);
   assert.throws(() => parseVmAppArgs(['--runs', '0']), /--runs/);
   assert.throws(() => parseVmAppArgs(['--ops', 'x']), /--ops/);
+});
+
+test('vm app bench - the unsealed lease is asked for by name, with other devices but never with the sealed one (one attacher setting per VM)', () => {
+  assert.deepEqual(parseVmAppArgs(['--devices', 'vm-disk,vm-rswap-unsealed']).devices, ['vm-disk', 'vm-rswap-unsealed']);
+  assert.throws(() => parseVmAppArgs(['--devices', 'vm-rswap,vm-rswap-unsealed']), /separate runs: sealing is the VM attacher's own setting/);
+  assert.match(VM_LABELS['vm-rswap-unsealed'], /\(unsealed\)/);
+  assert.match(VM_LABELS['vm-rswap'], /\(sealed\)/);
 });
 
 test('vm app bench - every device is sized for the largest dataset with room: 2x of 128 MiB gives 384 MiB, within a test lease', () => {
