@@ -150,7 +150,11 @@ interface Turn {
 
 async function inVm(share: string, script: string, what: string): Promise<string> {
   const job = await vmExec(share, script, 1_800_000, 180_000);
-  if (job.code !== 0) throw new Error(`${what} failed in the VM (exit ${job.code}): ${job.output.slice(-800)}`);
+  if (job.code !== 0) {
+    // What the VM's kernel said (I/O errors, iSCSI recovery, OOM kills): the why of most failures.
+    const dmesg = await vmExec(share, 'dmesg | tail -n 60', 120_000).then((d) => d.output.trimEnd(), (error: unknown) => `(no dmesg: ${String(error)})`);
+    throw new Error(`${what} failed in the VM (exit ${job.code}): ${job.output.slice(-800)}\n--- the VM's kernel log, last lines:\n${dmesg}`);
+  }
   return job.output;
 }
 

@@ -35,6 +35,7 @@ import { createMemoryCgroup, memoryCgroupRoot, removeCgroup, type MemoryCgroup }
 import { readSwaps } from '../../shared/procfs.js';
 import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
 import { waitFor } from '../../shared/wait.js';
+import { errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { cleanupDevices, RUN, setUpDevice } from '../swap/devices.js';
 import { percentile } from '../rescue.js';
@@ -239,9 +240,11 @@ async function measureRedis(m: Measure): Promise<AppRow> {
       };
     } catch (error) {
       // The connection closes when the OOM killer ends the server.
-      await server;
+      const ended = await server;
       if ((await oomKills(cgroup)) > 0) return { ...base, outcome: 'oom' };
-      throw error;
+      // Anything else says how the server ended (a SIGBUS is a swap-in that failed).
+      const how = ended.signal ? `killed by ${ended.signal}` : `exited with ${ended.exitCode}`;
+      throw new Error(`redis on ${m.device}: ${errorMessage(error)}; redis-server ${how}, not by the OOM killer: ${String(ended.stderr).trim().slice(-400)}`);
     }
   } finally {
     client?.close();
