@@ -81,11 +81,17 @@ export class Lifecycle {
     // Bounded work. One pressure per borrower at a time: a repeat that comes while the last one is
     // still handled (a slow bring-up) is answered at once, not queued behind it. Past
     // `maxInFlight` borrowers being handled, a new one is refused at once; the monitor repeats it.
+    // Either way the pressure is recorded (one KV write): it ends the host's clear spell, so a
+    // cool-down that a short relief started does not drain the leases of a host under pressure
+    // again (seen in a VM: relief during a 135 s bring-up, pressure back 3 s later and ignored, and
+    // the cool-down swapped a lease off into a VM about to run out of memory).
     if (this.pressureOf.has(event.host)) {
-      this.log.debug({ borrower: event.host }, "pressure ignored: this borrower's last pressure is still being handled");
+      await this.hosts.recordPressure(event.host, event.neededBytes, at);
+      this.log.debug({ borrower: event.host }, "pressure recorded, not acted on: this borrower's last pressure is still being handled");
       return undefined;
     }
     if (this.pressureOf.size >= this.options.maxInFlight) {
+      await this.hosts.recordPressure(event.host, event.neededBytes, at);
       throw new RswapError(ErrorCodes.NO_CAPACITY, `broker busy: ${this.pressureOf.size} pressures in flight (--max-in-flight); a later repeat is served`);
     }
     this.pressureOf.add(event.host);

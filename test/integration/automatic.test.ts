@@ -41,9 +41,9 @@ before(async () => {
   server = await startNatsServer();
   broker = await startBroker({ nats: server.url, insecure: true, host: 'broker-auto', releaseCooldownMs: COOLDOWN_MS, sweepIntervalMs: 500 });
   nc = await connect({ servers: server.url });
-  agents = scriptedAgents(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
+  agents = scriptedAgents(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e', 'borrow-f']);
   await nc.flush();
-  await allAnnounced(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e']);
+  await allAnnounced(nc, ['lender-a', 'lender-c', 'borrow-b', 'borrow-d', 'borrow-e', 'borrow-f']);
 });
 
 beforeEach(() => {
@@ -129,4 +129,33 @@ test('automatic - with no replacement and a swap-off that would not fit, the lea
   assert.equal(after.state, 'active', 'no page is dropped to protect the lender');
   assert.match(after.reason!, /would not fit/);
   assert.deepEqual(agents.commands, [`detach borrow-e ${lease!.id}`]);
+});
+
+test('automatic - a pressure repeated during a slow bring-up ends the clear spell a relief began: the cool-down drains nothing', async () => {
+  await offer('lender-a', 1024 * MiB);
+  await pressure('borrow-f', 64 * MiB);
+  let openGate = () => {};
+  agents.exportGate = new Promise((resolve) => (openGate = resolve)); // a slow lender: exports wait
+  let reliefAt: number;
+  try {
+    const second = pressure('borrow-f', 192 * MiB);
+    await waitFor('the second bring-up under way', async () => (await leases('borrow-f')).some((l) => l.state === 'exporting'), { timeoutMs: 10_000, intervalMs: 20 });
+    // A moment of relief, then pressure again while the first pressure is still being handled
+    // (as a VM thrashing through a bring-up reports): answered at once, without a lease of its own.
+    reliefAt = Date.now();
+    await relief('borrow-f');
+    assert.deepEqual((await pressure('borrow-f', 192 * MiB)).json(), { ok: true });
+    openGate();
+    assert.equal((await second).json<{ state?: string }>().state, 'active');
+  } finally {
+    agents.exportGate = undefined;
+    openGate();
+  }
+  // Past the cool-down the relief would have started, by the broker's own sweeps (each also
+  // releases the leases of a host clear for that long).
+  const sweeps = broker.sweeps();
+  await waitFor('sweeps past the cool-down', async () => Date.now() - reliefAt > COOLDOWN_MS + 1_000 && broker.sweeps() >= sweeps + 2, { timeoutMs: 60_000 });
+  const mine = await leases('borrow-f');
+  assert.deepEqual(mine.map((l) => l.state), ['active', 'active'], 'the leases of a host under pressure are not drained');
+  assert.deepEqual(agents.commands.filter((c) => c.startsWith('detach borrow-f')), []);
 });
