@@ -58,7 +58,6 @@ export const VM_LABELS: Record<VmDevice, string> = {
   'vm-rswap-unsealed': 'VM, rswap, kernel initiator (unsealed)',
 };
 
-
 const APP_RUN = resolve(fileURLToPath(import.meta.url), '../app/run.js');
 const ATTEMPTS = 3;
 

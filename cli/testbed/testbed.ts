@@ -33,6 +33,7 @@ import { removeDatapath } from '../../shared/datapath.js';
 import { authInit, readIdentities } from '../../shared/auth.js';
 import { accelerator, qemuCommand, vmImage, vmScript, writeVmScript } from './vm.js';
 import { connectAs, freePort, type NatsAccess } from '../../shared/nats.js';
+import { isAlive } from '../../shared/process.js';
 
 export const BRIDGE = 'rswap-br0';
 export const BRIDGE_ADDRESS = '198.18.0.1';
@@ -181,37 +182,28 @@ function startDetached(command: string[], logFile: string, env: Record<string, s
   return child.pid!;
 }
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
-
 /**
  * Throws, naming them with the end of their logs, if processes the testbed started have exited
  * while it waits for them (nsenter and the agents keep their pid: nsenter execs). Called from a
  * wait's probe, it ends the wait at once: a crash is not a slow start.
  */
 async function throwIfExited(): Promise<void> {
-  const dead = [...launched].filter(([, p]) => !alive(p.pid));
+  const dead = [...launched].filter(([, p]) => !isAlive(p.pid));
   if (dead.length === 0) return;
-  const tails = await Promise.all(dead.map(async ([name, p]) => {
-    const lines = (await readFile(p.logFile, 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-12);
-    return `--- ${name}: ${p.logFile}\n${lines.map((l) => l.slice(0, 400)).join('\n')}`;
-  }));
+  const tails = await Promise.all(dead.map(async ([name, p]) => `--- ${name}: ${p.logFile}\n${await logTail(p.logFile, 12)}`));
   throw new Error(`testbed: ${dead.map(([name]) => name).join(', ')} exited while the testbed started\n${tails.join('\n')}`);
+}
+
+/** The last `count` lines of a log, each cut to 400 characters, for an error that says why. */
+async function logTail(file: string, count: number): Promise<string> {
+  const lines = (await readFile(file, 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-count);
+  return lines.map((l) => l.slice(0, 400)).join('\n');
 }
 
 /** The last lines of a host's agent logs (and a VM's console), for an error that says why it is not up. */
 async function lastWords(hostDir: string, vm: boolean): Promise<string> {
   const files = [...(vm ? ['console.log'] : []), 'exporter.log', 'attacher.log', 'monitor.log'];
-  const parts = await Promise.all(files.map(async (file) => {
-    const lines = (await readFile(join(hostDir, file), 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-8);
-    return `--- ${join(hostDir, file)}\n${lines.map((l) => l.slice(0, 400)).join('\n')}`;
-  }));
+  const parts = await Promise.all(files.map(async (file) => `--- ${join(hostDir, file)}\n${await logTail(join(hostDir, file), 8)}`));
   return parts.join('\n');
 }
 
@@ -444,15 +436,7 @@ async function killAll(pids: number[]): Promise<void> {
     }
   }
   for (let i = 0; i < 50; i += 1) {
-    const alive = pids.filter((pid) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    if (alive.length === 0) return;
+    if (!pids.some(isAlive)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
 }
