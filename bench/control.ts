@@ -19,7 +19,7 @@
  * identities, as the first figures did, so they compare.
  *
  * usage: node dist/bench/control.js [--hosts 1000,10000] [--seconds 20] [--pressure-rate 5]
- *                                   [--layouts 1x1,3x2] [--out bench/results/control.json] [--smoke]
+ *                                   [--layouts 1x1,3x2] [--out bench/results/control/control.json] [--smoke]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -275,7 +275,7 @@ async function main(): Promise<void> {
   const seconds = Number(value('seconds') ?? (smoke ? 2 : 20));
   const pressureRate = Number(value('pressure-rate') ?? 5);
   const layouts = (value('layouts') ?? '1x1').split(',').map(parseLayout);
-  const out = value('out') ?? 'bench/results/control.json';
+  const out = value('out') ?? 'bench/results/control/control.json';
   // Interrupted (a test's timeout sends SIGTERM): the brokers and nats-servers go too.
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => void (stopFleet ?? (async () => {}))().finally(() => process.exit(130)));
