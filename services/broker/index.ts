@@ -20,7 +20,7 @@ import { BROKER_QUEUE } from '../../shared/auth.js';
 export const BrokerConfig = z.strictObject({
   ...natsSettings,
   host: HostId.default('broker'), // this broker's name in lease records and logs, checked like every host id
-  offerTtlMs: z.coerce.number().int().positive().default(30_000), // 30 s: monitors republish every 5 s
+  offerTtlMs: z.coerce.number().int().positive().default(30_000), // 30 s: monitors republish at least every 10 s
   announceTtlMs: z.coerce.number().int().positive().default(60_000), // 60 s: agents announce every 10 s
   minLeaseBytes: SizeSetting.default(64 * 1024 * 1024), // 64 MiB
   maxLeaseBytes: SizeSetting.default(4 * 1024 ** 3), // 4 GiB
@@ -65,7 +65,7 @@ export async function startBroker(raw: Record<string, unknown>) {
 
   // Liveness and freshness by this broker's clock (shared/clock.ts): an agent is alive when its
   // announce arrives, whatever its own clock says; a measurement's `at` is believed within
-  // --max-clock-skew-ms, clamped when further ahead, refused when further behind.
+  // --max-clock-skew-ms, replaced by the arrival time when further off either way.
   const skewWarnedAt = new Map<string, number>();
   handle(nc, subjects.allAnnounce, { ...base, schema: AnnounceEvent, checkHostToken: true }, async (event) => {
     const receivedAt = Date.now();

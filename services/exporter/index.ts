@@ -59,8 +59,8 @@ export const ExporterConfig = z.strictObject({
   tgtIothreads: z.coerce.number().int().min(1).max(128).optional(),
   /**
    * iSCSI session parameters for every target, "Name=Value,...". The default lifts tgt's 8 KiB data
-   * segments and lets writes send their data without waiting for an R2T: measured +50% on swap-out,
-   * +10% on sequential swap-in (docs/benchmarks.md, tuning). "" keeps tgt's own defaults.
+   * segments and lets writes send their data without waiting for an R2T: tgt's own filled at 0.85x
+   * of it, with reads no different (docs/benchmarks.md, tuning). "" keeps tgt's own defaults.
    */
   iscsiParams: IscsiParams.default(IscsiParams.parse(DEFAULT_ISCSI_PARAMS)),
   stateDir: z.string().startsWith('/').default('/var/lib/rswap/exporter'),

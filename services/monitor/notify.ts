@@ -4,8 +4,9 @@
  *
  * - PSI trigger (machine /proc/pressure/memory, cgroup v2 memory.pressure): write
  *   "some <stall us> <window us>" to the file, then poll() it for POLLPRI.
- * - cgroup v1: an eventfd registered in cgroup.event_control for memory.pressure_level "medium"
- *   (the kernel's "swapping" level), then poll() the eventfd for POLLIN and read its counter.
+ * - cgroup v1: an eventfd registered in cgroup.event_control for memory.pressure_level "low"
+ *   (the kernel reclaiming: every level from there up wakes it), then poll() the eventfd for
+ *   POLLIN and read its counter.
  *
  * Node cannot poll() a file for POLLPRI or make an eventfd, so libc is called through koffi (a
  * prebuilt FFI, no compiler needed); poll() runs on koffi's worker thread with a timeout, never on
