@@ -33,7 +33,7 @@
  *     [--out bench/results/vm-app] [--nats-port 14228] [--smoke]
  * Writes app.csv, app.md, redis-get.svg and meta.json to --out after every device's turn.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
@@ -147,12 +147,33 @@ interface Turn {
   teardown(): Promise<void>;
 }
 
+/**
+ * What the VM says about its storage and memory after a failure: its kernel's lines about iSCSI,
+ * SCSI, swap, OOM and hung tasks (kept apart from the rest, which a flood of I/O errors would push
+ * out), the sessions' and devices' state with their I/O error counts (a non-zero ioerr_cnt on the
+ * lease's device is a read that failed), swap, and whether iscsid still runs.
+ */
+export const VM_DIAGNOSIS = [
+  'echo "uptime: $(cut -d" " -f1 /proc/uptime) s"',
+  "dmesg | grep -iE 'iscsi|connection[0-9]|session[0-9]|sd [0-9]|I/O error|Read-error|swap on|swapoff|crypt|oom|Killed process|blocked for|allocation failure|9p' | tail -n 80",
+  'echo "--- dmesg, last lines"; dmesg | tail -n 20',
+  'echo "--- iSCSI sessions"; grep -H . /sys/class/iscsi_session/*/state 2>/dev/null',
+  'echo "--- SCSI devices: state ioerr_cnt iorequest_cnt timeout"; for d in /sys/class/scsi_device/*/device; do echo "$d $(cat $d/state $d/ioerr_cnt $d/iorequest_cnt $d/timeout 2>/dev/null | tr "\\n" " ")"; done',
+  'echo "--- swap"; cat /proc/swaps; grep -E "^(oom_kill|pswpin|pswpout) " /proc/vmstat',
+  'echo "--- iscsid: $(pgrep -x iscsid | tr "\\n" " ")"',
+].join('\n');
+
 async function inVm(share: string, script: string, what: string): Promise<string> {
   const job = await vmExec(share, script, 1_800_000, 180_000);
   if (job.code !== 0) {
-    // What the VM's kernel said (I/O errors, iSCSI recovery, OOM kills): the why of most failures.
-    const dmesg = await vmExec(share, 'dmesg | tail -n 60', 120_000).then((d) => d.output.trimEnd(), (error: unknown) => `(no dmesg: ${String(error)})`);
-    throw new Error(`${what} failed in the VM (exit ${job.code}): ${job.output.slice(-800)}\n--- the VM's kernel log, last lines:\n${dmesg}`);
+    const diagnosis = await vmExec(share, VM_DIAGNOSIS, 120_000).then((d) => d.output.trimEnd(), (error: unknown) => `(the VM did not answer: ${String(error)})`);
+    // The agents' and the console's last lines, read from the host (they say something even when
+    // the VM no longer answers; the testbed's folder goes with the testbed).
+    const logs = await Promise.all(['console.log', 'attacher.log'].map(async (file) => {
+      const lines = (await readFile(join(share, file), 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-15);
+      return `--- ${join(share, file)}, last lines:\n${lines.map((l) => l.slice(0, 400)).join('\n')}`;
+    }));
+    throw new Error(`${what} failed in the VM (exit ${job.code}): ${job.output.slice(-4000)}\n--- the VM's kernel and storage:\n${diagnosis}\n${logs.join('\n')}`);
   }
   return job.output;
 }

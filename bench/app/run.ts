@@ -34,7 +34,7 @@ import { createRunner, type Runner } from '../../shared/runner.js';
 import { createMemoryCgroup, memoryCgroupRoot, removeCgroup, type MemoryCgroup } from '../../shared/cgroup.js';
 import { readSwaps } from '../../shared/procfs.js';
 import { formatBytes, MiB, parseBytes } from '../../shared/units.js';
-import { waitFor } from '../../shared/wait.js';
+import { waitFor, within } from '../../shared/wait.js';
 import { errorMessage } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { cleanupDevices, RUN, setUpDevice } from '../swap/devices.js';
@@ -185,10 +185,14 @@ async function measureRedis(m: Measure): Promise<AppRow> {
       return RedisClient.connect(socket).catch(() => undefined);
     }, { timeoutMs: 30_000, intervalMs: 50 });
     const versions = new Uint8Array(keys);
+    // Where the run is, for an error that says when the server went (load, GETs or SETs, and which).
+    let at = 'load 0';
+    const began = Date.now();
     try {
       // Load: pipelined SETs, 32 at a time.
       const loadStart = process.hrtime.bigint();
       for (let i = 0; i < keys; i += 32) {
+        at = `load ${i} of ${keys}`;
         const batch: Buffer[][] = [];
         for (let j = i; j < Math.min(keys, i + 32); j += 1) batch.push([Buffer.from('SET'), Buffer.from(keyOf(j)), valueOf(j, 0, options.valueBytes)]);
         await client.pipeline(batch);
@@ -203,6 +207,7 @@ async function measureRedis(m: Measure): Promise<AppRow> {
       const getStart = process.hrtime.bigint();
       for (let i = 0; i < options.ops; i += 1) {
         const index = pick() % keys;
+        at = `GET ${i} of ${options.ops}`;
         const t0 = process.hrtime.bigint();
         const reply = await client.call([Buffer.from('GET'), Buffer.from(keyOf(index))]);
         get[i] = Number(process.hrtime.bigint() - t0);
@@ -221,6 +226,7 @@ async function measureRedis(m: Measure): Promise<AppRow> {
         const index = pick() % keys;
         const version = (versions[index]! + 1) & 0xff;
         const value = valueOf(index, version, options.valueBytes);
+        at = `SET ${i} of ${options.ops}`;
         const t0 = process.hrtime.bigint();
         await client.call([Buffer.from('SET'), Buffer.from(keyOf(index)), value]);
         set[i] = Number(process.hrtime.bigint() - t0);
@@ -239,12 +245,26 @@ async function measureRedis(m: Measure): Promise<AppRow> {
         ...(m.fuseFile ? { fuseCacheMaxBytes } : {}),
       };
     } catch (error) {
-      // The connection closes when the OOM killer ends the server.
-      const ended = await server;
+      // The connection closes when the OOM killer ends the server. A server still running a minute
+      // on (a value read back wrong) is not waited for: the error is the value's.
+      const exit = await within(server, 60_000);
+      if (!exit.done) throw error;
+      const ended = exit.value;
       if ((await oomKills(cgroup)) > 0) return { ...base, outcome: 'oom' };
-      // Anything else says how the server ended (a SIGBUS is a swap-in that failed).
+      // Anything else says how and when the server ended (a SIGBUS is a page that could not be
+      // read back in: a swap-in, or its own code re-read from the root file system). Redis writes
+      // its crash report to stdout; its start says the signal, si_code (0: sent by a process, named
+      // in "Killed by PID"; 2, BUS_ADRERR: the kernel's), the faulting address and the stack.
       const how = ended.signal ? `killed by ${ended.signal}` : `exited with ${ended.exitCode}`;
-      throw new Error(`redis on ${m.device}: ${errorMessage(error)}; redis-server ${how}, not by the OOM killer: ${String(ended.stderr).trim().slice(-400)}`);
+      const stdout = String(ended.stdout);
+      const report = stdout.indexOf('=== REDIS BUG REPORT START');
+      const said = report >= 0 ? stdout.slice(report, report + 2_000) : stdout.trim().slice(-1_500);
+      const events = (await readFile(join(cgroup.path, cgroup.version === 1 ? 'memory.oom_control' : 'memory.events'), 'utf8').catch(() => '')).trim().replace(/\n/g, ', ');
+      throw new Error([
+        `redis on ${m.device}: ${errorMessage(error)} at ${at}, ${((Date.now() - began) / 1000).toFixed(1)} s in; redis-server ${how}, not by the OOM killer (${events})`,
+        `--- redis-server's ${report >= 0 ? 'crash report' : 'output, last lines'}:\n${said}`,
+        `--- its stderr:\n${String(ended.stderr).trim().slice(-400)}`,
+      ].join('\n'));
     }
   } finally {
     client?.close();

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { jobScript, parseVmAppArgs, rowOf, swapAreas, swapOffScript, swapOnScript, VM_DEFAULT_DEVICES, VM_LABELS } from '../../bench/vm-app.js';
+import { execFileSync } from 'node:child_process';
+import { jobScript, parseVmAppArgs, rowOf, swapAreas, swapOffScript, swapOnScript, VM_DEFAULT_DEVICES, VM_DIAGNOSIS, VM_LABELS } from '../../bench/vm-app.js';
 import { swapBytes } from '../../bench/app/run.js';
 import { qemuCommand } from '../../cli/testbed/vm.js';
 
@@ -55,6 +56,17 @@ test('vm app bench - a run in the VM is the host bench\'s own measurement in a c
   const row = rowOf('warning: something\n{"round":1,"app":"redis","device":"vm-zram","outcome":"ok","getOps":10}\n');
   assert.equal(row.getOps, 10);
   assert.throws(() => rowOf('Error: redis-server exited\n'), /no result from the run in the VM: Error: redis-server exited/);
+});
+
+test('vm app bench - what a failure asks the VM is one shell script that parses and runs through, whatever the VM lacks', () => {
+  // It runs only when something already went wrong, so a quoting slip would lose the evidence.
+  execFileSync('sh', ['-n', '-c', VM_DIAGNOSIS]);
+  // On this machine (no iSCSI sessions, maybe no SCSI devices) every part still prints its heading.
+  const out = execFileSync('sh', ['-c', VM_DIAGNOSIS], { encoding: 'utf8' });
+  for (const heading of ['uptime: ', '--- dmesg, last lines', '--- iSCSI sessions', '--- SCSI devices', '--- swap', '--- iscsid: ']) {
+    assert.ok(out.includes(heading), `${heading} in:\n${out.slice(0, 2000)}`);
+  }
+  assert.match(out, /^uptime: \d+\.\d+ s$/m);
 });
 
 test('vm - a VM with a disk of its own gets it as a virtio drive that bypasses the host page cache; without one, no drive', () => {
