@@ -33,14 +33,14 @@
  *     [--out bench/results/vm-app] [--nats-port 14228] [--smoke]
  * Writes app.csv, app.md, redis-get.svg and meta.json to --out after every device's turn.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { createRunner } from '../shared/runner.js';
 import { formatBytes, MiB, parseBytes } from '../shared/units.js';
 import { waitFor } from '../shared/wait.js';
-import { testbedBus, testbedDown, testbedUp, type Testbed } from '../cli/testbed/testbed.js';
+import { logTail, testbedBus, testbedDown, testbedUp, type Testbed } from '../cli/testbed/testbed.js';
 import { accelerator, vmExec, vmImage } from '../cli/testbed/vm.js';
 import { injectPressure, injectSurplus, listLeases, releaseLease } from '../cli/operator.js';
 import { describeRow, roundOrder, swapBytes } from './app/run.js';
@@ -169,10 +169,7 @@ async function inVm(share: string, script: string, what: string): Promise<string
     const diagnosis = await vmExec(share, VM_DIAGNOSIS, 120_000).then((d) => d.output.trimEnd(), (error: unknown) => `(the VM did not answer: ${String(error)})`);
     // The agents' and the console's last lines, read from the host (they say something even when
     // the VM no longer answers; the testbed's folder goes with the testbed).
-    const logs = await Promise.all(['console.log', 'attacher.log'].map(async (file) => {
-      const lines = (await readFile(join(share, file), 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-15);
-      return `--- ${join(share, file)}, last lines:\n${lines.map((l) => l.slice(0, 400)).join('\n')}`;
-    }));
+    const logs = await Promise.all(['console.log', 'attacher.log'].map(async (file) => `--- ${join(share, file)}, last lines:\n${await logTail(join(share, file), 15)}`));
     throw new Error(`${what} failed in the VM (exit ${job.code}): ${job.output.slice(-4000)}\n--- the VM's kernel and storage:\n${diagnosis}\n${logs.join('\n')}`);
   }
   return job.output;

@@ -118,9 +118,15 @@ async function pswpin(): Promise<number> {
   return Number(/^pswpin (\d+)$/m.exec(await readFile('/proc/vmstat', 'utf8'))?.[1] ?? 0);
 }
 
+/** The cgroup's OOM record (v1 memory.oom_control, v2 memory.events); '' when it is gone. */
+async function oomRecord(cgroup: MemoryCgroup): Promise<string> {
+  return readFile(join(cgroup.path, cgroup.version === 1 ? 'memory.oom_control' : 'memory.events'), 'utf8').catch(() => '');
+}
+
+const oomKillsIn = (record: string) => Number(/^oom_kill (\d+)$/m.exec(record)?.[1] ?? 0);
+
 async function oomKills(cgroup: MemoryCgroup): Promise<number> {
-  const text = await readFile(join(cgroup.path, cgroup.version === 1 ? 'memory.oom_control' : 'memory.events'), 'utf8').catch(() => '');
-  return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0);
+  return oomKillsIn(await oomRecord(cgroup));
 }
 
 /** A cgroup for one measurement; with no swap (device none), swap is forbidden to it outright. */
@@ -250,7 +256,8 @@ async function measureRedis(m: Measure): Promise<AppRow> {
       const exit = await within(server, 60_000);
       if (!exit.done) throw error;
       const ended = exit.value;
-      if ((await oomKills(cgroup)) > 0) return { ...base, outcome: 'oom' };
+      const record = await oomRecord(cgroup);
+      if (oomKillsIn(record) > 0) return { ...base, outcome: 'oom' };
       // Anything else says how and when the server ended (a SIGBUS is a page that could not be
       // read back in: a swap-in, or its own code re-read from the root file system). Redis writes
       // its crash report to stdout; its start says the signal, si_code (0: sent by a process, named
@@ -259,9 +266,8 @@ async function measureRedis(m: Measure): Promise<AppRow> {
       const stdout = String(ended.stdout);
       const report = stdout.indexOf('=== REDIS BUG REPORT START');
       const said = report >= 0 ? stdout.slice(report, report + 2_000) : stdout.trim().slice(-1_500);
-      const events = (await readFile(join(cgroup.path, cgroup.version === 1 ? 'memory.oom_control' : 'memory.events'), 'utf8').catch(() => '')).trim().replace(/\n/g, ', ');
       throw new Error([
-        `redis on ${m.device}: ${errorMessage(error)} at ${at}, ${((Date.now() - began) / 1000).toFixed(1)} s in; redis-server ${how}, not by the OOM killer (${events})`,
+        `redis on ${m.device}: ${errorMessage(error)} at ${at}, ${((Date.now() - began) / 1000).toFixed(1)} s in; redis-server ${how}, not by the OOM killer (${record.trim().replace(/\n/g, ', ')})`,
         `--- redis-server's ${report >= 0 ? 'crash report' : 'output, last lines'}:\n${said}`,
         `--- its stderr:\n${String(ended.stderr).trim().slice(-400)}`,
       ].join('\n'));

@@ -195,7 +195,7 @@ async function throwIfExited(): Promise<void> {
 }
 
 /** The last `count` lines of a log, each cut to 400 characters, for an error that says why. */
-async function logTail(file: string, count: number): Promise<string> {
+export async function logTail(file: string, count: number): Promise<string> {
   const lines = (await readFile(file, 'utf8').catch(() => '(no log)')).trimEnd().split('\n').slice(-count);
   return lines.map((l) => l.slice(0, 400)).join('\n');
 }
