@@ -1,9 +1,9 @@
 /**
  * Machine-wide memory pressure on a real kernel, where it must never be made on the CI machine: a VM
  * borrower with no swap at all, its monitor watching the whole machine, the kernel initiator. A
- * workload fills twice the VM's RAM at 2 MiB/s with no memory cgroup around it. With its lender
- * cordoned, the VM's OOM killer ends it; with the lender back, leases come before memory runs out
- * and every byte reads back intact. Under a watchdog: the VM's heartbeat must not stop for 90 s
+ * workload fills twice the VM's RAM with no memory cgroup around it. With its lender cordoned, the
+ * VM's OOM killer ends it; with the lender back, filling at 2 MiB/s, leases come before memory runs
+ * out and every byte reads back intact. Under a watchdog: the VM's heartbeat must not stop for 90 s
  * while it swaps over the network (the kernel's hung-task reports, if any, are in its console log).
  */
 import { after, before, test } from 'node:test';
@@ -28,6 +28,10 @@ const VM_MIB = 384;
 // busy with other work (at 8 MiB/s a loaded CI run lost; at 4 MiB/s one beside stress-ng did).
 const RATE_MIB_PER_S = 2;
 const FILL = `--bytes ${2 * VM_MIB}MiB --fill-mib-per-s ${RATE_MIB_PER_S}`;
+// Without a lender the same bytes are filled as fast as the VM can: twice its RAM cannot fit at any
+// rate, and at 2 MiB/s the kernel evicts and refaults the file pages of its 9p root in step with the
+// fill, thrashing for many minutes (14 in one run) before the OOM killer acts.
+const FILL_ALONE = `--bytes ${2 * VM_MIB}MiB`;
 const STALL_MS = 90_000;
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
@@ -62,9 +66,9 @@ after(async () => {
 });
 
 /** The workload in the VM under the watchdog: its exit code, its report, and what the kernel said. */
-async function workloadInVm(watchdog: boolean): Promise<{ rc: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
+async function workloadInVm(fill: string, watchdog: boolean): Promise<{ rc: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
   const vm = tb.vms![0]!;
-  const job = await vmExec(vm.dir, `dmesg -C; free -m; node ${WORKLOAD} ${FILL} --passes 1; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 1_500_000, watchdog ? STALL_MS : undefined);
+  const job = await vmExec(vm.dir, `dmesg -C; free -m; node ${WORKLOAD} ${fill} --passes 1; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 1_500_000, watchdog ? STALL_MS : undefined);
   const rc = Number(/^rc=(\d+)$/m.exec(job.output)?.[1] ?? -1);
   const line = job.output.split('\n').find((l) => l.startsWith('{"bytes"'));
   return { rc, ...(line ? { report: JSON.parse(line) as { corruptedChunks: number; chunks: number } } : {}), output: job.output };
@@ -131,7 +135,7 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   }
   // (No watchdog here: a VM without swap may thrash on file pages for a long while before the OOM
   // killer acts; that is the outcome rswap prevents, not a stall of its path.)
-  const alone = await workloadInVm(false);
+  const alone = await workloadInVm(FILL_ALONE, false);
   assert.notEqual(alone.rc, 0, `without a lender the workload cannot complete: ${alone.output}`);
   assert.match(alone.output, /Out of memory: Killed process \d+ \(node\)/, alone.output);
   assert.deepEqual((await listLeases(testbedBus(tb))).filter((l) => l.borrower === vm.name && (l.createdAt >= cordonedAt || l.state === 'active')), [], 'no lease without a lender');
@@ -139,7 +143,7 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   // With the lender: leases before memory runs out, every byte back.
   await cordonHost(testbedBus(tb), 'host-a', false);
   const started = Date.now();
-  const rescued = await workloadInVm(true);
+  const rescued = await workloadInVm(FILL, true);
   const told = await story(started);
   console.log(`what the VM did:\n${told}`);
   assert.equal(rescued.rc, 0, `${rescued.output}\n${told}\n${await lastWords()}`);
