@@ -12,8 +12,8 @@
  *   left in its own leases are gone within `headroomLeadS`. There the kernel shows no thrashing
  *   before the OOM killer acts, so this is the only warning. (With swap, the thrashing signals
  *   come in time, and a fast allocation that would fit is not taken for one.) Such a host is "low"
- *   only once its own headroom, after taking back the pages its leases hold, lasts twice the lead
- *   time: while it still fills, or while those pages would not fit in its memory, its leases stay.
+ *   only once its own headroom, without the leases, lasts twice the lead time: while it still
+ *   fills, its leases stay.
  * - The need is what the scope lacks: the bytes it has in swap now plus what it swaps out at the
  *   current rate over `horizonS` (without swap of its own: what it fills over `headroomLeadS`, if
  *   more), at least `minNeededBytes`, rounded up to a MiB.
@@ -120,19 +120,15 @@ export function runningOut(s: Signals, o: DetectorOptions): boolean {
 }
 
 /**
- * Whether a host without swap of its own could do without its leases: the pages in its leases fit
- * in its headroom, and what is left lasts at least twice the lead time at the current fill rate.
- * - A lease that gives a filling host room makes it no longer run out, but that is no reason to
- *   give the lease back: the release would take the room away while the memory still fills (and
- *   with no pages in swap yet, the swap-off is "safe").
- * - A workload that stopped filling (fill 0) but keeps its pages in the leases cannot do without
- *   them either: the swap-off would have to read them all back into memory that is not there.
- *   Clearing then would only have the broker try releases that the attacher refuses.
- * Hosts with swap of their own always can (the kernel swaps the pages to it).
+ * Whether a host without swap of its own could do without its leases: its own headroom lasts at
+ * least twice the lead time at the current fill rate. A lease that gives a filling host room makes
+ * it no longer run out, but that is no reason to give the lease back: the release would take the
+ * room away while the memory still fills (and with no pages in swap yet, the swap-off is "safe").
+ * Hosts with swap of their own always can.
  */
 export function fineWithoutLeases(s: Signals, o: DetectorOptions): boolean {
   if (s.swapFreeBytes === undefined) return true;
-  return (s.headroomBytes ?? s.availableBytes) - s.swapUsedBytes >= 2 * (s.fillBytesPerS ?? 0) * o.headroomLeadS;
+  return (s.headroomBytes ?? s.availableBytes) >= 2 * (s.fillBytesPerS ?? 0) * o.headroomLeadS;
 }
 
 export function isHigh(s: Signals, o: DetectorOptions): boolean {

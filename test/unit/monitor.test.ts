@@ -181,28 +181,6 @@ test('detector - a swapless host whose lease gave it room stays under pressure w
   assert.equal(fineWithoutLeases(ownSwap, o), true);
 });
 
-test('detector - a swapless host whose workload stopped filling but keeps its pages in the leases stays under pressure until they fit', () => {
-  // 200 MiB of the workload in its leases, 70 MiB of memory free, no fill: it does not run out, but
-  // a swap-off would have to bring 200 MiB back into 70. Clearing would have the leases released
-  // (or refused by the attacher, again and again).
-  const o = { ...DEFAULT_DETECTOR, exitHoldMs: 2_000 };
-  const d = new Detector(o);
-  const holding: Signals = { swapPagesPerS: 0, refaultsPerS: 0, availableBytes: 70 * MiB, headroomBytes: 70 * MiB, swapUsedBytes: 200 * MiB, swapFreeBytes: 56 * MiB, fillBytesPerS: 0 };
-  d.state = 'pressure';
-  assert.equal(runningOut(holding, o), false);
-  assert.equal(fineWithoutLeases(holding, o), false);
-  for (let at = 0; at <= 30_000; at += 500) assert.equal(d.update(holding, at), undefined, `pages still in the leases at ${at} ms: no relief`);
-  assert.equal(d.state, 'pressure');
-  // Its need stays what the leases already hold, so the broker lends no more.
-  assert.equal(neededBytes(holding, 0, o), 200 * MiB);
-  // The workload ends or frees memory: its pages leave swap, they fit, relief after the exit hold.
-  const freed = { ...holding, availableBytes: 120 * MiB, headroomBytes: 120 * MiB, swapUsedBytes: 100 * MiB };
-  assert.equal(fineWithoutLeases(freed, o), true, '100 MiB of pages fit in 120 MiB');
-  assert.equal(fineWithoutLeases({ ...freed, fillBytesPerS: 4 * MiB }, o), false, 'but not with 40 MiB more on the way within twice the lead');
-  assert.equal(d.update(freed, 30_500), undefined);
-  assert.equal(d.update(freed, 32_500)?.kind, 'exit');
-});
-
 test('detector - a swapless lender that promises a lease is not filling: its headroom drops at once, its memory does not', () => {
   // 1 GiB available, then a 600 MiB lease exported: headroom 1 GiB -> 424 MiB within half a second.
   const before = reading(0, { availableBytes: 1024 * MiB, headroomBytes: 1024 * MiB, lentBytes: 0, swapFreeBytes: 0 });
