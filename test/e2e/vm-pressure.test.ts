@@ -15,7 +15,7 @@ import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { testbedBus, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { vmExec } from '../../cli/testbed/vm.js';
-import { cordonHost, listLeases, releaseLease } from '../../cli/operator.js';
+import { cordonHost, listHosts, listLeases, releaseLease } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
 
@@ -66,12 +66,14 @@ after(async () => {
 });
 
 /** The workload in the VM under the watchdog: its exit code, its report, and what the kernel said. */
-async function workloadInVm(fill: string, watchdog: boolean): Promise<{ rc: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
+async function workloadInVm(fill: string, watchdog: boolean): Promise<{ rc: number; pid: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
   const vm = tb.vms![0]!;
-  const job = await vmExec(vm.dir, `dmesg -C; free -m; node ${WORKLOAD} ${fill} --passes 1; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 1_500_000, watchdog ? STALL_MS : undefined);
+  // Its pid, so an OOM kill is known to be the workload's and not an agent's (they run node too).
+  const job = await vmExec(vm.dir, `dmesg -C; free -m; node ${WORKLOAD} ${fill} --passes 1 & w=$!; echo workload-pid=$w; wait $w; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 1_500_000, watchdog ? STALL_MS : undefined);
   const rc = Number(/^rc=(\d+)$/m.exec(job.output)?.[1] ?? -1);
+  const pid = Number(/^workload-pid=(\d+)$/m.exec(job.output)?.[1] ?? -1);
   const line = job.output.split('\n').find((l) => l.startsWith('{"bytes"'));
-  return { rc, ...(line ? { report: JSON.parse(line) as { corruptedChunks: number; chunks: number } } : {}), output: job.output };
+  return { rc, pid, ...(line ? { report: JSON.parse(line) as { corruptedChunks: number; chunks: number } } : {}), output: job.output };
 }
 
 /** What the monitor and attacher in the VM did and what became of each lease, for a failure message. */
@@ -135,10 +137,16 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   }
   // (No watchdog here: a VM without swap may thrash on file pages for a long while before the OOM
   // killer acts; that is the outcome rswap prevents, not a stall of its path.)
+  const aloneAt = Date.now();
   const alone = await workloadInVm(FILL_ALONE, false);
+  console.log(`without a lender: ${2 * VM_MIB} MiB filled as fast as the VM can, ended after ${((Date.now() - aloneAt) / 1000).toFixed(0)} s with rc ${alone.rc}`);
   assert.notEqual(alone.rc, 0, `without a lender the workload cannot complete: ${alone.output}`);
-  assert.match(alone.output, /Out of memory: Killed process \d+ \(node\)/, alone.output);
+  assert.ok(alone.pid > 0, `the workload's pid: ${alone.output}`);
+  assert.match(alone.output, new RegExp(`Out of memory: Killed process ${alone.pid} \\(node\\)`), `the OOM killer ended the workload (pid ${alone.pid}), not an agent: ${alone.output}`);
   assert.deepEqual((await listLeases(testbedBus(tb))).filter((l) => l.borrower === vm.name && (l.createdAt >= cordonedAt || l.state === 'active')), [], 'no lease without a lender');
+  // The cordon is lifted only once the VM's monitor has said it is clear: a pressure of the killed
+  // workload still waiting for a lender would otherwise be served before the run with the lender.
+  await waitFor('the VM clear of pressure after the OOM kill', async () => (await listHosts(testbedBus(tb))).find((h) => h.host === vm.name)?.clearSince !== undefined, { timeoutMs: 300_000, intervalMs: 1_000 });
 
   // With the lender: leases before memory runs out, every byte back.
   await cordonHost(testbedBus(tb), 'host-a', false);
