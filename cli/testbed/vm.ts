@@ -54,6 +54,21 @@ export async function vmImage(log: Logger, cache = VM_CACHE): Promise<VmImage> {
   // Built aside and renamed into place: an interrupted build never counts as built.
   const building = `${dir}.building-${process.pid}`;
   await rm(building, { recursive: true, force: true });
+  try {
+    await buildImage(pkg, version, building);
+  } catch (error) {
+    // A failed build leaves nothing behind (a 400 MB unpacked kernel package, otherwise).
+    await rm(building, { recursive: true, force: true });
+    throw error;
+  }
+  await rm(dir, { recursive: true, force: true });
+  await rename(building, dir);
+  await pruneCache(cache, dir);
+  return image;
+}
+
+/** Unpacks the kernel and busybox into `building` and makes the initramfs beside them. */
+async function buildImage(pkg: string, version: string, building: string): Promise<void> {
   const debs = join(building, 'debs');
   await mkdir(debs, { recursive: true });
   await sh('apt-get', ['download', pkg, 'busybox-static'], debs);
@@ -83,10 +98,6 @@ export async function vmImage(log: Logger, cache = VM_CACHE): Promise<VmImage> {
   await rm(debs, { recursive: true, force: true });
   await rm(initramfs, { recursive: true, force: true });
   for (const entry of await readdir(root)) if (entry !== 'boot') await rm(join(root, entry), { recursive: true, force: true });
-  await rm(dir, { recursive: true, force: true });
-  await rename(building, dir);
-  await pruneCache(cache, dir);
-  return image;
 }
 
 /** Removes the images of older recipes and kernels, except those a running VM was started from. */
