@@ -16,7 +16,7 @@ import pino from 'pino';
 import { createRunner } from '../../shared/runner.js';
 import { testbedBus, testbedDown, testbedUp, type Testbed } from '../../cli/testbed/testbed.js';
 import { vmExec } from '../../cli/testbed/vm.js';
-import { cordonHost, listHosts, listLeases, releaseLease } from '../../cli/operator.js';
+import { cordonHost, listLeases, releaseLease } from '../../cli/operator.js';
 import { freePort } from '../helpers/nats.js';
 import { waitFor } from '../../shared/wait.js';
 
@@ -33,6 +33,11 @@ const FILL = `--bytes ${2 * VM_MIB}MiB --fill-mib-per-s ${RATE_MIB_PER_S}`;
 // rate, and at 2 MiB/s the kernel evicts and refaults the file pages of its 9p root in step with the
 // fill, thrashing for many minutes (14 in one run) before the OOM killer acts.
 const FILL_ALONE = `--bytes ${2 * VM_MIB}MiB`;
+// And the VM's kernel is told not to thrash: with the multi-generational LRU's min_ttl_ms (the knob
+// ChromeOS sets to 1000) it calls the OOM killer once it cannot keep the last second's working set,
+// instead of evicting and refaulting its 9p root's file pages for minutes first (468 s in one run).
+// It decides when, not whether: twice the RAM cannot fit.
+const NO_THRASH = 'echo y > /sys/kernel/mm/lru_gen/enabled && echo 1000 > /sys/kernel/mm/lru_gen/min_ttl_ms || exit 3; ';
 const STALL_MS = 90_000;
 const log = pino({ level: 'silent' });
 const run = createRunner(log);
@@ -72,10 +77,10 @@ after(async () => {
 });
 
 /** The workload in the VM under the watchdog: its exit code, its report, and what the kernel said. */
-async function workloadInVm(fill: string, watchdog: boolean, before = ''): Promise<{ rc: number; pid: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
+async function workloadInVm(fill: string, watchdog: boolean, setup = ''): Promise<{ rc: number; pid: number; report?: { corruptedChunks: number; chunks: number }; output: string }> {
   const vm = tb.vms![0]!;
   // Its pid, so an OOM kill is known to be the workload's and not an agent's (they run node too).
-  const job = await vmExec(vm.dir, `${before}dmesg -C; free -m; node ${WORKLOAD} ${fill} --passes 1 & w=$!; echo workload-pid=$w; wait $w; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 1_500_000, watchdog ? STALL_MS : undefined);
+  const job = await vmExec(vm.dir, `${setup}dmesg -C; free -m; node ${WORKLOAD} ${fill} --passes 1 & w=$!; echo workload-pid=$w; wait $w; echo rc=$?; dmesg | grep -E 'Out of memory|blocked for more than' ; cat /proc/swaps`, 1_500_000, watchdog ? STALL_MS : undefined);
   const rc = Number(/^rc=(\d+)$/m.exec(job.output)?.[1] ?? -1);
   const pid = Number(/^workload-pid=(\d+)$/m.exec(job.output)?.[1] ?? -1);
   const line = job.output.split('\n').find((l) => l.startsWith('{"bytes"'));
@@ -160,9 +165,9 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
   });
 
   // Without a lender: the OOM killer ends the workload (and only it: the agents live on). This half
-  // runs last, on a VM the rescue left without swap: a VM that has just thrashed to an OOM kill is no
-  // fair start for the rescue (one CI run after it stalled). Any lease still up is given back first;
-  // the cordon keeps a new one from coming.
+  // runs last, on a VM the rescue left without swap, so the rescue starts on a fresh VM and not on
+  // one that has just thrashed to an OOM kill. Any lease still up is given back first; the cordon
+  // keeps a new one from coming.
   await cordonHost(testbedBus(tb), 'host-a', true);
   const cordonedAt = Date.now();
   const settled = await waitFor('the VM\'s leases settled before the run without a lender', async () => {
@@ -173,14 +178,10 @@ test('vm pressure - a swapless VM filling twice its RAM machine-wide: OOM-killed
     const released = await releaseLease(testbedBus(tb), l.id);
     assert.equal(released.state, 'released', `the lease ${l.id} given back: ${released.reason ?? ''}`);
   }
-  // (No watchdog here: a VM without swap may thrash on file pages for a long while before the OOM
-  // killer acts; that is the outcome rswap prevents, not a stall of its path.)
+  // (No watchdog here: a VM without swap may stall on file pages before the OOM killer acts; that is
+  // the outcome rswap prevents, not a stall of its path.)
   const aloneAt = Date.now();
-  // The VM's kernel is told not to thrash: with the multi-generational LRU's min_ttl_ms (the knob
-  // ChromeOS sets to 1000) it calls the OOM killer once it cannot keep the last second's working
-  // set, instead of evicting and refaulting its 9p root's file pages for minutes first (468 s in
-  // one run, 14 minutes at 2 MiB/s). It decides when, not whether: twice the RAM cannot fit.
-  const alone = await workloadInVm(FILL_ALONE, false, 'echo y > /sys/kernel/mm/lru_gen/enabled && echo 1000 > /sys/kernel/mm/lru_gen/min_ttl_ms || exit 3; ');
+  const alone = await workloadInVm(FILL_ALONE, false, NO_THRASH);
   console.log(`without a lender: ${2 * VM_MIB} MiB filled as fast as the VM can, ended after ${((Date.now() - aloneAt) / 1000).toFixed(0)} s with rc ${alone.rc}`);
   assert.notEqual(alone.rc, 0, `without a lender the workload cannot complete: ${alone.output}`);
   assert.ok(alone.pid > 0, `the workload's pid: ${alone.output}`);
