@@ -65,8 +65,9 @@ before(async () => {
     // Unsealed, on purpose and only here: under TCG dm-crypt's AES runs as emulated guest code on
     // every page swapped out, and in 384 MiB that slows reclaim past the point of rescue (sealed,
     // three runs in a row lost on 2026-12-02: an OOM kill with 32 MiB of 470 swapped, and two
-    // stalls). The sealed kernel path is proven under a workload in vm.test.ts; this test is about
-    // a swapless machine rescued in time (docs/reliability.md).
+    // stalls). Unsealed is not always enough: beside stress-ng --cpu 2 it lost once the same way
+    // (docs/reliability.md). The sealed kernel path is proven under a workload in vm.test.ts; this
+    // test is about a swapless machine rescued in time.
     attacherArgs: ['--swapoff-margin-bytes', '32MiB', '--unsealed'],
   });
 });
